@@ -1,0 +1,503 @@
+// SCSI data-path commands as asynchronous I/O chains. tgtd's SBC layer has
+// already checked LBA ranges, read-only state and the CDB basics; what is left
+// here is the data semantics of each opcode (see docs/scsi-commands.md).
+#include "command_runner.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "icbd/log.hpp"
+#include "icbd/scsi.hpp"
+
+namespace icbd {
+namespace {
+
+constexpr uint64_t chunk_bytes = 1u << 20;  // WRITE SAME / VERIFY work unit
+constexpr uintptr_t dio_align = 512;
+
+uint16_t be16(const uint8_t* p) { return static_cast<uint16_t>(p[0] << 8 | p[1]); }
+uint32_t be32(const uint8_t* p) { return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3]; }
+uint64_t be64(const uint8_t* p) { return uint64_t(be32(p)) << 32 | be32(p + 4); }
+void put_be32(uint8_t* p, uint32_t v) {
+    for (int i = 3; i >= 0; --i, v >>= 8) p[i] = static_cast<uint8_t>(v);
+}
+void put_be64(uint8_t* p, uint64_t v) {
+    for (int i = 7; i >= 0; --i, v >>= 8) p[i] = static_cast<uint8_t>(v);
+}
+
+uint64_t tag_of(uint32_t task, uint32_t op) { return uint64_t(task) << 32 | op; }
+
+const char* op_name(IoOp op) {
+    switch (op) {
+        case IoOp::read: return "read";
+        case IoOp::write: return "write";
+        case IoOp::fdatasync: return "fdatasync";
+        case IoOp::punch_hole: return "punch hole";
+        case IoOp::prefetch: return "prefetch";
+    }
+    return "?";
+}
+
+ScsiResult check_condition(uint8_t key, uint16_t asc) {
+    ScsiResult r;
+    r.status = scsi::status_check_condition;
+    r.sense_key = key;
+    r.asc = asc;
+    return r;
+}
+
+ScsiResult sense_for_errno(int err, IoOp op) {
+    switch (err) {
+        case ENOSPC:
+        case EDQUOT: return check_condition(scsi::key::data_protect, scsi::asc::space_allocation_failed);
+        case EROFS:
+        case EPERM:
+        case EACCES:
+        case EBADF: return check_condition(scsi::key::data_protect, scsi::asc::write_protected);
+        case ENOMEM:
+        case EOPNOTSUPP: return check_condition(scsi::key::hardware_error, scsi::asc::internal_target_failure);
+        default: break;
+    }
+    if (op == IoOp::read || op == IoOp::prefetch)
+        return check_condition(scsi::key::medium_error, scsi::asc::unrecovered_read_error);
+    return check_condition(scsi::key::medium_error, scsi::asc::write_error);
+}
+
+// Offset of the first differing byte, or n when equal.
+uint64_t first_difference(const uint8_t* a, const uint8_t* b, uint64_t n) {
+    if (std::memcmp(a, b, n) == 0) return n;
+    uint64_t i = 0;
+    while (a[i] == b[i]) ++i;
+    return i;
+}
+
+ScsiResult miscompare_at(uint64_t offset) {
+    ScsiResult r = check_condition(scsi::key::miscompare, scsi::asc::miscompare_during_verify);
+    r.has_info = true;
+    r.info = offset;
+    return r;
+}
+
+}  // namespace
+
+CommandRunner::CommandRunner(IoEngine& engine, const LunHost& host, int fd, bool direct, std::string name)
+    : engine_(engine), host_(host), fd_(fd), direct_(direct), name_(std::move(name)) {}
+
+CommandRunner::~CommandRunner() = default;
+
+CommandRunner::Task& CommandRunner::alloc_task() {
+    uint32_t idx;
+    if (free_.empty()) {
+        idx = static_cast<uint32_t>(tasks_.size());
+        tasks_.push_back(std::make_unique<Task>());
+        tasks_.back()->index = idx;
+    } else {
+        idx = free_.back();
+        free_.pop_back();
+    }
+    Task& t = *tasks_[idx];
+    t.busy = true;
+    t.running = false;
+    t.phase = 0;
+    t.pending = 0;
+    t.error = 0;
+    t.holds_range = false;
+    t.cursor = t.chunk = 0;
+    t.result = {};
+    t.ops.clear();
+    return t;
+}
+
+
+void CommandRunner::submit(const LunCommand& cmd) {
+    Task& t = alloc_task();
+    t.cmd = cmd;
+    ++active_;
+    const uint8_t op = cmd.cdb[0];
+    if (scsi::is_read(op)) t.kind = Kind::read;
+    else if (scsi::is_plain_write(op)) t.kind = Kind::write;
+    else if (scsi::is_write_verify(op)) t.kind = Kind::write_verify;
+    else if (op == scsi::op::orwrite_16) t.kind = Kind::orwrite;
+    else if (op == scsi::op::compare_and_write) t.kind = Kind::compare_and_write;
+    else if (op == scsi::op::synchronize_cache_10 || op == scsi::op::synchronize_cache_16) t.kind = Kind::sync;
+    else if (op == scsi::op::write_same_10 || op == scsi::op::write_same_16) t.kind = Kind::write_same;
+    else if (op == scsi::op::unmap) t.kind = Kind::unmap;
+    else if (op == scsi::op::pre_fetch_10 || op == scsi::op::pre_fetch_16) t.kind = Kind::prefetch;
+    else if (op == scsi::op::verify_10 || op == scsi::op::verify_12 || op == scsi::op::verify_16) t.kind = Kind::verify;
+    else t.kind = Kind::invalid;
+
+    // The byte range a writing command touches, for read-modify-write exclusion.
+    t.range_start = cmd.offset;
+    switch (t.kind) {
+        case Kind::write:
+        case Kind::write_verify:
+        case Kind::orwrite: t.range_end = cmd.offset + std::min(cmd.out_len, cmd.tl); break;
+        case Kind::compare_and_write:
+        case Kind::write_same: t.range_end = cmd.offset + cmd.tl; break;
+        case Kind::unmap:  // descriptors may be anywhere
+            t.range_start = 0;
+            t.range_end = cmd.lun_size;
+            break;
+        default: t.range_end = t.range_start; break;
+    }
+    if (conflicts(t)) {
+        parked_.push_back(t.index);
+        return;
+    }
+    start(t);
+}
+
+// A read-modify-write command (ORWRITE, COMPARE AND WRITE) must not interleave
+// with another write to the same blocks; everything else runs freely.
+bool CommandRunner::conflicts(const Task& t) const {
+    if (!writes(t.kind)) return false;
+    const bool rmw = t.kind == Kind::orwrite || t.kind == Kind::compare_and_write;
+    if (!rmw && range_holders_ == 0) return false;
+    for (const auto& p : tasks_) {
+        const Task& o = *p;
+        if (&o == &t || !o.running || !writes(o.kind)) continue;
+        if (!rmw && !o.holds_range) continue;
+        if (o.range_start < t.range_end && t.range_start < o.range_end) return true;
+    }
+    return false;
+}
+
+void CommandRunner::start(Task& t) {
+    t.running = true;
+    const LunCommand& c = t.cmd;
+    if (t.kind == Kind::orwrite || t.kind == Kind::compare_and_write) {
+        t.holds_range = true;
+        ++range_holders_;
+    }
+    const bool dsync = scsi::fua(c.cdb) || !c.write_cache_enabled;
+    switch (t.kind) {
+        case Kind::read: {
+            uint32_t len = std::min(c.in_len, c.tl);
+            if (len == 0) return fail_later(t, 0, 0);
+            return issue(t, IoOp::read, c.in_buf, len, c.offset);
+        }
+        case Kind::write:
+        case Kind::write_verify: {
+            uint32_t len = std::min(c.out_len, c.tl);
+            if (len == 0) return fail_later(t, 0, 0);
+            // WRITE AND VERIFY checks the medium, so the data must be there first.
+            return issue(t, IoOp::write, c.out_buf, len, c.offset, dsync || t.kind == Kind::write_verify);
+        }
+        case Kind::orwrite:
+        case Kind::compare_and_write: {
+            uint32_t len = t.kind == Kind::orwrite ? c.out_len : c.out_len / 2;
+            if (t.kind == Kind::compare_and_write && (c.out_len % 2 || len != c.tl))
+                return fail_later(t, scsi::key::illegal_request, scsi::asc::invalid_field_in_cdb);
+            if (len == 0) return fail_later(t, 0, 0);
+            uint8_t* buf = t.scratch.reserve(len);
+            if (!buf) return fail_later(t, scsi::key::hardware_error, scsi::asc::internal_target_failure);
+            return issue(t, IoOp::read, buf, len, c.offset);
+        }
+        case Kind::sync: return issue(t, IoOp::fdatasync, nullptr, 0, 0);
+        case Kind::write_same: return start_write_same(t);
+        case Kind::unmap: return start_unmap(t);
+        case Kind::prefetch: {
+            uint64_t len = c.tl ? c.tl : c.lun_size - c.offset;
+            return issue(t, IoOp::prefetch, nullptr, len, c.offset);
+        }
+        case Kind::verify: {
+            unsigned bytchk = (c.cdb[1] >> 1) & 3;
+            if (bytchk == 0) return fail_later(t, 0, 0);  // tgtd answers these itself
+            if (bytchk == 2) return fail_later(t, scsi::key::illegal_request, scsi::asc::invalid_field_in_cdb);
+            t.phase = 1;
+            return next_verify_chunk(t);
+        }
+        case Kind::invalid: return fail_later(t, scsi::key::illegal_request, scsi::asc::invalid_field_in_cdb);
+    }
+}
+
+void CommandRunner::issue(Task& t, IoOp op, uint8_t* buf, uint64_t len, uint64_t offset, bool dsync) {
+    SubOp s{op, dsync, buf, len, offset, buf, nullptr, 0};
+    if (direct_ && (op == IoOp::read || op == IoOp::write) &&
+        ((reinterpret_cast<uintptr_t>(buf) | len | offset) & (dio_align - 1))) {
+        // O_DIRECT needs aligned memory; tgtd's buffers usually are, this is the rare path.
+        uint8_t* b = t.bounce.reserve(len);
+        if (!b) {
+            t.error = ENOMEM;
+            if (t.pending == 0) fail_later(t, scsi::key::hardware_error, scsi::asc::internal_target_failure);
+            return;
+        }
+        if (op == IoOp::write) std::memcpy(b, buf, len);
+        else s.copy_to = buf, s.copy_len = len;
+        s.buf = s.base = b;
+    }
+    uint32_t idx = static_cast<uint32_t>(t.ops.size());
+    t.ops.push_back(s);
+    ++t.pending;
+    engine_.prepare({op, dsync, fd_, s.buf, len, offset, tag_of(t.index, idx)});
+    kick();
+}
+
+void CommandRunner::on_io(Task& t, uint32_t op_index, int32_t res) {
+    SubOp& s = t.ops[op_index];
+    if (res < 0) {
+        if (!t.error) {
+            t.error = -res;
+            t.error_op = s.op;
+            log(LogLevel::error, "LUN '" + name_ + "': " + op_name(s.op) + " at offset " + std::to_string(s.offset) +
+                                     " length " + std::to_string(s.len) + ": " + std::strerror(-res));
+        }
+    } else if ((s.op == IoOp::read || s.op == IoOp::write) && static_cast<uint64_t>(res) < s.len) {
+        if (res == 0) {
+            if (s.op == IoOp::read) {
+                std::memset(s.buf, 0, s.len);  // past the end of a file that shrank: zeros
+            } else if (!t.error) {
+                t.error = EIO;
+                t.error_op = s.op;
+            }
+        } else {
+            // Short transfer: continue where the kernel stopped, same slot.
+            s.buf += res;
+            s.len -= static_cast<uint64_t>(res);
+            s.offset += static_cast<uint64_t>(res);
+            engine_.prepare({s.op, s.dsync, fd_, s.buf, s.len, s.offset, tag_of(t.index, op_index)});
+            kick();
+            return;
+        }
+    }
+    if (s.copy_to && !t.error) std::memcpy(s.copy_to, s.base, s.copy_len);
+    if (--t.pending == 0) advance(t);
+}
+
+void CommandRunner::advance(Task& t) {
+    if (t.error) {
+        t.result = sense_for_errno(t.error, t.error_op);
+        return finish(t);
+    }
+    const LunCommand& c = t.cmd;
+    const bool dsync = scsi::fua(c.cdb) || !c.write_cache_enabled;
+    t.ops.clear();
+    switch (t.kind) {
+        case Kind::write_verify: {
+            uint32_t len = std::min(c.out_len, c.tl);
+            if (t.phase == 0) {
+                t.phase = 1;
+                uint8_t* buf = t.scratch.reserve(len);
+                if (!buf) return fail(t, scsi::key::hardware_error, scsi::asc::internal_target_failure);
+                return issue(t, IoOp::read, buf, len, c.offset);
+            }
+            uint64_t d = first_difference(c.out_buf, t.scratch.get(), len);
+            if (d != len) t.result = miscompare_at(d);
+            return finish(t);
+        }
+        case Kind::orwrite: {
+            if (t.phase == 1) return finish(t);
+            t.phase = 1;
+            uint8_t* old = t.scratch.get();
+            for (uint32_t i = 0; i < c.out_len; ++i) old[i] |= c.out_buf[i];
+            return issue(t, IoOp::write, old, c.out_len, c.offset, dsync);
+        }
+        case Kind::compare_and_write: {
+            if (t.phase == 1) return finish(t);
+            uint32_t half = c.out_len / 2;
+            uint64_t d = first_difference(c.out_buf, t.scratch.get(), half);
+            if (d != half) {
+                t.result = miscompare_at(d);
+                return finish(t);
+            }
+            t.phase = 1;
+            return issue(t, IoOp::write, c.out_buf + half, half, c.offset, dsync);
+        }
+        case Kind::write_same:
+            if (t.phase == 2) return finish(t);
+            return next_write_same_chunk(t);
+        case Kind::verify:
+            if (!compare_verify_chunk(t)) return finish(t);
+            return next_verify_chunk(t);
+        default: return finish(t);
+    }
+}
+
+void CommandRunner::start_write_same(Task& t) {
+    const LunCommand& c = t.cmd;
+    const uint64_t block = 1ull << c.blk_shift;
+    const bool unmap = c.cdb[1] & 0x08;
+    const unsigned lb = c.cdb[1] & 0x06;  // 0x02 LBDATA, 0x04 PBDATA
+    const uint8_t* pattern = c.out_len >= block ? c.out_buf : nullptr;  // NDOB: zeros
+    if (c.tl == 0) return fail_later(t, 0, 0);
+    const bool zero = !pattern || std::all_of(pattern, pattern + block, [](uint8_t b) { return b == 0; });
+    // Deallocating is only right when it reads back as the data asked for:
+    // zeros (LBPRZ), and only on a thin-provisioned LUN.
+    if (unmap && c.thin_provisioning && lb == 0 && zero) {
+        t.phase = 2;
+        return issue(t, IoOp::punch_hole, nullptr, c.tl, c.offset);
+    }
+    t.chunk = std::min<uint64_t>(c.tl, chunk_bytes);
+    uint8_t* buf = t.scratch.reserve(t.chunk);
+    if (!buf) return fail_later(t, scsi::key::hardware_error, scsi::asc::internal_target_failure);
+    for (uint64_t o = 0; o < t.chunk; o += block) {
+        if (pattern) std::memcpy(buf + o, pattern, block);
+        else std::memset(buf + o, 0, block);
+    }
+    t.phase = 1;
+    t.cursor = 0;
+    next_write_same_chunk(t);
+}
+
+void CommandRunner::next_write_same_chunk(Task& t) {
+    const LunCommand& c = t.cmd;
+    if (t.cursor >= c.tl) return finish(t);
+    const uint64_t block = 1ull << c.blk_shift;
+    const unsigned lb = c.cdb[1] & 0x06;
+    uint64_t n = std::min<uint64_t>(t.chunk, c.tl - t.cursor);
+    uint8_t* buf = t.scratch.get();
+    if (lb) {  // each block carries its own LBA
+        uint64_t lba = (c.offset + t.cursor) >> c.blk_shift;
+        for (uint64_t o = 0; o < n; o += block, ++lba) {
+            if (lb == 0x02) put_be32(buf + o, static_cast<uint32_t>(lba));
+            else put_be64(buf + o, lba);
+        }
+    }
+    uint64_t off = c.offset + t.cursor;
+    t.cursor += n;
+    issue(t, IoOp::write, buf, n, off, !c.write_cache_enabled);
+}
+
+void CommandRunner::start_unmap(Task& t) {
+    const LunCommand& c = t.cmd;
+    if (!c.thin_provisioning) return fail_later(t, scsi::key::illegal_request, scsi::asc::invalid_field_in_cdb);
+    if (c.cdb[1] & 0x01)  // ANCHOR: not supported (ANC_SUP=0)
+        return fail_later(t, scsi::key::illegal_request, scsi::asc::invalid_field_in_cdb);
+    if (c.out_len == 0) return fail_later(t, 0, 0);
+    if (c.out_len < 8) return fail_later(t, scsi::key::illegal_request, scsi::asc::parameter_list_length_error);
+    const uint8_t* p = c.out_buf;
+    uint32_t descs = std::min<uint32_t>(be16(p + 2), c.out_len - 8) / 16;
+    const uint64_t blocks = c.lun_size >> c.blk_shift;
+    // Validate every descriptor before touching anything: all or nothing.
+    for (uint32_t i = 0; i < descs; ++i) {
+        const uint8_t* d = p + 8 + 16 * i;
+        uint64_t lba = be64(d), n = be32(d + 8);
+        if (lba + n < lba || lba + n > blocks)
+            return fail_later(t, scsi::key::illegal_request, scsi::asc::lba_out_of_range);
+    }
+    for (uint32_t i = 0; i < descs; ++i) {
+        const uint8_t* d = p + 8 + 16 * i;
+        uint64_t lba = be64(d), n = be32(d + 8);
+        if (n) issue(t, IoOp::punch_hole, nullptr, n << c.blk_shift, lba << c.blk_shift);
+    }
+    if (t.pending == 0) fail_later(t, 0, 0);
+}
+
+void CommandRunner::next_verify_chunk(Task& t) {
+    const LunCommand& c = t.cmd;
+    if (t.cursor >= c.tl) return finish(t);
+    t.chunk = std::min<uint64_t>(c.tl - t.cursor, chunk_bytes);
+    uint8_t* buf = t.scratch.reserve(t.chunk);
+    if (!buf) return fail(t, scsi::key::hardware_error, scsi::asc::internal_target_failure);
+    issue(t, IoOp::read, buf, t.chunk, c.offset + t.cursor);
+}
+
+// Compares the chunk just read with the data-out buffer; false on a miscompare
+// (result set) or a short data-out buffer.
+bool CommandRunner::compare_verify_chunk(Task& t) {
+    const LunCommand& c = t.cmd;
+    const uint8_t* got = t.scratch.get();
+    if ((c.cdb[1] & 0x06) == 0x06) {  // BYTCHK=11b: one block, compared against each
+        const uint64_t block = 1ull << c.blk_shift;
+        if (c.out_len < block) {
+            t.result = check_condition(scsi::key::illegal_request, scsi::asc::parameter_list_length_error);
+            return false;
+        }
+        for (uint64_t o = 0; o < t.chunk; o += block) {
+            uint64_t d = first_difference(c.out_buf, got + o, block);
+            if (d != block) {
+                t.result = miscompare_at(t.cursor + o + d);
+                return false;
+            }
+        }
+    } else {
+        if (c.out_len < t.cursor + t.chunk) {
+            t.result = check_condition(scsi::key::illegal_request, scsi::asc::parameter_list_length_error);
+            return false;
+        }
+        uint64_t d = first_difference(c.out_buf + t.cursor, got, t.chunk);
+        if (d != t.chunk) {
+            t.result = miscompare_at(t.cursor + d);
+            return false;
+        }
+    }
+    t.cursor += t.chunk;
+    return true;
+}
+
+void CommandRunner::fail(Task& t, uint8_t key, uint16_t asc) {
+    if (key) t.result = check_condition(key, asc);
+    finish(t);
+}
+
+// Completion decided at submit time: delivered from submit_batch(), never from
+// inside submit().
+void CommandRunner::fail_later(Task& t, uint8_t key, uint16_t asc) {
+    if (key) t.result = check_condition(key, asc);
+    deferred_.push_back(t.index);
+    kick();
+}
+
+void CommandRunner::finish(Task& t) {
+    void* cookie = t.cmd.cookie;
+    ScsiResult result = t.result;
+    if (t.holds_range) --range_holders_;
+    const bool was_writer = writes(t.kind);
+    t.holds_range = t.running = t.busy = false;
+    free_.push_back(t.index);
+    --active_;
+    // The host may submit new commands from inside complete(): t is free by now.
+    host_.complete(host_.ctx, cookie, result);
+    if (was_writer && !parked_.empty()) wake_parked();
+}
+
+void CommandRunner::wake_parked() {
+    for (size_t n = parked_.size(); n > 0; --n) {
+        uint32_t idx = parked_.front();
+        parked_.pop_front();
+        Task& p = *tasks_[idx];
+        if (conflicts(p)) parked_.push_back(idx);
+        else start(p);
+    }
+}
+
+void CommandRunner::kick() {
+    if (!kicked_) {
+        kicked_ = true;
+        host_.kick(host_.ctx);
+    }
+}
+
+void CommandRunner::submit_batch() {
+    kicked_ = false;
+    int r = engine_.submit();
+    engine_backlog_ = r != 0;
+    if (r < 0 && r != -EAGAIN && r != -EBUSY && r != -EINTR)
+        log(LogLevel::error, "LUN '" + name_ + "': submitting I/O: " + std::strerror(-r) + " (will retry)");
+    if (r < 0) kick();
+    std::deque<uint32_t> ready;
+    ready.swap(deferred_);
+    for (uint32_t idx : ready) finish(*tasks_[idx]);
+}
+
+void CommandRunner::process_completions() {
+    IoCompletion done[64];
+    for (;;) {
+        size_t n = engine_.reap(done);
+        for (size_t i = 0; i < n; ++i)
+            on_io(*tasks_[done[i].tag >> 32], static_cast<uint32_t>(done[i].tag), done[i].res);
+        if (n < std::size(done)) break;
+    }
+    if (engine_backlog_) kick();
+}
+
+void CommandRunner::drain() {
+    while (active_ > 0 || engine_.in_flight() > 0) {
+        submit_batch();
+        if (engine_.in_flight() > 0) engine_.wait();
+        process_completions();
+    }
+}
+
+}  // namespace icbd

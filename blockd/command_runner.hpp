@@ -1,0 +1,100 @@
+// Executes SCSI data-path commands of one LUN as chains of asynchronous I/O
+// (read-modify-write, compare, chunked WRITE SAME...). Internal to libblockd.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "aligned_buffer.hpp"
+#include "icbd/io_engine.hpp"
+#include "icbd/lun.hpp"
+
+namespace icbd {
+
+class CommandRunner {
+public:
+    CommandRunner(IoEngine& engine, const LunHost& host, int fd, bool direct, std::string name);
+    ~CommandRunner();
+
+    void submit(const LunCommand& cmd);
+    void submit_batch();
+    void process_completions();
+    size_t commands_in_flight() const { return active_; }
+    // Completes everything in flight (blocking); used before closing the file.
+    void drain();
+
+private:
+    enum class Kind : uint8_t { read, write, write_verify, orwrite, compare_and_write, sync, write_same, unmap,
+                                prefetch, verify, invalid };
+    static bool writes(Kind k) {
+        return k == Kind::write || k == Kind::write_verify || k == Kind::orwrite || k == Kind::compare_and_write ||
+               k == Kind::write_same || k == Kind::unmap;
+    }
+    struct SubOp {
+        IoOp op;
+        bool dsync;
+        uint8_t* buf;
+        uint64_t len;
+        uint64_t offset;
+        uint8_t* base;     // buf as first issued (before short-transfer retries)
+        uint8_t* copy_to;  // bounced O_DIRECT read: copy base[0..copy_len) here when done
+        uint64_t copy_len;
+    };
+    struct Task {
+        uint32_t index = 0;
+        bool busy = false;
+        bool running = false;  // started (not parked)
+        LunCommand cmd;
+        Kind kind = Kind::read;
+        uint8_t phase = 0;
+        uint32_t pending = 0;
+        int error = 0;        // first -errno seen
+        IoOp error_op = IoOp::read;
+        bool holds_range = false;
+        uint64_t range_start = 0, range_end = 0;
+        uint64_t cursor = 0;  // chunked commands: bytes done
+        uint64_t chunk = 0;   // chunked commands: size of the chunk in flight
+        ScsiResult result;
+        std::vector<SubOp> ops;
+        AlignedBuffer scratch;
+        AlignedBuffer bounce;
+    };
+
+    Task& alloc_task();
+    void start(Task& t);
+    void issue(Task& t, IoOp op, uint8_t* buf, uint64_t len, uint64_t offset, bool dsync = false);
+    void on_io(Task& t, uint32_t op_index, int32_t res);
+    void advance(Task& t);
+    void finish(Task& t);
+    void fail(Task& t, uint8_t key, uint16_t asc);
+    void fail_later(Task& t, uint8_t key, uint16_t asc);
+    bool conflicts(const Task& t) const;
+    void wake_parked();
+    void kick();
+
+    // Per-kind steps.
+    void start_write_same(Task& t);
+    void next_write_same_chunk(Task& t);
+    void start_unmap(Task& t);
+    void next_verify_chunk(Task& t);
+    bool compare_verify_chunk(Task& t);
+
+    IoEngine& engine_;
+    LunHost host_;
+    int fd_;
+    bool direct_;
+    std::string name_;  // for messages: the backing file
+    bool engine_backlog_ = false;
+    bool kicked_ = false;
+    size_t active_ = 0;
+    size_t range_holders_ = 0;  // running read-modify-write commands
+    std::vector<std::unique_ptr<Task>> tasks_;
+    std::vector<uint32_t> free_;
+    std::deque<uint32_t> parked_;    // waiting for an overlapping read-modify-write
+    std::deque<uint32_t> deferred_;  // finished at submit time, delivered in submit_batch
+};
+
+}  // namespace icbd

@@ -1,0 +1,20 @@
+// Engine selection: io_uring where the kernel allows it, libaio otherwise.
+#include "icbd/io_engine.hpp"
+
+namespace icbd {
+
+Result<std::unique_ptr<IoEngine>> make_io_engine(const EngineOptions& opts, std::string* why_fallback) {
+    switch (opts.kind) {
+        case EngineKind::io_uring: return make_uring_engine(opts.queue_depth);
+        case EngineKind::aio: return make_aio_engine(opts.queue_depth);
+        case EngineKind::automatic: break;
+    }
+    auto uring = make_uring_engine(opts.queue_depth);
+    if (uring) return uring;
+    // io_uring is off on this host (kernel.io_uring_disabled, a seccomp profile,
+    // an old kernel): serve the LUN through libaio and say why, once.
+    if (why_fallback) *why_fallback = uring.status().message();
+    return make_aio_engine(opts.queue_depth);
+}
+
+}  // namespace icbd

@@ -1,0 +1,79 @@
+// Lun: the backing file, its I/O engine and the command runner of one LUN.
+#include "icbd/lun.hpp"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "command_runner.hpp"
+#include "icbd/log.hpp"
+
+namespace icbd {
+
+Result<std::unique_ptr<Lun>> Lun::create(const LunOptions& opts, const LunHost& host) {
+    std::string why;
+    auto engine = make_io_engine(opts.engine, &why);
+    if (!engine) return Status::error(engine.status().code(), "I/O engine: " + engine.status().message());
+    if (!why.empty())
+        log(LogLevel::warning, "io_uring unavailable (" + why + "); serving this LUN with the libaio engine");
+    return std::unique_ptr<Lun>(new Lun(opts, host, std::move(*engine)));
+}
+
+Lun::Lun(const LunOptions& opts, const LunHost& host, std::unique_ptr<IoEngine> engine)
+    : opts_(opts), host_(host), engine_(std::move(engine)) {}
+
+Lun::~Lun() { close(); }
+
+Result<uint64_t> Lun::open(const std::string& path, int extra_oflags) {
+    close();
+    const int base = O_LARGEFILE | O_CLOEXEC | extra_oflags | (opts_.direct ? O_DIRECT : 0);
+    readonly_ = opts_.readonly;
+    int fd = ::open(path.c_str(), base | (readonly_ ? O_RDONLY : O_RDWR));
+    if (fd < 0 && !readonly_ && (errno == EACCES || errno == EROFS || errno == EPERM)) {
+        // A golden image in a read-only snapshot: serve it read-only, as tgt's rdwr does.
+        log(LogLevel::warning, "backing file '" + path + "': not writable (" + std::strerror(errno) +
+                                   "); the LUN is read-only");
+        readonly_ = true;
+        fd = ::open(path.c_str(), base | O_RDONLY);
+    }
+    if (fd < 0) return Status::from_errno(errno, "backing file '" + path + "': open");
+    UniqueFd owned(fd);
+
+    struct stat st {};
+    if (fstat(fd, &st) < 0) return Status::from_errno(errno, "backing file '" + path + "': fstat");
+    uint64_t size = 0;
+    if (S_ISREG(st.st_mode)) {
+        size = static_cast<uint64_t>(st.st_size);
+    } else if (S_ISBLK(st.st_mode)) {
+        if (ioctl(fd, BLKGETSIZE64, &size) < 0)
+            return Status::from_errno(errno, "backing file '" + path + "': BLKGETSIZE64");
+    } else {
+        return Status::error(EINVAL, "backing file '" + path + "': not a regular file or block device");
+    }
+    if (size == 0) return Status::error(EINVAL, "backing file '" + path + "': is empty (size 0)");
+
+    fd_ = std::move(owned);
+    runner_ = std::make_unique<CommandRunner>(*engine_, host_, fd_.get(), opts_.direct, path);
+    return size;
+}
+
+void Lun::close() {
+    if (runner_) runner_->drain();
+    runner_.reset();
+    fd_.reset();
+}
+
+void Lun::submit(const LunCommand& cmd) { runner_->submit(cmd); }
+void Lun::submit_batch() {
+    if (runner_) runner_->submit_batch();
+}
+void Lun::process_completions() {
+    if (runner_) runner_->process_completions();
+}
+size_t Lun::commands_in_flight() const { return runner_ ? runner_->commands_in_flight() : 0; }
+
+}  // namespace icbd

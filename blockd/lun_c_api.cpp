@@ -1,0 +1,111 @@
+// extern "C" face of Lun for the tgtd glue. Nothing here may throw across the
+// C boundary: allocation failures end up as -ENOMEM.
+#include "icbd/lun_c_api.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <new>
+
+#include "icbd/log.hpp"
+#include "icbd/lun.hpp"
+
+struct icbd_lun {
+    std::unique_ptr<icbd::Lun> lun;
+    icbd_lun_host host{};
+};
+
+namespace {
+
+void copy_error(const icbd::Status& s, char* err, size_t errlen) {
+    if (err && errlen) std::snprintf(err, errlen, "%s", s.message().c_str());
+}
+
+void (*g_c_sink)(int, const char*) = nullptr;
+void c_sink_adapter(icbd::LogLevel level, const char* msg) { g_c_sink(static_cast<int>(level), msg); }
+
+void complete_adapter(void* ctx, void* cookie, const icbd::ScsiResult& r) {
+    auto* l = static_cast<icbd_lun*>(ctx);
+    icbd_result out{r.status, r.sense_key, r.asc, r.has_info, r.info};
+    l->host.complete(l->host.ctx, cookie, &out);
+}
+
+void kick_adapter(void* ctx) {
+    auto* l = static_cast<icbd_lun*>(ctx);
+    l->host.kick(l->host.ctx);
+}
+
+}  // namespace
+
+extern "C" {
+
+void icbd_set_log_sink(void (*sink)(int level, const char* msg)) {
+    g_c_sink = sink;
+    icbd::set_log_sink(sink ? c_sink_adapter : nullptr);
+}
+
+int icbd_lun_create(const char* bsopts, const icbd_lun_host* host, icbd_lun** out, char* err, size_t errlen) try {
+    auto opts = icbd::parse_bsopts(bsopts ? bsopts : "");
+    if (!opts) {
+        copy_error(opts.status(), err, errlen);
+        return -opts.status().code();
+    }
+    auto l = std::make_unique<icbd_lun>();
+    l->host = *host;
+    icbd::LunHost h{complete_adapter, kick_adapter, l.get()};
+    auto lun = icbd::Lun::create(*opts, h);
+    if (!lun) {
+        copy_error(lun.status(), err, errlen);
+        return -lun.status().code();
+    }
+    l->lun = std::move(*lun);
+    *out = l.release();
+    return 0;
+} catch (const std::bad_alloc&) {
+    copy_error(icbd::Status::error(ENOMEM, "out of memory"), err, errlen);
+    return -ENOMEM;
+}
+
+void icbd_lun_destroy(icbd_lun* lun) { delete lun; }
+
+const char* icbd_lun_engine_name(const icbd_lun* lun) { return lun->lun->engine_name(); }
+int icbd_lun_event_fd(const icbd_lun* lun) { return lun->lun->event_fd(); }
+
+int icbd_lun_open(icbd_lun* lun, const char* path, int extra_oflags, int* fd, uint64_t* size, int* readonly,
+                  char* err, size_t errlen) try {
+    auto r = lun->lun->open(path, extra_oflags);
+    if (!r) {
+        copy_error(r.status(), err, errlen);
+        return -r.status().code();
+    }
+    *fd = lun->lun->fd();
+    *size = *r;
+    *readonly = lun->lun->readonly();
+    return 0;
+} catch (const std::bad_alloc&) {
+    copy_error(icbd::Status::error(ENOMEM, "out of memory"), err, errlen);
+    return -ENOMEM;
+}
+
+void icbd_lun_close(icbd_lun* lun) { lun->lun->close(); }
+
+void icbd_lun_submit(icbd_lun* lun, const icbd_cmd* c) {
+    icbd::LunCommand cmd;
+    cmd.cookie = c->cookie;
+    cmd.cdb = c->cdb;
+    cmd.offset = c->offset;
+    cmd.tl = c->tl;
+    cmd.in_buf = static_cast<uint8_t*>(c->in_buf);
+    cmd.in_len = c->in_len;
+    cmd.out_buf = static_cast<uint8_t*>(c->out_buf);
+    cmd.out_len = c->out_len;
+    cmd.lun_size = c->lun_size;
+    cmd.blk_shift = c->blk_shift;
+    cmd.write_cache_enabled = c->write_cache_enabled;
+    cmd.thin_provisioning = c->thin_provisioning;
+    lun->lun->submit(cmd);
+}
+
+void icbd_lun_submit_batch(icbd_lun* lun) { lun->lun->submit_batch(); }
+void icbd_lun_process_completions(icbd_lun* lun) { lun->lun->process_completions(); }
+
+}  // extern "C"

@@ -1,0 +1,21 @@
+// Options of one icbd LUN, parsed from tgtadm's --bsopts string.
+// Syntax and meaning: docs/bsopts.md.
+#pragma once
+
+#include <string_view>
+
+#include "icbd/io_engine.hpp"
+#include "icbd/status.hpp"
+
+namespace icbd {
+
+struct LunOptions {
+    bool readonly = false;  // refuse every write (golden images)
+    bool direct = false;    // O_DIRECT: bypass the page cache
+    EngineOptions engine;
+};
+
+// Status codes: EINVAL for a bad value, ENOENT for an unknown option name.
+Result<LunOptions> parse_bsopts(std::string_view text);
+
+}  // namespace icbd

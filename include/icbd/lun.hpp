@@ -1,0 +1,85 @@
+// A LUN of the block engine: turns SCSI data-path commands (already validated by
+// tgtd's SBC layer: LBA range, read-only, CDB basics) into asynchronous I/O on one
+// backing file through one IoEngine. One thread of control owns a Lun.
+//
+// Contract of submit(): the command completes exactly once, through the host's
+// complete callback, called from submit_batch() or process_completions(); never
+// from inside submit(). submit() does no system call: it queues I/O and asks the
+// host (kick) to call submit_batch() once in the current event-loop pass.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "icbd/bsopts.hpp"
+#include "icbd/io_engine.hpp"
+#include "icbd/status.hpp"
+#include "icbd/unique_fd.hpp"
+
+namespace icbd {
+
+struct ScsiResult {
+    uint8_t status = 0;  // scsi::status_good or scsi::status_check_condition
+    uint8_t sense_key = 0;
+    uint16_t asc = 0;  // ASC << 8 | ASCQ
+    bool has_info = false;
+    uint64_t info = 0;  // sense INFORMATION field (miscompare offset)
+};
+
+struct LunCommand {
+    void* cookie = nullptr;
+    const uint8_t* cdb = nullptr;
+    uint64_t offset = 0;  // byte offset of the first LBA
+    uint32_t tl = 0;      // transfer length in bytes, as tgtd computed it
+    uint8_t* in_buf = nullptr;  // data-in (to the initiator)
+    uint32_t in_len = 0;
+    uint8_t* out_buf = nullptr;  // data-out (from the initiator)
+    uint32_t out_len = 0;
+    uint64_t lun_size = 0;
+    unsigned blk_shift = 9;
+    bool write_cache_enabled = true;  // WCE in the caching mode page
+    bool thin_provisioning = false;   // LBPME: UNMAP allowed
+};
+
+struct LunHost {
+    void (*complete)(void* ctx, void* cookie, const ScsiResult& result) = nullptr;
+    void (*kick)(void* ctx) = nullptr;  // please call submit_batch() in this loop pass
+    void* ctx = nullptr;
+};
+
+class CommandRunner;
+
+class Lun {
+public:
+    static Result<std::unique_ptr<Lun>> create(const LunOptions& opts, const LunHost& host);
+    ~Lun();
+
+    const LunOptions& options() const { return opts_; }
+    const char* engine_name() const { return engine_->name(); }
+    int event_fd() const { return engine_->event_fd(); }
+
+    // Opens the backing file per the options; falls back to read-only where the
+    // file or filesystem refuses writing. Returns the size in bytes.
+    Result<uint64_t> open(const std::string& path, int extra_oflags);
+    int fd() const { return fd_.get(); }
+    bool readonly() const { return readonly_; }
+    // Waits for every I/O in flight, then closes the backing file.
+    void close();
+
+    void submit(const LunCommand& cmd);
+    void submit_batch();
+    void process_completions();
+    size_t commands_in_flight() const;
+
+private:
+    Lun(const LunOptions& opts, const LunHost& host, std::unique_ptr<IoEngine> engine);
+    LunOptions opts_;
+    LunHost host_;
+    std::unique_ptr<IoEngine> engine_;
+    UniqueFd fd_;
+    bool readonly_ = false;
+    std::unique_ptr<CommandRunner> runner_;
+};
+
+}  // namespace icbd
