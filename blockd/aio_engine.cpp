@@ -65,6 +65,16 @@ public:
         size_t done = 0;
         while (done < batch.size()) {
             int r = io_submit(ctx_, static_cast<long>(batch.size() - done), batch.data() + done);
+            if (r < 0 && r != -EAGAIN && r != -EINTR) {
+                // The kernel refused the first iocb itself (bad fd, bad flags):
+                // that operation completes with the error; go on with the rest.
+                unsigned slot = static_cast<unsigned>(batch[done] - slots_.data());
+                done_.push_back({tags_[slot], r});
+                free_.push_back(slot);
+                synthetic = true;
+                ++done;
+                continue;
+            }
             if (r <= 0) {
                 // Put the rest back in order; the caller retries on the next pass.
                 for (size_t i = batch.size(); i > done; --i) {

@@ -1,0 +1,44 @@
+// --bsopts parsing: accepted names and values, and clear errors for the rest.
+#include <gtest/gtest.h>
+
+#include <cerrno>
+
+#include "icbd/bsopts.hpp"
+
+using namespace icbd;
+
+TEST(Bsopts, EmptyGivesDefaults) {
+    auto o = parse_bsopts("");
+    ASSERT_TRUE(o);
+    EXPECT_FALSE(o->readonly);
+    EXPECT_FALSE(o->direct);
+    EXPECT_EQ(o->engine.queue_depth, 128u);
+    EXPECT_EQ(o->engine.kind, EngineKind::automatic);
+}
+
+TEST(Bsopts, AllOptionsWithEitherSeparator) {
+    auto o = parse_bsopts("readonly=1;direct=yes, queue_depth=64;engine=aio");
+    ASSERT_TRUE(o) << o.status().message();
+    EXPECT_TRUE(o->readonly);
+    EXPECT_TRUE(o->direct);
+    EXPECT_EQ(o->engine.queue_depth, 64u);
+    EXPECT_EQ(o->engine.kind, EngineKind::aio);
+    EXPECT_EQ(parse_bsopts("engine=io_uring")->engine.kind, EngineKind::io_uring);
+}
+
+TEST(Bsopts, UnknownOptionIsNamed) {
+    auto o = parse_bsopts("readonly=1;cache_size=5");
+    ASSERT_FALSE(o);
+    EXPECT_EQ(o.status().code(), ENOENT);
+    EXPECT_NE(o.status().message().find("'cache_size'"), std::string::npos) << o.status().message();
+}
+
+TEST(Bsopts, BadValuesAreRefused) {
+    for (const char* bad : {"readonly=maybe", "queue_depth=0", "queue_depth=4097", "queue_depth=12x",
+                            "queue_depth=", "engine=spdk", "direct"}) {
+        auto o = parse_bsopts(bad);
+        ASSERT_FALSE(o) << bad;
+        EXPECT_EQ(o.status().code(), EINVAL) << bad;
+        EXPECT_NE(o.status().message().find("bsopts"), std::string::npos) << o.status().message();
+    }
+}
