@@ -7,6 +7,7 @@
  * registered twice (the preloaded copy wins). */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +17,9 @@ __attribute__((constructor)) static void icbd_preload_modules(void)
 	const char *list = getenv("ICBD_TGT_MODULES");
 	char *copy, *save = NULL, *path;
 
-	if (!list || !*list)
+	/* Only tgtd exports the symbols a module needs; stay out of any other
+	 * program the variable leaks into (a wrapper such as setsid or env). */
+	if (!list || !*list || strcmp(program_invocation_short_name, "tgtd") != 0)
 		return;
 	copy = strdup(list);
 	if (!copy)

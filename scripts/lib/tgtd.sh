@@ -14,13 +14,13 @@ tgtd_start() {
   local mods="${ICBD_BUILD:?ICBD_BUILD not set}/modules"
   [ -f "$mods/bs_icbd.so" ] || { echo "tgtd_start: $mods/bs_icbd.so not built" >&2; return 1; }
   TGTD_PORT=$(free_tcp_port)
-  # Control ports are unix sockets /var/run/tgtd/socket.N; derive N from the
-  # (unique, free) TCP port and skip any N whose lock is held.
-  TGTD_CTL=$TGTD_PORT
+  # Control ports are unix sockets /var/run/tgtd/socket.N with N a C short;
+  # derive N from the (unique, free) TCP port and skip any N in use.
+  TGTD_CTL=$(( TGTD_PORT % 30000 + 1000 ))
   while [ -e "/var/run/tgtd/socket.$TGTD_CTL" ]; do TGTD_CTL=$((TGTD_CTL + 1)); done
   TGTD_LOG=${TGTD_LOG:-$(mktemp /tmp/icbd-tgtd.XXXXXX.log)}
-  LD_PRELOAD="$mods/libicbd_tgt_preload.so" ICBD_TGT_MODULES="$mods/bs_icbd.so" \
-    setsid /usr/sbin/tgtd -f -C "$TGTD_CTL" --iscsi "portal=127.0.0.1:$TGTD_PORT" >"$TGTD_LOG" 2>&1 &
+  setsid env LD_PRELOAD="$mods/libicbd_tgt_preload.so" ICBD_TGT_MODULES="$mods/bs_icbd.so" \
+    /usr/sbin/tgtd -f -C "$TGTD_CTL" --iscsi "portal=127.0.0.1:$TGTD_PORT" >"$TGTD_LOG" 2>&1 &
   TGTD_PID=$!
   local i
   for i in $(seq 100); do
