@@ -65,12 +65,15 @@ public:
         size_t n = 0;
         while (n < out.size()) {
             unsigned want = static_cast<unsigned>(std::min<size_t>(64, out.size() - n));
+            // Only an empty peek looks at the kernel's overflow list, so keep
+            // peeking until one comes back empty.
             unsigned got = io_uring_peek_batch_cqe(&ring_, cqes, want);
             if (got == 0) break;
             for (unsigned i = 0; i < got; ++i) out[n++] = {cqes[i]->user_data, cqes[i]->res};
             io_uring_cq_advance(&ring_, got);
         }
         in_flight_ -= n;
+        in_kernel_ -= n;
         return n;
     }
 
@@ -86,8 +89,13 @@ public:
 
 private:
     bool fill(const IoRequest& req) {
+        // Never more in the kernel than the completion ring holds: overflowed
+        // completions raise no new eventfd edge, and an edge-triggered host
+        // would wait for them forever (this hung iscsi-test-cu once).
+        if (in_kernel_ >= ring_.cq.ring_entries) return false;
         io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
         if (!sqe) return false;
+        ++in_kernel_;
         switch (req.op) {
             case IoOp::read:
                 io_uring_prep_read(sqe, req.fd, req.buf, static_cast<unsigned>(req.len), req.offset);
@@ -115,7 +123,8 @@ private:
     bool ring_ok_ = false;
     UniqueFd efd_;
     std::deque<IoRequest> backlog_;
-    size_t in_flight_ = 0;
+    size_t in_flight_ = 0;  // prepared and not yet reaped, backlog included
+    size_t in_kernel_ = 0;  // in the rings: bounded by the completion ring
 };
 
 }  // namespace

@@ -1,0 +1,326 @@
+#!/usr/bin/env bash
+# compare_backends.sh: tgt's bstypes null (protocol ceiling), rdwr, aio and our
+# icbd over the same backing file, in one run on one private tgtd.
+#
+#   bench/compare_backends.sh [options]
+#     --build DIR        CMake build dir with modules/ and bench/ (default build/release)
+#     --seconds S        seconds per run, whole number (default 5)
+#     --runs N           runs per workload and backend (default 3)
+#     --size SIZE        backing file size for dd, e.g. 1G, 512M (default 1G)
+#     --dir DIR          where the backing file goes (default /var/tmp)
+#     --bstypes "LIST"   backends to compare (default "null rdwr aio icbd")
+#     --workloads "LIST" subset of: rr4k-qd1 rr4k-qd8 rr4k-qd32 sr128k-qd8 rw4k-qd32 sw128k-qd8
+#     --icbd-bsopts STR  --bsopts for the icbd LUN (default none: engine=auto)
+#     --read-tool T      iscsi-perf (default) or load (our icbd-iscsi-load) for reads
+#     --out FILE         also write the Markdown report to FILE
+#     --raw FILE         also write one line per run (TSV) to FILE
+#     --no-warmup        skip the 1 s warm-up read per LUN
+#
+# Prints a Markdown report on stdout. Runs are interleaved (run 1 of every
+# workload and backend, then run 2, ...) so that a burst of background load hits
+# all backends alike. Ratios are figures, never a failure: the exit status is 0
+# unless setup failed or a run itself failed (SCSI error, lost session), which
+# is a bug to look at, not a slow result.
+#
+# Backing file: filled with random data (not sparse), then read once so the page
+# cache holds it; tgt's aio bstype always opens it O_DIRECT (its own choice) and
+# so reads the disk, while rdwr and icbd use the page cache.
+#
+# tgtd CPU per operation: utime+stime of the whole tgtd process from
+# /proc/PID/stat (every thread: rdwr's 16 worker threads, io_uring's io-wq
+# workers) over the run, divided by the operations of that run. It excludes the
+# initiator's CPU and softirq work charged to other tasks; both share the same
+# 2 cores, which is why it is reported next to IOPS.
+set -uo pipefail
+
+orig_args="$*"
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+src=$(cd "$here/.." && pwd)
+build="$src/build/release"
+seconds=5
+runs=3
+size=1G
+dir=/var/tmp
+bstypes="null rdwr aio icbd"
+all_workloads="rr4k-qd1 rr4k-qd8 rr4k-qd32 sr128k-qd8 rw4k-qd32 sw128k-qd8"
+workloads=$all_workloads
+icbd_bsopts=""
+read_tool=iscsi-perf
+out=""
+raw_out=""
+warmup=1
+
+die() { echo "compare_backends: $*" >&2; exit 2; }
+need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "option $1 needs a value"; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --build) need_arg "$@"; build=$2; shift 2 ;;
+    --seconds) need_arg "$@"; seconds=$2; shift 2 ;;
+    --runs) need_arg "$@"; runs=$2; shift 2 ;;
+    --size) need_arg "$@"; size=$2; shift 2 ;;
+    --dir) need_arg "$@"; dir=$2; shift 2 ;;
+    --bstypes) need_arg "$@"; bstypes=$2; shift 2 ;;
+    --workloads) need_arg "$@"; workloads=$2; shift 2 ;;
+    --icbd-bsopts) need_arg "$@"; icbd_bsopts=$2; shift 2 ;;
+    --read-tool) need_arg "$@"; read_tool=$2; shift 2 ;;
+    --out) need_arg "$@"; out=$2; shift 2 ;;
+    --raw) need_arg "$@"; raw_out=$2; shift 2 ;;
+    --no-warmup) warmup=0; shift ;;
+    -h|--help) sed -n '2,/^set -uo/{/^set -uo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+    *) die "unknown option '$1' (see --help)" ;;
+  esac
+done
+[[ "$seconds" =~ ^[1-9][0-9]*$ ]] || die "--seconds must be a whole number >= 1 (iscsi-perf counts whole seconds), not '$seconds'"
+[[ "$runs" =~ ^[1-9][0-9]*$ ]] || die "--runs must be a number >= 1, not '$runs'"
+[[ "$size" =~ ^[1-9][0-9]*[KMG]?$ ]] || die "--size must look like 1G, 512M or a byte count, not '$size'"
+case "$read_tool" in iscsi-perf|load) ;; *) die "--read-tool must be iscsi-perf or load, not '$read_tool'" ;; esac
+for w in $workloads; do
+  [[ " $all_workloads " == *" $w "* ]] || die "unknown workload '$w' (known: $all_workloads)"
+done
+for b in $bstypes; do
+  case "$b" in null|rdwr|aio|icbd) ;; *) die "unknown bstype '$b' (known: null rdwr aio icbd)" ;; esac
+done
+[ "$(id -u)" -eq 0 ] || die "needs root (tgtd)"
+build=$(cd "$build" 2>/dev/null && pwd) || die "build dir not found (build first: cmake --preset release && cmake --build --preset release)"
+load="$build/bench/icbd-iscsi-load"
+[ -x "$load" ] || die "$load not built"
+[ -f "$build/modules/bs_icbd.so" ] || die "$build/modules/bs_icbd.so not built"
+for t in tgtd tgtadm iscsi-perf python3 dd; do
+  command -v "$t" >/dev/null 2>&1 || [ -x "/usr/sbin/$t" ] || die "'$t' not found (scripts/install-deps.sh installs it)"
+done
+[ -d "$dir" ] || die "--dir $dir does not exist"
+
+# --- cleanup: everything this script starts or creates -------------------------
+work=$(mktemp -d /tmp/icbd-compare.XXXXXX) || die "mktemp failed"
+backing=""
+TGTD_PID=""
+child=""
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ -n "$child" ] && kill -0 "$child" 2>/dev/null; then kill "$child" 2>/dev/null; wait "$child" 2>/dev/null; fi
+  if [ -n "$TGTD_PID" ]; then tgtd_stop >/dev/null 2>&1 || true; fi
+  [ -n "$backing" ] && rm -f "$backing"
+  [ -n "${TGTD_LOG:-}" ] && rm -f "$TGTD_LOG"
+  rm -rf "$work"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo "compare_backends: interrupted" >&2; exit 130' INT TERM
+
+# run_child OUT ERR CMD...: runs CMD with stdout and stderr to the files OUT and
+# ERR (- keeps ours), in the background so that a signal reaches this shell while
+# it runs (and the trap's message is not redirected with it), and waits for it.
+run_child() {
+  local o=$1 e=$2
+  shift 2
+  (
+    if [ "$o" != - ]; then exec >"$o"; fi
+    if [ "$e" != - ]; then exec 2>"$e"; fi
+    exec "$@"
+  ) &
+  child=$!
+  wait "$child"
+  local rc=$?
+  child=""
+  return $rc
+}
+
+log() { echo "compare_backends: $*" >&2; }
+
+# --- backing file ---------------------------------------------------------------
+backing=$(mktemp "$dir/icbd-compare.XXXXXX.img") || die "cannot create a file in $dir"
+log "filling $backing ($size of random data)"
+case "$size" in
+  *G) mib=$(( ${size%G} * 1024 )) ;;
+  *M) mib=${size%M} ;;
+  *K) mib=$(( (${size%K} + 1023) / 1024 )) ;;
+  *) mib=$(( (size + 1048575) / 1048576 )) ;;
+esac
+run_child - - dd if=/dev/urandom of="$backing" bs=1M count="$mib" iflag=fullblock conv=fsync status=none ||
+  die "cannot fill $backing"
+# Read it once: rdwr and icbd then serve it from the page cache.
+run_child - - dd if="$backing" of=/dev/null bs=1M status=none || die "cannot read $backing"
+cached="unknown"
+if command -v fincore >/dev/null 2>&1; then
+  cached=$(fincore -nb -o RES,SIZE "$backing" 2>/dev/null | awk '{ if ($2 > 0) printf "%.0f%%", 100 * $1 / $2 }')
+fi
+
+# --- tgtd -------------------------------------------------------------------------
+export ICBD_BUILD=$build
+# shellcheck source=../scripts/lib/tgtd.sh
+source "$src/scripts/lib/tgtd.sh"
+TGTD_LOG="$work/tgtd.log"
+tgtd_start || die "tgtd did not start"
+log "tgtd pid $TGTD_PID, portal 127.0.0.1:$TGTD_PORT, control port $TGTD_CTL"
+
+declare -A url
+tid=0
+for b in $bstypes; do
+  tid=$((tid + 1))
+  iqn="iqn.2024-01.org.icbd:bench-$b"
+  tgtd_adm --op new --mode target --tid "$tid" -T "$iqn" || die "cannot create target $iqn"
+  args=(--op new --mode logicalunit --tid "$tid" --lun 1 --bstype "$b" --blocksize 4096)
+  if [ "$b" = null ]; then args+=(--backing-store None); else args+=(--backing-store "$backing"); fi
+  if [ "$b" = icbd ] && [ -n "$icbd_bsopts" ]; then args+=(--bsopts "$icbd_bsopts"); fi
+  tgtd_adm "${args[@]}" || die "cannot add a LUN of bstype $b (see $TGTD_LOG)"
+  tgtd_adm --op bind --mode target --tid "$tid" -I ALL || die "cannot bind target $iqn"
+  url[$b]="iscsi://127.0.0.1:$TGTD_PORT/$iqn/1"
+done
+
+clk_tck=$(getconf CLK_TCK)
+cpu_ticks() {  # utime + stime of the whole tgtd process, in clock ticks
+  local stat
+  stat=$(cat "/proc/$TGTD_PID/stat" 2>/dev/null) || { echo 0; return; }
+  stat=${stat##*) }  # fields after "(comm)": state is field 3
+  set -- $stat
+  echo $(( ${12} + ${13} ))
+}
+
+# One measured run: sets result="ops iops mbps p50_us p99_us" or fails. Runs in
+# this shell (not in $(...)) so that cleanup can stop the tool on a signal.
+# iscsi-perf reports the average IOPS over whole seconds; ops = IOPS x seconds.
+measure() {
+  local b=$1 w=$2 secs=$3 res rc
+  result=""
+  local bsz qd rw pattern
+  case "$w" in
+    rr4k-qd*) bsz=4096; qd=${w#rr4k-qd}; rw=read; pattern=random ;;
+    sr128k-qd*) bsz=131072; qd=${w#sr128k-qd}; rw=read; pattern=seq ;;
+    rw4k-qd*) bsz=4096; qd=${w#rw4k-qd}; rw=write; pattern=random ;;
+    sw128k-qd*) bsz=131072; qd=${w#sw128k-qd}; rw=write; pattern=seq ;;
+  esac
+  if [ "$rw" = read ] && [ "$read_tool" = iscsi-perf ]; then
+    local rflag=()
+    [ "$pattern" = random ] && rflag=(-r)
+    # LUN block size is 4096: -b counts 4 KiB blocks, so random reads stay aligned.
+    run_child "$work/out" "$work/err" timeout $((secs + 60)) iscsi-perf -i "iqn.2024-01.org.icbd:perf" -m "$qd" \
+      -b $((bsz / 4096)) -t "$secs" "${rflag[@]}" "${url[$b]}"
+    rc=$?
+    if [ $rc -ne 0 ] || grep -qiE "failed|error" "$work/out" "$work/err"; then
+      log "iscsi-perf on $b ($w) failed (rc $rc): $(cat "$work/out" "$work/err" | tr '\r' '\n' | grep -v '^$' | tail -2 | tr '\n' ' ')"
+      return 1
+    fi
+    res=$(tr '\r' '\n' <"$work/out" | grep -o 'iops average [0-9]*' | tail -1 | awk '{print $3}')
+    [ -n "$res" ] || { log "iscsi-perf on $b ($w): no result in its output"; return 1; }
+    result="$((res * secs)) $res $(awk -v i="$res" -v b="$bsz" 'BEGIN{printf "%.1f", i*b/1e6}') - -"
+  else
+    run_child "$work/out" "$work/err" timeout $((secs + 60)) "$load" --url "${url[$b]}" --rw "$rw" \
+      --pattern "$pattern" --bs "$bsz" --qd "$qd" --seconds "$secs" --json
+    rc=$?
+    if [ $rc -ne 0 ]; then
+      log "icbd-iscsi-load on $b ($w) failed (rc $rc): $(tail -2 "$work/err" | tr '\n' ' ')"
+      return 1
+    fi
+    result=$(python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["ops"], round(d["iops"]), "%.1f" % d["mb_per_s"], d["lat_us"]["p50"], d["lat_us"]["p99"])' <"$work/out") ||
+      { log "icbd-iscsi-load on $b ($w): unreadable output"; return 1; }
+  fi
+}
+
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+uptime_before=$(uptime)
+started=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
+
+if [ "$warmup" = 1 ]; then
+  for b in $bstypes; do
+    log "warm-up: $b"
+    measure "$b" rr4k-qd8 1 || log "warm-up on $b failed"
+  done
+fi
+
+raw="$work/raw.tsv"
+printf 'run\tworkload\tbstype\tops\tiops\tmbps\tp50_us\tp99_us\tcpu_s\tcpu_us_per_op\tload1\n' >"$raw"
+failures=0
+for run in $(seq "$runs"); do
+  for w in $workloads; do
+    for b in $bstypes; do
+      la=$(loadavg)
+      t0=$(cpu_ticks)
+      if measure "$b" "$w" "$seconds"; then
+        t1=$(cpu_ticks)
+        read -r ops iops mbps p50 p99 <<<"$result"
+        cpu=$(awk -v d=$((t1 - t0)) -v hz="$clk_tck" 'BEGIN{printf "%.2f", d/hz}')
+        cpuop=$(awk -v c="$cpu" -v o="$ops" 'BEGIN{ if (o > 0) printf "%.2f", c*1e6/o; else print "nan" }')
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$run" "$w" "$b" "$ops" "$iops" "$mbps" "$p50" "$p99" \
+          "$cpu" "$cpuop" "${la%% *}" >>"$raw"
+        log "run $run/$runs $w $b: $iops IOPS, $mbps MB/s, tgtd ${cpuop} us CPU/op (load $la)"
+      else
+        failures=$((failures + 1))
+        printf '%s\t%s\t%s\tFAILED\t\t\t\t\t\t\t%s\n' "$run" "$w" "$b" "${la%% *}" >>"$raw"
+      fi
+      # Settle written data outside the measured window, so one backend's
+      # writeback does not land in the next one's run.
+      case "$w" in rw*|sw*) sync "$backing" 2>/dev/null || true ;; esac
+    done
+  done
+done
+uptime_after=$(uptime)
+[ -n "$raw_out" ] && cp "$raw" "$raw_out"
+
+# --- report -----------------------------------------------------------------------
+report="$work/report.md"
+{
+  echo "## tgt backends over one backing file: null, rdwr, aio, icbd"
+  echo
+  echo "- started: $started; host $(hostname), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r)"
+  echo "- tgtd: Debian tgt $(dpkg-query -W -f='${Version}' tgt 2>/dev/null), one instance; icbd module from $build/modules; icbd bsopts: '${icbd_bsopts:-(default)}'"
+  echo "- backing file: $size of random data on $(findmnt -n -o FSTYPE -T "$dir" 2>/dev/null || echo ?) ($dir), page cache warm before the runs (resident: $cached); LUN block size 4096; null LUN has no file (1 TiB)"
+  echo "- reads: $( [ "$read_tool" = iscsi-perf ] && echo "libiscsi iscsi-perf (IOPS averaged over whole seconds)" || echo "icbd-iscsi-load"); writes: icbd-iscsi-load (no FUA)"
+  echo "- $runs runs x $seconds s per workload and backend, interleaved; tgtd CPU = utime+stime of the whole process / ops"
+  echo "- load before: \`${uptime_before# }\`"
+  echo "- load after: \`${uptime_after# }\`"
+  echo "- command: \`bench/compare_backends.sh${orig_args:+ $orig_args}\`"
+  echo
+} >"$report"
+python3 - "$raw" "$bstypes" >>"$report" <<'PY'
+import csv, statistics, sys
+raw, bstypes = sys.argv[1], sys.argv[2].split()
+rows = list(csv.DictReader(open(raw), delimiter="\t"))
+names = {"rr4k-qd1": "4K rand read qd1", "rr4k-qd8": "4K rand read qd8", "rr4k-qd32": "4K rand read qd32",
+         "sr128k-qd8": "128K seq read qd8", "rw4k-qd32": "4K rand write qd32", "sw128k-qd8": "128K seq write qd8"}
+workloads = list(dict.fromkeys(r["workload"] for r in rows))
+def vals(w, b, key):
+    out = []
+    for r in rows:
+        if r["workload"] == w and r["bstype"] == b and r["ops"] != "FAILED":
+            try: out.append(float(r[key]))
+            except ValueError: pass
+    return out
+def med(v): return statistics.median(v) if v else None
+def fmt(x, nd=0):
+    if x is None: return "n/a"
+    return f"{x:,.{nd}f}" if nd else f"{x:,.0f}"
+def ratio(a, b): return f"{a / b:.2f}x" if a and b else "n/a"
+def failed(w, b): return sum(1 for r in rows if r["workload"] == w and r["bstype"] == b and r["ops"] == "FAILED")
+
+print("### Summary: median IOPS\n")
+hdr = ["workload"] + bstypes + [c for c in ("icbd/null", "icbd/rdwr", "icbd/aio") if c.split("/")[1] in bstypes and "icbd" in bstypes]
+print("| " + " | ".join(hdr) + " |")
+print("|" + "|".join(["---"] + ["---:"] * (len(hdr) - 1)) + "|")
+for w in workloads:
+    m = {b: med(vals(w, b, "iops")) for b in bstypes}
+    cells = [names.get(w, w)] + [fmt(m[b]) + (f" ({failed(w, b)} failed)" if failed(w, b) else "") for b in bstypes]
+    for c in hdr[len(bstypes) + 1:]:
+        cells.append(ratio(m["icbd"], m[c.split("/")[1]]))
+    print("| " + " | ".join(cells) + " |")
+
+print("\n### Detail: min / median / max of the runs\n")
+print("| workload | bstype | IOPS | MB/s | tgtd CPU µs/op | p50 / p99 latency µs (median run) |")
+print("|---|---|---:|---:|---:|---:|")
+for w in workloads:
+    for b in bstypes:
+        i, mb, c = vals(w, b, "iops"), vals(w, b, "mbps"), vals(w, b, "cpu_us_per_op")
+        p50, p99 = vals(w, b, "p50_us"), vals(w, b, "p99_us")
+        def mmm(v, nd=0):
+            return "n/a" if not v else f"{fmt(min(v), nd)} / **{fmt(med(v), nd)}** / {fmt(max(v), nd)}"
+        lat = f"{med(p50):.0f} / {med(p99):.0f}" if p50 and p99 else "–"
+        extra = f" ({failed(w, b)} failed)" if failed(w, b) else ""
+        print(f"| {names.get(w, w)} | {b}{extra} | {mmm(i)} | {mmm(mb, 1)} | {mmm(c, 2)} | {lat} |")
+PY
+cat "$report"
+[ -n "$out" ] && cp "$report" "$out"
+if [ "$failures" -gt 0 ]; then
+  log "$failures run(s) failed; see the messages above"
+  exit 1
+fi
+exit 0

@@ -1,0 +1,88 @@
+// LoopFs: truncate + losetup + mkfs + mount, each undone by its own RAII owner.
+#include "loop_fs.hpp"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <stdexcept>
+#include <thread>
+
+#include "run_command.hpp"
+
+namespace icbd::test {
+
+// `losetup -d` on destruction.
+struct LoopFs::LoopDevice {
+    std::string dev;
+    explicit LoopDevice(const std::filesystem::path& image) {
+        dev = run_checked({"losetup", "-f", "--show", image.string()}).output;
+        if (dev.rfind("/dev/loop", 0) != 0) throw std::runtime_error("losetup printed no device: '" + dev + "'");
+    }
+    ~LoopDevice() {
+        CommandResult r = run_command({"losetup", "-d", dev});
+        if (!r.ok()) std::fprintf(stderr, "LoopFs: %s\n", r.describe().c_str());
+    }
+};
+
+// `umount` on destruction. Retries briefly: a tgtd that just let go of a
+// backing file, or udev probing the device, can keep it busy for a moment.
+struct LoopFs::Mount {
+    std::string dir;
+    Mount(const std::string& dev, const std::string& d) : dir(d) { run_checked({"mount", dev, dir}); }
+    ~Mount() {
+        for (int i = 0; i < 50; ++i) {
+            if (run_command({"umount", dir}).ok()) return;
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+        // Still busy: detach lazily so at least the loop device can go away.
+        CommandResult r = run_command({"umount", "-l", dir});
+        std::fprintf(stderr, "LoopFs: umount %s was busy for 5 s; lazy umount: %s\n", dir.c_str(),
+                     r.ok() ? "ok" : r.describe().c_str());
+    }
+};
+
+std::optional<std::string> LoopFs::unavailable(Type type) {
+    if (geteuid() != 0) return "needs root (losetup, mkfs, mount)";
+    for (const char* p : {"losetup", "mount", "umount"})
+        if (!have_program(p)) return std::string(p) + " is not installed";
+    if (type == Type::btrfs && (!have_program("mkfs.btrfs") || !have_program("btrfs")))
+        return std::string("btrfs-progs (mkfs.btrfs, btrfs) is not installed");
+    if (type == Type::ext4 && !have_program("mkfs.ext4")) return std::string("mkfs.ext4 is not installed");
+    if (access("/dev/loop-control", R_OK | W_OK) != 0) return std::string("no /dev/loop-control (loop devices)");
+    return std::nullopt;
+}
+
+LoopFs::LoopFs(Type type, uint64_t size, const std::filesystem::path& base)
+    : type_(type), image_dir_(base, "icbd-loopimg-"), mount_dir_("/tmp", "icbd-mnt-") {
+    const auto image = image_dir_ / "fs.img";
+    make_sparse_file(image, size);
+    loop_ = std::make_unique<LoopDevice>(image);
+    device_ = loop_->dev;
+    if (type == Type::btrfs) {
+        run_checked({"mkfs.btrfs", "-q", "-f", device_});
+    } else {
+        // No reserved blocks: "full" means full for root too.
+        run_checked({"mkfs.ext4", "-q", "-F", "-m", "0", "-E", "nodiscard", device_});
+    }
+    mount_point_ = mount_dir_.path();
+    mount_ = std::make_unique<Mount>(device_, mount_point_.string());
+}
+
+LoopFs::~LoopFs() {
+    mount_.reset();  // umount before losetup -d before the image goes
+    loop_.reset();
+}
+
+void LoopFs::create_subvolume(const std::string& name) {
+    if (type_ != Type::btrfs) throw std::logic_error("create_subvolume on a non-BTRFS LoopFs");
+    run_checked({"btrfs", "-q", "subvolume", "create", (mount_point_ / name).string()});
+}
+
+void LoopFs::snapshot_readonly(const std::string& source, const std::string& dest) {
+    if (type_ != Type::btrfs) throw std::logic_error("snapshot_readonly on a non-BTRFS LoopFs");
+    run_checked({"btrfs", "-q", "subvolume", "snapshot", "-r", (mount_point_ / source).string(),
+                 (mount_point_ / dest).string()});
+}
+
+}  // namespace icbd::test
