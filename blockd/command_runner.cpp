@@ -124,7 +124,11 @@ void CommandRunner::submit(const LunCommand& cmd) {
     else if (op == scsi::op::write_same_10 || op == scsi::op::write_same_16) t.kind = Kind::write_same;
     else if (op == scsi::op::unmap) t.kind = Kind::unmap;
     else if (op == scsi::op::pre_fetch_10 || op == scsi::op::pre_fetch_16) t.kind = Kind::prefetch;
-    else if (op == scsi::op::verify_10 || op == scsi::op::verify_12 || op == scsi::op::verify_16) t.kind = Kind::verify;
+    else if (op == scsi::op::verify_10 || op == scsi::op::verify_12 || op == scsi::op::verify_16) {
+        t.kind = Kind::verify;
+        // tgtd's sbc_verify() checks the range but never sets cmd->tl.
+        t.cmd.tl = scsi::transfer_length(cmd.cdb) << cmd.blk_shift;
+    }
     else t.kind = Kind::invalid;
 
     // The byte range a writing command touches, for read-modify-write exclusion.

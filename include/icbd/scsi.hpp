@@ -53,4 +53,21 @@ inline bool is_write_verify(uint8_t o) {
 // WRITE(6) has no such bit.
 inline bool fua(const uint8_t* cdb) { return cdb[0] != op::write_6 && (cdb[1] & 0x08); }
 
+// TRANSFER LENGTH (in blocks) of a 10-, 12- or 16-byte read/write/verify CDB,
+// by the CDB's group code (SBC-3: bytes 7-8, 6-9 and 10-13).
+inline uint32_t transfer_length(const uint8_t* cdb) {
+    auto be = [cdb](int at, int n) {
+        uint32_t v = 0;
+        for (int i = 0; i < n; ++i) v = v << 8 | cdb[at + i];
+        return v;
+    };
+    switch (cdb[0] >> 5) {
+        case 1:
+        case 2: return be(7, 2);   // 10-byte CDBs
+        case 5: return be(6, 4);   // 12-byte CDBs
+        case 4: return be(10, 4);  // 16-byte CDBs
+        default: return 0;
+    }
+}
+
 }  // namespace icbd::scsi

@@ -38,9 +38,10 @@ for mode in default thin; do
     tgtd_adm --op update --mode logicalunit --tid 2 --lun 1 --params thin_provisioning=1
   fi
   # The two backends run side by side: separate targets, separate files.
-  iscsi-test-cu -d -n "iscsi://127.0.0.1:$TGTD_PORT/$iqn-rdwr/1" >"$out/rdwr-$mode.txt" 2>&1 &
+  # A bound on each run: a lost completion must fail the suite, not hang it.
+  timeout 400 iscsi-test-cu -d -n "iscsi://127.0.0.1:$TGTD_PORT/$iqn-rdwr/1" >"$out/rdwr-$mode.txt" 2>&1 &
   p1=$!
-  iscsi-test-cu -d -n "iscsi://127.0.0.1:$TGTD_PORT/$iqn-icbd/1" >"$out/icbd-$mode.txt" 2>&1 &
+  timeout 400 iscsi-test-cu -d -n "iscsi://127.0.0.1:$TGTD_PORT/$iqn-icbd/1" >"$out/icbd-$mode.txt" 2>&1 &
   p2=$!
   wait $p1 || true
   wait $p2 || true

@@ -5,6 +5,7 @@
 // where it matters, in the backing file itself: holes, offsets).
 #include <sys/vfs.h>
 
+#include <algorithm>
 #include <map>
 #include <memory>
 
@@ -27,6 +28,7 @@ struct Param {
     const char* bsopts;  // "" = defaults (io_uring)
     const char* name;
 };
+void PrintTo(const Param& p, std::ostream* os) { *os << p.fs << " bsopts \"" << p.bsopts << "\""; }
 
 // Everything the tests of this program share: one tgtd, one BTRFS, and one LUN
 // per (filesystem, bsopts). Built on first use, torn down by the environment
@@ -70,7 +72,9 @@ struct World {
         const int tid = static_cast<int>(luns.size()) + 1;
         auto file = dir / (std::string(p.name) + ".img");
         make_sparse_file(file, kLunBytes);
-        tgtd->add_target(tid, "iqn.2026-01.org.icbd.test:blockio-" + std::string(p.name));
+        std::string iqn = "iqn.2026-01.org.icbd.test:blockio-" + std::string(p.name);
+        std::replace(iqn.begin(), iqn.end(), '_', '-');  // tgtd refuses '_' in IQNs
+        tgtd->add_target(tid, iqn);
         // Thin provisioning: the LUN advertises UNMAP, so UNMAP and WRITE SAME
         // with the UNMAP bit deallocate.
         tgtd->add_lun({.tid = tid, .lun = 1, .path = file, .bsopts = p.bsopts, .params = "thin_provisioning=1"});

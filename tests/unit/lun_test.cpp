@@ -81,7 +81,10 @@ protected:
         put_be(&c.cdb[10], blocks, 4);
         c.lc.cdb = c.cdb.data();
         c.lc.offset = lba << kShift;
-        c.lc.tl = static_cast<uint32_t>(blocks << kShift);
+        // tgtd's sbc_verify() leaves tl at 0 (regression: every VERIFY with
+        // BYTCHK passed without comparing anything).
+        const bool verify = op == scsi::op::verify_10 || op == scsi::op::verify_12 || op == scsi::op::verify_16;
+        c.lc.tl = verify ? 0 : static_cast<uint32_t>(blocks << kShift);
         c.lc.lun_size = kSize;
         c.lc.blk_shift = kShift;
         c.lc.thin_provisioning = true;
