@@ -8,6 +8,8 @@
 #     --runs N           runs per workload and backend (default 3)
 #     --size SIZE        backing file size for dd, e.g. 1G, 512M (default 1G)
 #     --dir DIR          where the backing file goes (default /var/tmp)
+#     --btrfs            put the backing file on a fresh BTRFS (loop device over a
+#                        file in --dir), as golden images are; removed at exit
 #     --bstypes "LIST"   backends to compare (default "null rdwr aio icbd")
 #     --workloads "LIST" subset of: rr4k-qd1 rr4k-qd8 rr4k-qd32 sr128k-qd8 rw4k-qd32 sw128k-qd8
 #     --icbd-bsopts STR  --bsopts for the icbd LUN (default none: engine=auto)
@@ -22,9 +24,12 @@
 # unless setup failed or a run itself failed (SCSI error, lost session), which
 # is a bug to look at, not a slow result.
 #
-# Backing file: filled with random data (not sparse), then read once so the page
-# cache holds it; tgt's aio bstype always opens it O_DIRECT (its own choice) and
-# so reads the disk, while rdwr and icbd use the page cache.
+# Backing file: filled with random data (not sparse), then read again before
+# every measured run so that the page cache holds all of it: tgt's aio bstype
+# always opens it O_DIRECT (its own choice, so it reads and writes the disk), and
+# its direct writes evict the cached pages they overwrite, which the next backend
+# would otherwise read back from disk (seen here: 17% resident after the aio
+# write runs). The residency found before each re-read is in the raw data (--raw).
 #
 # tgtd CPU per operation: utime+stime of the whole tgtd process from
 # /proc/PID/stat (every thread: rdwr's 16 worker threads, io_uring's io-wq
@@ -49,6 +54,7 @@ read_tool=iscsi-perf
 out=""
 raw_out=""
 warmup=1
+use_btrfs=0
 
 die() { echo "compare_backends: $*" >&2; exit 2; }
 need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "option $1 needs a value"; }
@@ -66,6 +72,7 @@ while [ $# -gt 0 ]; do
     --out) need_arg "$@"; out=$2; shift 2 ;;
     --raw) need_arg "$@"; raw_out=$2; shift 2 ;;
     --no-warmup) warmup=0; shift ;;
+    --btrfs) use_btrfs=1; shift ;;
     -h|--help) sed -n '2,/^set -uo/{/^set -uo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
@@ -89,18 +96,27 @@ for t in tgtd tgtadm iscsi-perf python3 dd; do
   command -v "$t" >/dev/null 2>&1 || [ -x "/usr/sbin/$t" ] || die "'$t' not found (scripts/install-deps.sh installs it)"
 done
 [ -d "$dir" ] || die "--dir $dir does not exist"
+if [ "$use_btrfs" = 1 ]; then
+  for t in mkfs.btrfs losetup mount umount; do command -v "$t" >/dev/null 2>&1 || die "--btrfs needs '$t'"; done
+fi
 
 # --- cleanup: everything this script starts or creates -------------------------
 work=$(mktemp -d /tmp/icbd-compare.XXXXXX) || die "mktemp failed"
 backing=""
 TGTD_PID=""
 child=""
+fs_img=""
+loopdev=""
+mnt=""
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   if [ -n "$child" ] && kill -0 "$child" 2>/dev/null; then kill "$child" 2>/dev/null; wait "$child" 2>/dev/null; fi
   if [ -n "$TGTD_PID" ]; then tgtd_stop >/dev/null 2>&1 || true; fi
   [ -n "$backing" ] && rm -f "$backing"
+  if [ -n "$mnt" ] && mountpoint -q "$mnt"; then umount "$mnt" || umount -l "$mnt"; fi
+  [ -n "$loopdev" ] && losetup -d "$loopdev" 2>/dev/null
+  [ -n "$fs_img" ] && rm -f "$fs_img"
   [ -n "${TGTD_LOG:-}" ] && rm -f "$TGTD_LOG"
   rm -rf "$work"
   exit "$rc"
@@ -129,22 +145,36 @@ run_child() {
 log() { echo "compare_backends: $*" >&2; }
 
 # --- backing file ---------------------------------------------------------------
-backing=$(mktemp "$dir/icbd-compare.XXXXXX.img") || die "cannot create a file in $dir"
-log "filling $backing ($size of random data)"
 case "$size" in
   *G) mib=$(( ${size%G} * 1024 )) ;;
   *M) mib=${size%M} ;;
   *K) mib=$(( (${size%K} + 1023) / 1024 )) ;;
   *) mib=$(( (size + 1048575) / 1048576 )) ;;
 esac
+fsdir=$dir
+if [ "$use_btrfs" = 1 ]; then
+  fs_img=$(mktemp "$dir/icbd-compare-btrfs.XXXXXX.img") || die "cannot create a file in $dir"
+  truncate -s $(( mib + 1024 ))M "$fs_img" || die "cannot size $fs_img"
+  loopdev=$(losetup --find --show "$fs_img") || die "cannot attach $fs_img to a loop device"
+  mkfs.btrfs -q "$loopdev" >/dev/null 2>&1 || die "mkfs.btrfs $loopdev failed"
+  mnt="$work/mnt"
+  mkdir -p "$mnt" && mount "$loopdev" "$mnt" || die "cannot mount $loopdev"
+  fsdir=$mnt
+fi
+backing=$(mktemp "$fsdir/icbd-compare.XXXXXX.img") || die "cannot create a file in $fsdir"
+log "filling $backing ($size of random data)"
 run_child - - dd if=/dev/urandom of="$backing" bs=1M count="$mib" iflag=fullblock conv=fsync status=none ||
   die "cannot fill $backing"
-# Read it once: rdwr and icbd then serve it from the page cache.
-run_child - - dd if="$backing" of=/dev/null bs=1M status=none || die "cannot read $backing"
-cached="unknown"
-if command -v fincore >/dev/null 2>&1; then
-  cached=$(fincore -nb -o RES,SIZE "$backing" 2>/dev/null | awk '{ if ($2 > 0) printf "%.0f%%", 100 * $1 / $2 }')
-fi
+# Reads the whole file (cheap when cached) so that rdwr and icbd serve it from
+# the page cache; sets `cached` to the resident fraction before the read.
+cached="?"
+warm_cache() {
+  if command -v fincore >/dev/null 2>&1; then
+    cached=$(fincore -nb -o RES,SIZE "$backing" 2>/dev/null | awk '{ if ($2 > 0) printf "%.0f%%", 100 * $1 / $2 }')
+  fi
+  run_child - - dd if="$backing" of=/dev/null bs=1M status=none || die "cannot read $backing"
+}
+warm_cache
 
 # --- tgtd -------------------------------------------------------------------------
 export ICBD_BUILD=$build
@@ -229,11 +259,13 @@ if [ "$warmup" = 1 ]; then
 fi
 
 raw="$work/raw.tsv"
-printf 'run\tworkload\tbstype\tops\tiops\tmbps\tp50_us\tp99_us\tcpu_s\tcpu_us_per_op\tload1\n' >"$raw"
+printf 'run\tworkload\tbstype\tops\tiops\tmbps\tp50_us\tp99_us\tcpu_s\tcpu_us_per_op\tload1\tcached_before\n' >"$raw"
 failures=0
 for run in $(seq "$runs"); do
   for w in $workloads; do
     for b in $bstypes; do
+      cached="-"
+      [ "$b" != null ] && warm_cache
       la=$(loadavg)
       t0=$(cpu_ticks)
       if measure "$b" "$w" "$seconds"; then
@@ -241,12 +273,12 @@ for run in $(seq "$runs"); do
         read -r ops iops mbps p50 p99 <<<"$result"
         cpu=$(awk -v d=$((t1 - t0)) -v hz="$clk_tck" 'BEGIN{printf "%.2f", d/hz}')
         cpuop=$(awk -v c="$cpu" -v o="$ops" 'BEGIN{ if (o > 0) printf "%.2f", c*1e6/o; else print "nan" }')
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$run" "$w" "$b" "$ops" "$iops" "$mbps" "$p50" "$p99" \
-          "$cpu" "$cpuop" "${la%% *}" >>"$raw"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$run" "$w" "$b" "$ops" "$iops" "$mbps" "$p50" \
+          "$p99" "$cpu" "$cpuop" "${la%% *}" "$cached" >>"$raw"
         log "run $run/$runs $w $b: $iops IOPS, $mbps MB/s, tgtd ${cpuop} us CPU/op (load $la)"
       else
         failures=$((failures + 1))
-        printf '%s\t%s\t%s\tFAILED\t\t\t\t\t\t\t%s\n' "$run" "$w" "$b" "${la%% *}" >>"$raw"
+        printf '%s\t%s\t%s\tFAILED\t\t\t\t\t\t\t%s\t%s\n' "$run" "$w" "$b" "${la%% *}" "$cached" >>"$raw"
       fi
       # Settle written data outside the measured window, so one backend's
       # writeback does not land in the next one's run.
@@ -264,7 +296,7 @@ report="$work/report.md"
   echo
   echo "- started: $started; host $(hostname), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r)"
   echo "- tgtd: Debian tgt $(dpkg-query -W -f='${Version}' tgt 2>/dev/null), one instance; icbd module from $build/modules; icbd bsopts: '${icbd_bsopts:-(default)}'"
-  echo "- backing file: $size of random data on $(findmnt -n -o FSTYPE -T "$dir" 2>/dev/null || echo ?) ($dir), page cache warm before the runs (resident: $cached); LUN block size 4096; null LUN has no file (1 TiB)"
+  echo "- backing file: $size of random data on $(findmnt -n -o FSTYPE -T "$fsdir" 2>/dev/null || echo ?)$( [ "$use_btrfs" = 1 ] && echo " (fresh, on a loop device over a file in $dir)" || echo " ($dir)"), read into the page cache before every run (resident before that read: see --raw); LUN block size 4096; the null LUN has no file (1 TiB)"
   echo "- reads: $( [ "$read_tool" = iscsi-perf ] && echo "libiscsi iscsi-perf (IOPS averaged over whole seconds)" || echo "icbd-iscsi-load"); writes: icbd-iscsi-load (no FUA)"
   echo "- $runs runs x $seconds s per workload and backend, interleaved; tgtd CPU = utime+stime of the whole process / ops"
   echo "- load before: \`${uptime_before# }\`"

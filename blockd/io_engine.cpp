@@ -1,7 +1,18 @@
-// Engine selection: io_uring where the kernel allows it, libaio otherwise.
+// Engine selection (io_uring where the kernel allows it, libaio otherwise) and
+// what both engines share.
 #include "icbd/io_engine.hpp"
 
+#include <unistd.h>
+
+#include <cstdint>
+
 namespace icbd {
+
+void IoEngine::acknowledge_event() {
+    // Non-blocking eventfd: resets the counter, or EAGAIN when already zero.
+    uint64_t count;
+    (void)!::read(event_fd(), &count, sizeof count);
+}
 
 Result<std::unique_ptr<IoEngine>> make_io_engine(const EngineOptions& opts, std::string* why_fallback) {
     switch (opts.kind) {

@@ -72,6 +72,7 @@ void Lun::submit_batch() {
     if (runner_) runner_->submit_batch();
 }
 void Lun::process_completions() {
+    engine_->acknowledge_event();
     if (runner_) runner_->process_completions();
 }
 size_t Lun::commands_in_flight() const { return runner_ ? runner_->commands_in_flight() : 0; }

@@ -65,8 +65,10 @@ static void icbd_submit_handler(struct event_data *ev)
 	icbd_lun_submit_batch(info->lun);
 }
 
-/* Edge-triggered: libblockd drains every completion, so the eventfd counter
- * never needs a read() per pass. */
+/* Level-triggered, and libblockd reads the eventfd before draining: tgtd's
+ * event loop drops the rest of an epoll batch whenever a handler deletes an fd
+ * (a connection closing), so an edge-triggered wake-up could be lost for good;
+ * that hung iscsi-test-cu with a completion waiting in the ring. */
 static void icbd_completion_handler(int fd, int events, void *data)
 {
 	struct bs_icbd_info *info = data;
@@ -156,7 +158,7 @@ static tgtadm_err bs_icbd_init(struct scsi_lu *lu, char *bsopts)
 	}
 
 	info->efd = icbd_lun_event_fd(info->lun);
-	ret = tgt_event_add(info->efd, EPOLLIN | EPOLLET,
+	ret = tgt_event_add(info->efd, EPOLLIN,
 			    icbd_completion_handler, info);
 	if (ret) {
 		eprintf("bs_icbd: tgt %d lun %" PRIu64 ": cannot watch eventfd\n",

@@ -63,7 +63,13 @@ public:
     virtual size_t reap(std::span<IoCompletion> out) = 0;
     // Blocks until at least one completion is available (teardown only).
     virtual void wait() = 0;
+    // Becomes readable when completions may be waiting. Hosts poll it
+    // level-triggered and call acknowledge_event() before draining with
+    // reap(): a completion that arrives after that signals again. (tgtd drops
+    // the rest of an epoll batch when a handler deletes an fd, so an
+    // edge-triggered wake-up can be lost; level-triggered ones cannot.)
     virtual int event_fd() const = 0;
+    void acknowledge_event();
     virtual const char* name() const = 0;
     // Operations prepared and not yet reaped.
     virtual size_t in_flight() const = 0;

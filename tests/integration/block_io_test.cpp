@@ -77,7 +77,7 @@ struct World {
         tgtd->add_target(tid, iqn);
         // Thin provisioning: the LUN advertises UNMAP, so UNMAP and WRITE SAME
         // with the UNMAP bit deallocate.
-        tgtd->add_lun({.tid = tid, .lun = 1, .path = file, .bsopts = p.bsopts, .params = "thin_provisioning=1"});
+        tgtd->add_lun({tid, 1, file, p.bsopts, "thin_provisioning=1"});
         return luns.emplace(key, Lun{tid, file}).first->second;
     }
 };

@@ -25,6 +25,11 @@ struct TgtdOptions {
 };
 
 struct LunSpec {
+    LunSpec() = default;
+    LunSpec(int t, int l, std::filesystem::path p, std::string opts = {}, std::string prms = {},
+            std::string type = "icbd")
+        : tid(t), lun(l), path(std::move(p)), bstype(std::move(type)), bsopts(std::move(opts)), params(std::move(prms)) {}
+
     int tid = 1;
     int lun = 1;
     std::filesystem::path path;

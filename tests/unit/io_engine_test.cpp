@@ -52,6 +52,14 @@ std::map<uint64_t, int32_t> run_all(IoEngine& e, size_t expected) {
     return done;
 }
 
+// epoll_wait, restarted when io_uring's task work interrupts it (EINTR).
+int wait_ready(int ep, int timeout_ms) {
+    epoll_event out{};
+    int n;
+    while ((n = epoll_wait(ep, &out, 1, timeout_ms)) < 0 && errno == EINTR) {}
+    return n;
+}
+
 class EngineTest : public ::testing::TestWithParam<EngineKind> {
 protected:
     std::unique_ptr<IoEngine> make(unsigned depth) {
@@ -97,9 +105,7 @@ TEST_P(EngineTest, EveryCompletionWakesAnEdgeTriggeredEpoll) {
             size_t got = 0;
             // The completion may already be visible (inline) or arrive later; in
             // both cases an edge must follow, or the host would sleep forever.
-            epoll_event out{};
-            int n = epoll_wait(ep.get(), &out, 1, 5000);
-            ASSERT_EQ(n, 1) << "round " << round << " op " << static_cast<int>(op) << ": no wake-up";
+            ASSERT_EQ(wait_ready(ep.get(), 5000), 1) << "round " << round << " op " << static_cast<int>(op) << ": no wake-up";
             got = e->reap(c);
             ASSERT_EQ(got, 1u) << "round " << round << " op " << static_cast<int>(op);
             EXPECT_GE(c[0].res, 0);
@@ -126,8 +132,7 @@ TEST_P(EngineTest, BurstLargerThanTheRingCompletesUnderEdgeTriggeredPolling) {
     usleep(50000);
     size_t done = 0;
     while (done < n) {
-        epoll_event out{};
-        ASSERT_EQ(epoll_wait(ep.get(), &out, 1, 5000), 1) << "no wake-up after " << done << " of " << n;
+        ASSERT_EQ(wait_ready(ep.get(), 5000), 1) << "no wake-up after " << done << " of " << n;
         IoCompletion c[16];
         for (size_t got; (got = e->reap(c)) > 0;) done += got;
         ASSERT_GE(e->submit(), 0);

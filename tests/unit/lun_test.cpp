@@ -1,6 +1,7 @@
 // Lun semantics without tgtd: each SCSI command's effect on the backing file,
 // its sense data, and the completion contract (exactly once, never inside submit).
 #include <fcntl.h>
+#include <sys/epoll.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,6 +13,7 @@
 
 #include "icbd/lun.hpp"
 #include "icbd/scsi.hpp"
+#include "icbd/unique_fd.hpp"
 
 using namespace icbd;
 
@@ -232,6 +234,39 @@ TEST_P(LunTest, UnmapRefusedWithoutThinProvisioning) {
     c.out.assign(24, 0);
     ScsiResult r = run(c);
     EXPECT_EQ(r.sense_key, scsi::key::illegal_request);
+}
+
+// epoll_wait, restarted when io_uring's task work interrupts it (EINTR).
+int wait_ready(int ep, int timeout_ms) {
+    epoll_event out{};
+    int n;
+    while ((n = epoll_wait(ep, &out, 1, timeout_ms)) < 0 && errno == EINTR) {}
+    return n;
+}
+
+// The host contract for the event fd, as tgtd uses it: level-triggered. A
+// wake-up the host does not act on (tgtd abandons the rest of an epoll batch
+// after any fd is deleted) is delivered again; once the host has processed
+// completions, the fd goes quiet instead of spinning the loop.
+// Regression: with EPOLLET, iscsi-test-cu hung with a completion in the ring.
+TEST_P(LunTest, SkippedWakeUpIsDeliveredAgainAndProcessingQuietsIt) {
+    UniqueFd ep(epoll_create1(EPOLL_CLOEXEC));
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ASSERT_EQ(epoll_ctl(ep.get(), EPOLL_CTL_ADD, lun_->event_fd(), &ev), 0);
+    Cmd c = make(scsi::op::read_16, 8, 8);
+    c.in.resize(8 * kBlock);
+    c.lc.cookie = &c;
+    c.lc.in_buf = c.in.data();
+    c.lc.in_len = static_cast<uint32_t>(c.in.size());
+    lun_->submit(c.lc);
+    lun_->submit_batch();
+    ASSERT_EQ(wait_ready(ep.get(), 5000), 1);
+    // The host skips this wake-up...
+    ASSERT_EQ(wait_ready(ep.get(), 0), 1) << "a skipped wake-up was lost";
+    lun_->process_completions();
+    EXPECT_TRUE(rec_.done.count(&c));
+    EXPECT_EQ(wait_ready(ep.get(), 50), 0) << "the event fd stays readable after processing";
 }
 
 TEST_P(LunTest, VerifyByteCheckFindsTheDifference) {
