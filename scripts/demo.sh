@@ -48,12 +48,13 @@ save_state() {
   printf 'WORK=%q\nMNT=%q\nLOOP=%q\nTGTD_PID=%q\nTGTD_CTL=%q\n' "$WORK" "$MNT" "$LOOP" "${TGTD_PID:-}" "${TGTD_CTL:-}" >"$state"
 }
 trap 'save_state; [ $keep = 1 ] || stop_demo' EXIT
+trap 'exit 130' INT TERM
 save_state
 
 say "2. BTRFS repository on a loop device"
 truncate -s 2G "$WORK/btrfs.img"
 LOOP=$(losetup -f --show "$WORK/btrfs.img"); save_state
-mkfs.btrfs -q "$LOOP"
+mkfs.btrfs -q "$LOOP" >/dev/null
 mkdir -p "$MNT"; mount "$LOOP" "$MNT"
 echo "repository: $MNT on $LOOP (btrfs, $(du -h --apparent-size "$WORK/btrfs.img" | cut -f1))"
 

@@ -13,6 +13,7 @@ work=$(mktemp -d /tmp/icbd-conformance-img.XXXXXX)
 
 cleanup() { tgtd_stop; rm -rf "$work"; }
 trap cleanup EXIT
+trap "exit 130" INT TERM
 
 TGTD_LOG="$out/tgtd.log" tgtd_start
 iqn=iqn.2026-11.org.icbd:conformance

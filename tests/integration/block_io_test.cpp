@@ -296,6 +296,19 @@ TEST_P(BlockIo, WriteSame) {
     ASSERT_TRUE(client_->sync_cache16().good());
     EXPECT_TRUE(all_zero(read_all(lba4, kBlocksPerMiB)));
     EXPECT_FALSE(is_hole(file_, lba4 * kBlock, kMiB)) << "WRITE SAME without UNMAP deallocated";
+
+    // Longer than the module's 1 MiB work unit, with a ragged tail.
+    const uint64_t lba5 = lba + 8 * kBlocksPerMiB + 1;
+    const uint32_t n5 = 2 * kBlocksPerMiB + 7;
+    auto block5 = pattern(kBlock, 503);
+    ScsiResult wsl = client_->write_same16(lba5, n5, block5);
+    ASSERT_TRUE(wsl.good()) << wsl;
+    auto got = read_all(lba5 - 1, n5 + 2);
+    ASSERT_EQ(got.size(), (n5 + 2) * kBlock);
+    EXPECT_TRUE(all_zero(std::span(got).first(kBlock))) << "WRITE SAME wrote before its range";
+    EXPECT_TRUE(all_zero(std::span(got).last(kBlock))) << "WRITE SAME wrote past its range";
+    for (uint32_t i = 1; i <= n5; ++i)
+        ASSERT_TRUE(same_bytes(std::span(got).subspan(i * kBlock, kBlock), block5)) << "block " << i - 1;
 }
 
 // COMPARE AND WRITE: a hit writes; a miss returns MISCOMPARE with the byte
@@ -366,6 +379,20 @@ TEST_P(BlockIo, Verify) {
     EXPECT_EQ(bad.info, 1234u);
     ScsiResult medium = client_->verify16(lba, 16, {});
     EXPECT_TRUE(medium.good()) << medium;
+
+    // Longer than the module's 1 MiB work unit: the offset counts from the
+    // start of the command, not of the chunk.
+    const uint64_t lba2 = lba + kBlocksPerMiB;
+    auto big = pattern(3 * kMiB, 901);
+    ASSERT_NO_FATAL_FAILURE(fill(lba2, big));
+    ScsiResult bok = client_->verify16(lba2, 3 * kBlocksPerMiB, big);
+    EXPECT_TRUE(bok.good()) << bok;
+    const uint64_t at = 2 * kMiB + kMiB / 2 + 17;
+    big[at] ^= 0x80;
+    ScsiResult bbad = client_->verify16(lba2, 3 * kBlocksPerMiB, big);
+    EXPECT_TRUE(bbad.check_condition(scsi::key::miscompare, scsi::asc::miscompare_during_verify)) << bbad;
+    EXPECT_TRUE(bbad.info_valid) << bbad;
+    EXPECT_EQ(bbad.info, at);
 }
 
 // PRE-FETCH(16): GOOD, or CONDITION MET (the range fits in the cache).
@@ -409,6 +436,79 @@ TEST_P(BlockIo, OutOfRangeLbas) {
     ASSERT_TRUE(r.good()) << r;
     EXPECT_TRUE(same_bytes(r.data, one));
     EXPECT_EQ(std::filesystem::file_size(file_), kLunBytes) << "an out-of-range write grew the backing file";
+}
+
+// The other CDB sizes tgt's rdwr backend also executes: READ/WRITE(6) and (12),
+// WRITE AND VERIFY(10)/(12), VERIFY(10)/(12), PRE-FETCH(10), WRITE SAME(10).
+TEST_P(BlockIo, OtherCdbSizes) {
+    auto be = [](uint8_t* p, uint64_t v, int n) {
+        for (int i = n - 1; i >= 0; --i, v >>= 8) p[i] = static_cast<uint8_t>(v);
+    };
+    auto cdb10 = [&](uint8_t op, uint8_t b1, uint32_t lba, uint16_t n) {
+        std::vector<uint8_t> c(10, 0);
+        c[0] = op, c[1] = b1;
+        be(&c[2], lba, 4);
+        be(&c[7], n, 2);
+        return c;
+    };
+    auto cdb12 = [&](uint8_t op, uint8_t b1, uint32_t lba, uint32_t n) {
+        std::vector<uint8_t> c(12, 0);
+        c[0] = op, c[1] = b1;
+        be(&c[2], lba, 4);
+        be(&c[6], n, 4);
+        return c;
+    };
+    auto cdb6 = [&](uint8_t op, uint32_t lba, uint8_t n) {
+        std::vector<uint8_t> c(6, 0);
+        c[0] = op;
+        be(&c[1], lba & 0x1fffff, 3);
+        c[4] = n;
+        return c;
+    };
+    const uint32_t lba = 50 * kBlocksPerMiB + 3;  // fits READ(6)'s 21 bits
+    auto a = pattern(8 * kBlock, 1100), b = pattern(8 * kBlock, 1101), c = pattern(8 * kBlock, 1102);
+
+    ScsiResult w6 = client_->raw(cdb6(0x0a, lba, 8), a, 0, "WRITE(6)");
+    ASSERT_TRUE(w6.good()) << w6;
+    ScsiResult r12 = client_->raw(cdb12(0xa8, 0, lba, 8), {}, 8 * kBlock, "READ(12)");
+    ASSERT_TRUE(r12.good()) << r12;
+    EXPECT_TRUE(same_bytes(r12.data, a)) << "WRITE(6) then READ(12)";
+
+    ScsiResult w12 = client_->raw(cdb12(0xaa, 0x08, lba, 8), b, 0, "WRITE(12) FUA");
+    ASSERT_TRUE(w12.good()) << w12;
+    ScsiResult r6 = client_->raw(cdb6(0x08, lba, 8), {}, 8 * kBlock, "READ(6)");
+    ASSERT_TRUE(r6.good()) << r6;
+    EXPECT_TRUE(same_bytes(r6.data, b)) << "WRITE(12) then READ(6)";
+
+    ScsiResult wv10 = client_->raw(cdb10(0x2e, 0x02, lba, 8), c, 0, "WRITE AND VERIFY(10)");
+    ASSERT_TRUE(wv10.good()) << wv10;
+    ScsiResult wv12 = client_->raw(cdb12(0xae, 0x02, lba + 8, 8), a, 0, "WRITE AND VERIFY(12)");
+    ASSERT_TRUE(wv12.good()) << wv12;
+    ScsiResult r = client_->read16(lba, 16);
+    ASSERT_TRUE(r.good()) << r;
+    EXPECT_TRUE(same_bytes(std::span(r.data).first(8 * kBlock), c)) << "WRITE AND VERIFY(10)";
+    EXPECT_TRUE(same_bytes(std::span(r.data).last(8 * kBlock), a)) << "WRITE AND VERIFY(12)";
+
+    ScsiResult v10 = client_->raw(cdb10(0x2f, 0x02, lba, 8), c, 0, "VERIFY(10) BYTCHK=1");
+    EXPECT_TRUE(v10.good()) << v10;
+    auto c2 = c;
+    c2[3000] ^= 4;
+    ScsiResult v10bad = client_->raw(cdb10(0x2f, 0x02, lba, 8), c2, 0, "VERIFY(10) BYTCHK=1, wrong data");
+    EXPECT_TRUE(v10bad.check_condition(scsi::key::miscompare, scsi::asc::miscompare_during_verify)) << v10bad;
+    EXPECT_EQ(v10bad.info, 3000u) << v10bad;
+    ScsiResult v12 = client_->raw(cdb12(0xaf, 0x02, lba + 8, 8), a, 0, "VERIFY(12) BYTCHK=1");
+    EXPECT_TRUE(v12.good()) << v12;
+
+    ScsiResult p10 = client_->raw(cdb10(0x34, 0, lba, 16), {}, 0, "PRE-FETCH(10)");
+    EXPECT_TRUE(p10.status == scsi::good || p10.status == 0x04) << p10;
+
+    auto blk = pattern(kBlock, 1103);
+    ScsiResult ws10 = client_->raw(cdb10(0x41, 0, lba + 16, 40), blk, 0, "WRITE SAME(10)");
+    ASSERT_TRUE(ws10.good()) << ws10;
+    ScsiResult rs = client_->read16(lba + 16, 40);
+    ASSERT_TRUE(rs.good()) << rs;
+    for (uint32_t i = 0; i < 40; ++i)
+        EXPECT_TRUE(same_bytes(std::span(rs.data).subspan(i * kBlock, kBlock), blk)) << "WRITE SAME(10) block " << i;
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, BlockIo,
