@@ -325,10 +325,11 @@ void CommandRunner::start_write_same(Task& t) {
     const unsigned lb = c.cdb[1] & 0x06;  // 0x02 LBDATA, 0x04 PBDATA
     const uint8_t* pattern = c.out_len >= block ? c.out_buf : nullptr;  // NDOB: zeros
     if (c.tl == 0) return fail_later(t, 0, 0);
-    const bool zero = !pattern || std::all_of(pattern, pattern + block, [](uint8_t b) { return b == 0; });
-    // Deallocating is only right when it reads back as the data asked for:
-    // zeros (LBPRZ), and only on a thin-provisioned LUN.
-    if (unmap && c.thin_provisioning && lb == 0 && zero) {
+    // UNMAP bit on a thin LUN: deallocate, whatever the data block holds. SBC-3
+    // lets the device server unmap instead of writing; the blocks then read as
+    // zeros (LBPRZ), which is what initiators (and libiscsi's conformance
+    // tests, and tgt's rdwr) expect.
+    if (unmap && c.thin_provisioning && lb == 0) {
         t.phase = 2;
         return issue(t, IoOp::punch_hole, nullptr, c.tl, c.offset);
     }

@@ -195,6 +195,24 @@ TEST_P(LunTest, WriteSameRepeatsAndStampsLba) {
     }
 }
 
+// WRITE SAME with the UNMAP bit on a thin LUN deallocates even when the data
+// block is not zeros; the blocks read as zeros (LBPRZ). Regression: we wrote
+// the pattern instead, and iscsi-test-cu's WriteSame10.UnmapUntilEnd failed.
+TEST_P(LunTest, WriteSameWithUnmapBitDeallocatesWhateverTheData) {
+    std::vector<uint8_t> data(64 * kBlock, 0xff);
+    ASSERT_EQ(pwrite(raw_, data.data(), data.size(), 512 * kBlock), static_cast<ssize_t>(data.size()));
+    ASSERT_EQ(fsync(raw_), 0);
+    struct stat before{};
+    ASSERT_EQ(fstat(raw_, &before), 0);
+    Cmd c = make(scsi::op::write_same_16, 512, 64, 0x08);
+    c.out = std::vector<uint8_t>(kBlock, 0xff);
+    EXPECT_EQ(run(c).status, scsi::status_good);
+    EXPECT_EQ(file_bytes(512 * kBlock, 64 * kBlock), std::vector<uint8_t>(64 * kBlock, 0));
+    struct stat after{};
+    ASSERT_EQ(fstat(raw_, &after), 0);
+    EXPECT_LT(after.st_blocks, before.st_blocks);
+}
+
 TEST_P(LunTest, UnmapPunchesHolesAllOrNothing) {
     std::vector<uint8_t> data(1 << 20, 0x5a);
     ASSERT_EQ(pwrite(raw_, data.data(), data.size(), 0), static_cast<ssize_t>(data.size()));
