@@ -14,12 +14,13 @@
 
 namespace icbd {
 
-Result<std::unique_ptr<Lun>> Lun::create(const LunOptions& opts, const LunHost& host) {
+Result<std::unique_ptr<Lun>> Lun::create(const LunOptions& opts, const LunHost& host, const std::string& name) {
     std::string why;
     auto engine = make_io_engine(opts.engine, &why);
     if (!engine) return Status::error(engine.status().code(), "I/O engine: " + engine.status().message());
     if (!why.empty())
-        log(LogLevel::warning, "io_uring unavailable (" + why + "); serving this LUN with the libaio engine");
+        log(LogLevel::warning, (name.empty() ? std::string("LUN") : name) + ": io_uring unavailable (" + why +
+                                   "); serving this LUN with the libaio engine");
     return std::unique_ptr<Lun>(new Lun(opts, host, std::move(*engine)));
 }
 

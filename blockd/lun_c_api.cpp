@@ -43,7 +43,8 @@ void icbd_set_log_sink(void (*sink)(int level, const char* msg)) {
     icbd::set_log_sink(sink ? c_sink_adapter : nullptr);
 }
 
-int icbd_lun_create(const char* bsopts, const icbd_lun_host* host, icbd_lun** out, char* err, size_t errlen) try {
+int icbd_lun_create(const char* name, const char* bsopts, const icbd_lun_host* host, icbd_lun** out, char* err,
+                    size_t errlen) try {
     auto opts = icbd::parse_bsopts(bsopts ? bsopts : "");
     if (!opts) {
         copy_error(opts.status(), err, errlen);
@@ -52,7 +53,7 @@ int icbd_lun_create(const char* bsopts, const icbd_lun_host* host, icbd_lun** ou
     auto l = std::make_unique<icbd_lun>();
     l->host = *host;
     icbd::LunHost h{complete_adapter, kick_adapter, l.get()};
-    auto lun = icbd::Lun::create(*opts, h);
+    auto lun = icbd::Lun::create(*opts, h, name ? name : "");
     if (!lun) {
         copy_error(lun.status(), err, errlen);
         return -lun.status().code();

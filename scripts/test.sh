@@ -10,6 +10,8 @@ scripts/install-deps.sh
 cmake --preset release >/dev/null
 cmake --build --preset release
 # Tests run two at a time: each integration test owns its own tgtd and ports.
+# In CI nothing may skip: a missing prerequisite fails the test instead.
+export ICBD_FORBID_SKIP=1
 ctest --test-dir build/release --output-on-failure -j2 "$@"
 
 # Sanitizers: the engine and LUN unit tests under ASan+UBSan (tgtd itself is

@@ -138,7 +138,7 @@ static tgtadm_err bs_icbd_init(struct scsi_lu *lu, char *bsopts)
 		.kick = icbd_kick,
 		.ctx = info,
 	};
-	char err[512];
+	char err[512], name[64];
 	int ret;
 
 	memset(info, 0, sizeof(*info));
@@ -146,7 +146,8 @@ static tgtadm_err bs_icbd_init(struct scsi_lu *lu, char *bsopts)
 	info->efd = -1;
 	tgt_init_sched_event(&info->submit_ev, icbd_submit_handler, info);
 
-	ret = icbd_lun_create(bsopts, &host, &info->lun, err, sizeof(err));
+	snprintf(name, sizeof(name), "tgt %d lun %" PRIu64, lu->tgt->tid, lu->lun);
+	ret = icbd_lun_create(name, bsopts, &host, &info->lun, err, sizeof(err));
 	if (ret) {
 		eprintf("bs_icbd: tgt %d lun %" PRIu64 ": %s\n",
 			lu->tgt->tid, lu->lun, err);
@@ -156,6 +157,12 @@ static tgtadm_err bs_icbd_init(struct scsi_lu *lu, char *bsopts)
 			return TGTADM_INVALID_REQUEST;
 		return ret == -ENOMEM ? TGTADM_NOMEM : TGTADM_UNKNOWN_ERR;
 	}
+
+	/* tgt 1.0.85 leaves COMPARE AND WRITE out of its SBC table (the entry is
+	 * commented out), so tgtd answers INVALID OPERATION CODE itself. Each LU
+	 * has its own copy of the table: route the opcode through sbc_rw (which
+	 * checks range, protection and read-only for it) to us, for our LUs only. */
+	lu->dev_type_template.ops[COMPARE_AND_WRITE] = lu->dev_type_template.ops[WRITE_16];
 
 	info->efd = icbd_lun_event_fd(info->lun);
 	ret = tgt_event_add(info->efd, EPOLLIN,

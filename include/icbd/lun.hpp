@@ -52,7 +52,9 @@ class CommandRunner;
 
 class Lun {
 public:
-    static Result<std::unique_ptr<Lun>> create(const LunOptions& opts, const LunHost& host);
+    // `name` identifies the LUN in log lines (e.g. "tgt 1 lun 2").
+    static Result<std::unique_ptr<Lun>> create(const LunOptions& opts, const LunHost& host,
+                                               const std::string& name = "");
     ~Lun();
 
     const LunOptions& options() const { return opts_; }

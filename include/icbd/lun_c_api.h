@@ -47,8 +47,9 @@ struct icbd_lun_host {
 enum icbd_log_level { ICBD_LOG_INFO, ICBD_LOG_WARNING, ICBD_LOG_ERROR };
 void icbd_set_log_sink(void (*sink)(int level, const char *msg));
 
-/* -ENOENT: unknown option; -EINVAL: bad value; other: engine setup failed. */
-int icbd_lun_create(const char *bsopts, const struct icbd_lun_host *host,
+/* name: the LUN in log lines ("tgt 1 lun 2"). Returns -ENOENT: unknown option;
+ * -EINVAL: bad value; other: engine setup failed. */
+int icbd_lun_create(const char *name, const char *bsopts, const struct icbd_lun_host *host,
 		    struct icbd_lun **out, char *err, size_t errlen);
 void icbd_lun_destroy(struct icbd_lun *lun);
 const char *icbd_lun_engine_name(const struct icbd_lun *lun);

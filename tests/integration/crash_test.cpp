@@ -118,7 +118,8 @@ public:
                 std::ostringstream where;
                 where << "LBA " << lba << " (block " << u << ", sector " << s << ")";
                 if (!seq) {
-                    failures.push_back(where.str() + ": holds data that was never written (bad header/checksum/payload)");
+                    failures.push_back(where.str() +
+                                       ": holds data that was never written (bad header/checksum/payload)");
                     continue;
                 }
                 if (*seq != 0 && !m.issued.count(*seq)) {
@@ -152,8 +153,8 @@ private:
     struct Unit {
         std::set<uint64_t> issued;  // every write number ever sent here
         uint64_t durable = 0;       // newest write acknowledged durable
-        std::string durable_how;
         uint64_t acked = 0;         // newest write acknowledged at all
+        std::string durable_how;
     };
     struct Acked {
         uint64_t seq, first_unit, units;
@@ -168,11 +169,12 @@ private:
             const size_t covers = acked_.size();
             return c.async_sync_cache16([this, covers](const ScsiResult& r) {
                 sync_in_flight_ = false;
-                if (r.status >= 0x0f000000) return;  // cut off by the crash
+                if (r.transport_failed()) return;  // cut off by the crash
                 EXPECT_TRUE(r.good()) << r;
                 if (!r.good()) return;
                 ++stats_.syncs_done;
-                for (size_t i = synced_; i < covers; ++i) mark_durable(acked_[i], "acknowledged, then SYNCHRONIZE CACHE");
+                for (size_t i = synced_; i < covers; ++i)
+                    mark_durable(acked_[i], "acknowledged, then SYNCHRONIZE CACHE");
                 synced_ = std::max(synced_, covers);
             });
         }
@@ -197,22 +199,31 @@ private:
             units_[u].issued.insert(seq);
             busy_.insert(u);
         }
-        ++stats_.issued;
-        return c.async_write16(first * kSectorsPerUnit, std::move(data), fua, [this, seq, first, n, fua](const ScsiResult& r) {
-            for (uint64_t u = first; u < first + n; ++u) busy_.erase(u);
-            if (r.status >= 0x0f000000) return;  // cut off by the crash: never acknowledged
-            EXPECT_TRUE(r.good()) << "a write failed while tgtd was running: " << r;
-            if (!r.good()) return;
-            ++stats_.acked;
-            Acked a{seq, first, n};
-            for (uint64_t u = first; u < first + n; ++u) units_[u].acked = std::max(units_[u].acked, seq);
-            if (fua) {
-                ++stats_.acked_fua;
-                mark_durable(a, "acknowledged with FUA");
-            } else {
-                acked_.push_back(a);
+        if (!c.async_write16(first * kSectorsPerUnit, std::move(data), fua,
+                             [=, this](const ScsiResult& r) { on_write_done(r, seq, first, n, fua); })) {
+            for (uint64_t u = first; u < first + n; ++u) {
+                units_[u].issued.erase(seq);
+                busy_.erase(u);
             }
-        });
+            return false;
+        }
+        ++stats_.issued;
+        return true;
+    }
+
+    void on_write_done(const ScsiResult& r, uint64_t seq, uint64_t first, uint64_t n, bool fua) {
+        for (uint64_t u = first; u < first + n; ++u) busy_.erase(u);
+        if (r.transport_failed()) return;  // cut off by the crash: never acknowledged
+        EXPECT_TRUE(r.good()) << "a write failed while tgtd was running: " << r;
+        if (!r.good()) return;
+        ++stats_.acked;
+        for (uint64_t u = first; u < first + n; ++u) units_[u].acked = std::max(units_[u].acked, seq);
+        if (fua) {
+            ++stats_.acked_fua;
+            mark_durable({seq, first, n}, "acknowledged with FUA");
+        } else {
+            acked_.push_back({seq, first, n});
+        }
     }
 
     void mark_durable(const Acked& a, const char* how) {
@@ -246,8 +257,8 @@ class CrashTest : public ::testing::TestWithParam<const char*> {};
 TEST_P(CrashTest, AcknowledgedDurableWritesSurviveKill9) {
     ICBD_REQUIRE(TgtdInstance::unavailable());
     const uint64_t seed = crash_seed();
-    std::cout << "crash_test seed " << seed << " (ICBD_CRASH_SEED=" << seed << " replays it), bsopts \""
-              << GetParam() << "\"\n";
+    std::cout << "crash_test seed " << seed << " (ICBD_CRASH_SEED=" << seed << " replays it), bsopts \"" << GetParam()
+              << "\"\n";
     SCOPED_TRACE("ICBD_CRASH_SEED=" + std::to_string(seed));
 
     TempDir dir("/var/tmp", "icbd-crash-");

@@ -108,7 +108,8 @@ TEST_F(ErrorPaths, FileInReadOnlySnapshotIsServedReadOnly) {
     tgtd_->add_lun({1, 1, snap_img, "", "thin_provisioning=1"});
     const std::string log = tgtd_->log_since(log_mark);
     EXPECT_TRUE(contains(log, snap_img.string()) && contains(log, "read-only"))
-        << "no log line saying the snapshot file is served read-only; log:\n" << log;
+        << "no log line saying the snapshot file is served read-only; log:\n"
+        << log;
 
     IscsiClient c(tgtd_->url(1, 1));
     EXPECT_TRUE(write_protect_bit(c)) << "MODE SENSE does not report the LUN write-protected";

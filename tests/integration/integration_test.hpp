@@ -4,10 +4,9 @@
 #pragma once
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -29,12 +28,12 @@ inline bool skips_forbidden() {
 }
 
 // `why` is an optional<string> reason; skips (or fails) the current test with it.
-#define ICBD_REQUIRE(why_expr)                                                                   \
-    do {                                                                                         \
-        if (auto icbd_why_ = (why_expr)) {                                                       \
+#define ICBD_REQUIRE(why_expr)                                                                     \
+    do {                                                                                           \
+        if (auto icbd_why_ = (why_expr)) {                                                         \
             if (::icbd::test::skips_forbidden()) FAIL() << "prerequisite missing: " << *icbd_why_; \
-            GTEST_SKIP() << *icbd_why_;                                                          \
-        }                                                                                        \
+            GTEST_SKIP() << *icbd_why_;                                                            \
+        }                                                                                          \
     } while (0)
 
 // Equality of two byte ranges that, on failure, says where they first differ

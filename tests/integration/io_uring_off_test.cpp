@@ -27,11 +27,13 @@ bool contains(const std::string& s, const std::string& needle) { return s.find(n
 
 // The fallback line of the LUN just created, from the log since `mark`.
 void expect_aio_fallback_logged(const std::string& log) {
-    EXPECT_TRUE(contains(log, "bs_icbd: io_uring unavailable (") &&
+    EXPECT_TRUE(contains(log, "bs_icbd: tgt 1 lun 1: io_uring unavailable (") &&
                 contains(log, "serving this LUN with the libaio engine"))
-        << "no log line saying the aio engine was chosen; log:\n" << log;
+        << "no log line saying the aio engine was chosen; log:\n"
+        << log;
     EXPECT_TRUE(contains(log, "io_uring_setup") && contains(log, "Operation not permitted"))
-        << "the log line does not say why (io_uring_setup: EPERM); log:\n" << log;
+        << "the log line does not say why (io_uring_setup: EPERM); log:\n"
+        << log;
 }
 
 // Forcing io_uring where there is none: tgtadm fails, the log says why, tgtd lives.
@@ -41,7 +43,8 @@ void expect_forced_io_uring_refused(TgtdInstance& tgtd, const std::filesystem::p
     EXPECT_FALSE(r.ok()) << "engine=io_uring accepted with io_uring off: " << r.describe();
     const std::string log = tgtd.log_since(mark);
     EXPECT_TRUE(contains(log, "bs_icbd: tgt 1 lun 2: ") && contains(log, "io_uring_setup"))
-        << "no clear error for engine=io_uring; log:\n" << log;
+        << "no clear error for engine=io_uring; log:\n"
+        << log;
     EXPECT_TRUE(tgtd.alive());
 }
 
@@ -107,7 +110,7 @@ TEST(IoUringOff, SeccompBlockedIoUringFallsBackToAio) {
     auto file = dir / "disk.img", file2 = dir / "disk2.img";
     make_sparse_file(file, 32 * kMiB);
     make_sparse_file(file2, 32 * kMiB);
-    TgtdInstance tgtd(TgtdOptions{.env = {}, .wrapper = {ICBD_NO_IO_URING_WRAPPER}});
+    TgtdInstance tgtd(TgtdOptions{.env = {}, .no_io_uring = true});
     tgtd.add_target(1, "iqn.2026-01.org.icbd.test:nouring-seccomp");
     const size_t mark = tgtd.log().size();
     tgtd.add_lun({1, 1, file, "", "thin_provisioning=1"});

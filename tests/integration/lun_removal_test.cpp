@@ -93,7 +93,7 @@ private:
                     ++lun_gone_;  // the LUN was deleted under us: the right answer
                 } else if (r.status == scsi::check_condition && r.sense_key == scsi::key::unit_attention) {
                     // "reported LUNs data has changed": also expected after a deletion
-                } else if (r.status >= 0x0f000000) {
+                } else if (r.transport_failed()) {
                     // transport-level end: counted by the connection-lost path
                 } else {
                     ++unexpected_;
@@ -106,7 +106,7 @@ private:
                 while (c.in_flight() < depth_ && !stop_) {
                     const uint64_t lba = rng() % span;
                     const unsigned kind = static_cast<unsigned>(n++ % 16);
-                    bool queued = kind == 15  ? c.async_sync_cache16(on_done)
+                    bool queued = kind == 15 ? c.async_sync_cache16(on_done)
                                   : kind % 2 ? c.async_read16(lba, 128, on_done)
                                              : c.async_write16(lba, pattern(64 * 1024, n), kind == 4, on_done);
                     if (!queued) break;
@@ -181,10 +181,13 @@ TEST_F(LunRemoval, DeleteLunWithCommandsInFlight) {
     ASSERT_TRUE(load.wait_good(300, 10s)) << "the load did not get going: " << load.error();
 
     const auto t0 = Clock::now();
-    CommandResult del = tgtd_->delete_lun(1, 1, 30s);
+    int attempts = 0;
+    CommandResult del = tgtd_->delete_lun(1, 1, 30s, &attempts);
     const double took = seconds_since(t0);
     ASSERT_TRUE(del.ok()) << "LUN not deleted within 30 s under load: " << del.describe();
-    std::cout << "LUN deleted under load after " << took << " s (" << load.good() << " commands done before)\n";
+    std::cout << "LUN deleted under load after " << took << " s, " << attempts
+              << " tgtadm attempts (tgtd refuses while commands are queued); " << load.good()
+              << " commands done before\n";
 
     std::this_thread::sleep_for(200ms);  // the initiator keeps sending to the deleted LUN
     ASSERT_TRUE(load.stop(25s)) << "commands in flight on the deleted LUN never completed (hang)";
@@ -215,10 +218,11 @@ TEST_F(LunRemoval, ForceDeleteTargetWithCommandsInFlight) {
     ASSERT_TRUE(l2.wait_good(300, 10s)) << l2.error();
 
     const auto t0 = Clock::now();
-    CommandResult del = tgtd_->delete_target(2, /*force=*/true, 30s);
+    int attempts = 0;
+    CommandResult del = tgtd_->delete_target(2, /*force=*/true, 30s, &attempts);
     const double took = seconds_since(t0);
     ASSERT_TRUE(del.ok()) << "target not deleted within 30 s under load: " << del.describe();
-    std::cout << "target force-deleted under load after " << took << " s\n";
+    std::cout << "target force-deleted under load after " << took << " s, " << attempts << " tgtadm attempts\n";
 
     // The sessions of a deleted target end: the initiators must notice, not wait forever.
     EXPECT_TRUE(l1.wait_connection_lost(15s)) << "session to a deleted target still up";

@@ -5,6 +5,7 @@
 #include "iscsi_client.hpp"
 
 #include <poll.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -12,7 +13,6 @@
 #include <cstring>
 #include <sstream>
 #include <stdexcept>
-#include <thread>
 
 extern "C" {
 #include <iscsi/iscsi.h>
@@ -34,17 +34,28 @@ std::string hex(uint64_t v, int width) {
 
 const char* status_name(int s) {
     switch (s) {
-        case SCSI_STATUS_GOOD: return "GOOD";
-        case SCSI_STATUS_CHECK_CONDITION: return "CHECK CONDITION";
-        case SCSI_STATUS_BUSY: return "BUSY";
-        case SCSI_STATUS_RESERVATION_CONFLICT: return "RESERVATION CONFLICT";
-        case SCSI_STATUS_TASK_SET_FULL: return "TASK SET FULL";
-        case SCSI_STATUS_TASK_ABORTED: return "TASK ABORTED";
-        case SCSI_STATUS_CANCELLED: return "CANCELLED (libiscsi)";
-        case SCSI_STATUS_ERROR: return "ERROR (libiscsi: transport failure)";
-        case SCSI_STATUS_TIMEOUT: return "TIMEOUT (libiscsi)";
-        case -1: return "NOT SENT";
-        default: return "?";
+        case SCSI_STATUS_GOOD:
+            return "GOOD";
+        case SCSI_STATUS_CHECK_CONDITION:
+            return "CHECK CONDITION";
+        case SCSI_STATUS_BUSY:
+            return "BUSY";
+        case SCSI_STATUS_RESERVATION_CONFLICT:
+            return "RESERVATION CONFLICT";
+        case SCSI_STATUS_TASK_SET_FULL:
+            return "TASK SET FULL";
+        case SCSI_STATUS_TASK_ABORTED:
+            return "TASK ABORTED";
+        case SCSI_STATUS_CANCELLED:
+            return "CANCELLED (libiscsi)";
+        case SCSI_STATUS_ERROR:
+            return "ERROR (libiscsi: transport failure)";
+        case SCSI_STATUS_TIMEOUT:
+            return "TIMEOUT (libiscsi)";
+        case -1:
+            return "NOT SENT";
+        default:
+            return "?";
     }
 }
 
@@ -90,8 +101,8 @@ std::string ScsiResult::describe() const {
     if (status >= 0 && status < 0x100 && status != SCSI_STATUS_GOOD && status != SCSI_STATUS_CHECK_CONDITION)
         os << " (" << hex(static_cast<uint64_t>(status), 2) << ")";
     if (status == SCSI_STATUS_CHECK_CONDITION) {
-        os << ", sense key " << hex(static_cast<uint64_t>(sense_key), 1) << " "
-           << scsi_sense_key_str(sense_key) << ", ASC/ASCQ " << hex(asc, 4) << " " << scsi_sense_ascq_str(asc);
+        os << ", sense key " << hex(static_cast<uint64_t>(sense_key), 1) << " " << scsi_sense_key_str(sense_key)
+           << ", ASC/ASCQ " << hex(asc, 4) << " " << scsi_sense_ascq_str(asc);
         if (info_valid) os << ", INFORMATION " << info;
     }
     if (!error.empty()) os << " [" << error << "]";
@@ -119,6 +130,9 @@ std::vector<uint8_t> pattern(size_t n, uint64_t seed) {
 }
 
 IscsiClient::IscsiClient(const std::string& url, std::chrono::seconds timeout) : url_(url) {
+    // A target that dies (the crash test kills it) must show up as an error on
+    // the session, not as SIGPIPE killing the test program.
+    signal(SIGPIPE, SIG_IGN);
     std::string initiator = "iqn.2026-01.org.icbd:test-initiator-" + std::to_string(getpid());
     ctx_ = iscsi_create_context(initiator.c_str());
     if (!ctx_) throw std::runtime_error("iscsi_create_context failed (connecting to " + url + ")");
@@ -254,17 +268,16 @@ ScsiResult IscsiClient::unmap(const std::vector<std::pair<uint64_t, uint32_t>>& 
         list.push_back({lba, n});
         text += " [" + blocks_text(lba, n) + "]";
     }
-    return retry_unit_attention([&] {
-        return finish(iscsi_unmap_sync(ctx_, lun_, 0, 0, list.data(), static_cast<int>(list.size())), text);
-    });
+    return retry_unit_attention(
+        [&] { return finish(iscsi_unmap_sync(ctx_, lun_, 0, 0, list.data(), static_cast<int>(list.size())), text); });
 }
 
 ScsiResult IscsiClient::write_same16(uint64_t lba, uint32_t blocks, std::span<const uint8_t> block, bool unmap) {
     auto* d = const_cast<uint8_t*>(block.data());
     return retry_unit_attention([&] {
-        return finish(iscsi_writesame16_sync(ctx_, lun_, lba, d, static_cast<uint32_t>(block.size()), blocks, 0,
-                                             unmap, 0, 0),
-                      "WRITE SAME(16) " + blocks_text(lba, blocks) + (unmap ? ", UNMAP" : ""));
+        return finish(
+            iscsi_writesame16_sync(ctx_, lun_, lba, d, static_cast<uint32_t>(block.size()), blocks, 0, unmap, 0, 0),
+            "WRITE SAME(16) " + blocks_text(lba, blocks) + (unmap ? ", UNMAP" : ""));
     });
 }
 
@@ -307,9 +320,9 @@ ScsiResult IscsiClient::verify16(uint64_t lba, uint32_t blocks, std::span<const 
     // libiscsi derives the transfer length from datalen (in blocks of `bs`).
     const uint32_t len = bytchk ? static_cast<uint32_t>(data.size()) : blocks * bs;
     return retry_unit_attention([&] {
-        return finish(iscsi_verify16_sync(ctx_, lun_, bytchk ? d : nullptr, len, lba, 0, 0, bytchk,
-                                          static_cast<int>(bs)),
-                      "VERIFY(16) " + blocks_text(lba, blocks) + (bytchk ? ", BYTCHK=1" : ", BYTCHK=0"));
+        return finish(
+            iscsi_verify16_sync(ctx_, lun_, bytchk ? d : nullptr, len, lba, 0, 0, bytchk, static_cast<int>(bs)),
+            "VERIFY(16) " + blocks_text(lba, blocks) + (bytchk ? ", BYTCHK=1" : ", BYTCHK=0"));
     });
 }
 
@@ -321,8 +334,7 @@ ScsiResult IscsiClient::prefetch16(uint64_t lba, uint32_t blocks) {
 }
 
 ScsiResult IscsiClient::readcapacity16() {
-    return retry_unit_attention(
-        [&] { return finish(iscsi_readcapacity16_sync(ctx_, lun_), "READ CAPACITY(16)"); });
+    return retry_unit_attention([&] { return finish(iscsi_readcapacity16_sync(ctx_, lun_), "READ CAPACITY(16)"); });
 }
 
 ScsiResult IscsiClient::get_lba_status(uint64_t lba, uint32_t alloc_len) {
@@ -429,9 +441,8 @@ bool IscsiClient::async_read16(uint64_t lba, uint32_t blocks, Callback cb) {
 }
 
 bool IscsiClient::async_sync_cache16(Callback cb) {
-    return queue("SYNCHRONIZE CACHE(16)", {}, std::move(cb), [&](Pending& p) {
-        return iscsi_synchronizecache16_task(ctx_, lun_, 0, 0, 0, 0, on_complete, &p);
-    });
+    return queue("SYNCHRONIZE CACHE(16)", {}, std::move(cb),
+                 [&](Pending& p) { return iscsi_synchronizecache16_task(ctx_, lun_, 0, 0, 0, 0, on_complete, &p); });
 }
 
 bool IscsiClient::service(std::chrono::milliseconds timeout) {

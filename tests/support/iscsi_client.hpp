@@ -26,8 +26,8 @@ namespace icbd::test {
 namespace scsi {
 inline constexpr int good = 0x00, check_condition = 0x02;
 namespace key {
-inline constexpr int no_sense = 0x0, not_ready = 0x2, medium_error = 0x3, hardware_error = 0x4,
-                     illegal_request = 0x5, unit_attention = 0x6, data_protect = 0x7, miscompare = 0xe;
+inline constexpr int no_sense = 0x0, not_ready = 0x2, medium_error = 0x3, hardware_error = 0x4, illegal_request = 0x5,
+                     unit_attention = 0x6, data_protect = 0x7, miscompare = 0xe;
 }
 namespace asc {
 inline constexpr uint16_t miscompare_during_verify = 0x1d00;
@@ -40,18 +40,21 @@ inline constexpr uint16_t logical_unit_not_supported = 0x2500;
 }  // namespace scsi
 
 struct ScsiResult {
-    std::string command;     // "WRITE(16) lba 8, 2 blocks, FUA"
-    std::string url;         // the LUN it went to
-    int status = -1;         // SCSI status; or libiscsi's SCSI_STATUS_ERROR/CANCELLED/TIMEOUT; -1: not sent
+    std::string command;  // "WRITE(16) lba 8, 2 blocks, FUA"
+    std::string url;      // the LUN it went to
+    int status = -1;      // SCSI status; or libiscsi's SCSI_STATUS_ERROR/CANCELLED/TIMEOUT; -1: not sent
     int sense_key = 0;
-    uint16_t asc = 0;        // ASC << 8 | ASCQ, e.g. 0x2707
-    bool info_valid = false; // INFORMATION field present (fixed or descriptor sense)
+    uint16_t asc = 0;         // ASC << 8 | ASCQ, e.g. 0x2707
+    bool info_valid = false;  // INFORMATION field present (fixed or descriptor sense)
     uint64_t info = 0;
     std::vector<uint8_t> sense;  // raw sense data
     std::vector<uint8_t> data;   // data-in of a GOOD command
     std::string error;           // libiscsi's message when the command did not complete on the target
 
     bool good() const { return status == scsi::good; }
+    // The command got no SCSI status: the connection failed or was torn down
+    // (libiscsi's SCSI_STATUS_CANCELLED, _ERROR, _TIMEOUT).
+    bool transport_failed() const { return status >= 0x0f000000; }
     bool check_condition(int key, uint16_t asc_ascq) const {
         return status == scsi::check_condition && sense_key == key && asc == asc_ascq;
     }

@@ -30,7 +30,14 @@ std::string quote(const std::string& s) {
     return q + "'";
 }
 
-// posix_spawn's file actions and attributes as RAII objects.
+// posix_spawn's attributes and file actions as RAII objects.
+struct SpawnAttr {
+    posix_spawnattr_t a;
+    SpawnAttr() { posix_spawnattr_init(&a); }
+    ~SpawnAttr() { posix_spawnattr_destroy(&a); }
+    SpawnAttr(const SpawnAttr&) = delete;
+    SpawnAttr& operator=(const SpawnAttr&) = delete;
+};
 struct SpawnActions {
     posix_spawn_file_actions_t a;
     SpawnActions() { posix_spawn_file_actions_init(&a); }
@@ -52,10 +59,14 @@ std::string join_command(const std::vector<std::string>& argv) {
 
 std::string CommandResult::describe() const {
     std::string s = "`" + command + "` ";
-    if (timed_out) s += "timed out and was killed";
-    else if (exit_code < 0) s += "could not be started";
-    else if (exit_code >= 128) s += "was killed by signal " + std::to_string(exit_code - 128);
-    else s += "exited with " + std::to_string(exit_code);
+    if (timed_out)
+        s += "timed out and was killed";
+    else if (exit_code < 0)
+        s += "could not be started";
+    else if (exit_code >= 128)
+        s += "was killed by signal " + std::to_string(exit_code - 128);
+    else
+        s += "exited with " + std::to_string(exit_code);
     if (!output.empty()) s += ": " + output;
     return s;
 }
@@ -95,6 +106,17 @@ CommandResult run_command(const std::vector<std::string>& argv, const Env& env, 
     posix_spawn_file_actions_adddup2(&fa.a, wr.get(), 2);
     posix_spawn_file_actions_addclosefrom_np(&fa.a, 3);
 
+    // The child gets default SIGPIPE handling although the test process ignores
+    // it (IscsiClient does), and no blocked signals.
+    SpawnAttr attr;
+    sigset_t pipe, none;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    sigemptyset(&none);
+    posix_spawnattr_setsigdefault(&attr.a, &pipe);
+    posix_spawnattr_setsigmask(&attr.a, &none);
+    posix_spawnattr_setflags(&attr.a, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+
     std::vector<std::string> args(argv);
     std::vector<char*> cargs;
     for (auto& a : args) cargs.push_back(a.data());
@@ -103,7 +125,7 @@ CommandResult run_command(const std::vector<std::string>& argv, const Env& env, 
     std::vector<char*> cenv = make_environment(env, env_storage);
 
     pid_t pid = -1;
-    int err = posix_spawnp(&pid, cargs[0], &fa.a, nullptr, cargs.data(), cenv.data());
+    int err = posix_spawnp(&pid, cargs[0], &fa.a, &attr.a, cargs.data(), cenv.data());
     wr.reset();
     if (err != 0) {
         r.output = std::string("spawn: ") + std::strerror(err);
@@ -131,8 +153,10 @@ CommandResult run_command(const std::vector<std::string>& argv, const Env& env, 
     int status = 0;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
-    if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
-    else if (WIFSIGNALED(status)) r.exit_code = 128 + WTERMSIG(status);
+    if (WIFEXITED(status))
+        r.exit_code = WEXITSTATUS(status);
+    else if (WIFSIGNALED(status))
+        r.exit_code = 128 + WTERMSIG(status);
     while (!r.output.empty() && (r.output.back() == '\n' || r.output.back() == ' ')) r.output.pop_back();
     return r;
 }

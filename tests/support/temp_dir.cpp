@@ -18,8 +18,7 @@ TempDir::TempDir(const std::filesystem::path& base, const std::string& prefix) {
     std::string tmpl = (base / (prefix + "XXXXXX")).string();
     std::vector<char> buf(tmpl.begin(), tmpl.end());
     buf.push_back('\0');
-    if (!mkdtemp(buf.data()))
-        throw std::runtime_error("mkdtemp " + tmpl + ": " + std::strerror(errno));
+    if (!mkdtemp(buf.data())) throw std::runtime_error("mkdtemp " + tmpl + ": " + std::strerror(errno));
     path_ = buf.data();
 }
 

@@ -87,6 +87,7 @@ std::filesystem::path TgtdInstance::module_dir() {
 std::optional<std::string> TgtdInstance::unavailable() {
     if (geteuid() != 0) return "needs root (tgtd)";
     if (access(kTgtd, X_OK) != 0) return std::string(kTgtd) + " is not installed (package tgt)";
+    if (access(ICBD_TGTD_LAUNCHER, X_OK) != 0) return std::string(ICBD_TGTD_LAUNCHER) + " is not built";
     if (!have_program("tgtadm")) return std::string("tgtadm is not installed (package tgt)");
     auto mods = module_dir();
     if (mods.empty()) return std::string("ICBD_BUILD is not set (run the test through ctest)");
@@ -129,8 +130,8 @@ void TgtdInstance::start(bool same_ports) {
 bool TgtdInstance::spawn_and_wait(std::string* why) {
     const auto mods = module_dir();
     const size_t log_start = log().size();
-    append_file(log_path_, "=== icbd test: starting tgtd -C " + std::to_string(ctl_) + " portal 127.0.0.1:" +
-                               std::to_string(port_) + " ===\n");
+    append_file(log_path_, "=== icbd test: starting tgtd -C " + std::to_string(ctl_) +
+                               " portal 127.0.0.1:" + std::to_string(port_) + " ===\n");
 
     SpawnActions fa;
     posix_spawn_file_actions_addopen(&fa.a, 0, "/dev/null", O_RDONLY, 0);
@@ -139,21 +140,27 @@ bool TgtdInstance::spawn_and_wait(std::string* why) {
     // Our sockets to other tgtds, our pipes: none of tgtd's business.
     posix_spawn_file_actions_addclosefrom_np(&fa.a, 3);
     SpawnAttr attr;
-    sigset_t none;
+    sigset_t none, pipe;
     sigemptyset(&none);
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
     posix_spawnattr_setsigmask(&attr.a, &none);
+    posix_spawnattr_setsigdefault(&attr.a, &pipe);  // the test ignores SIGPIPE; tgtd decides for itself
     // Own session, like `setsid`: a Ctrl-C meant for the test runner is not for tgtd.
-    posix_spawnattr_setflags(&attr.a, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK);
+    posix_spawnattr_setflags(&attr.a, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
 
     Env env = options_.env;
-    env.emplace_back("LD_PRELOAD", (mods / "libicbd_tgt_preload.so").string());
+    env.emplace_back("ICBD_TGTD_LD_PRELOAD", (mods / "libicbd_tgt_preload.so").string());  // launcher: LD_PRELOAD
     env.emplace_back("ICBD_TGT_MODULES", (mods / "bs_icbd.so").string());
     env.emplace_back("TGT_IPC_SOCKET", (dir_ / "socket").string());
     std::vector<std::string> env_storage;
     std::vector<char*> cenv = make_environment(env, env_storage);
-    std::vector<std::string> args = options_.wrapper;
-    args.insert(args.end(), {kTgtd, "-f", "-C", std::to_string(ctl_), "--iscsi",
-                             "portal=127.0.0.1:" + std::to_string(port_)});
+    // Through the launcher: tgtd dies with this process even if it is killed
+    // (CTest timeout), and gets a seccomp filter when asked.
+    std::vector<std::string> args = {ICBD_TGTD_LAUNCHER};
+    if (options_.no_io_uring) args.emplace_back("--no-io-uring");
+    args.insert(args.end(),
+                {kTgtd, "-f", "-C", std::to_string(ctl_), "--iscsi", "portal=127.0.0.1:" + std::to_string(port_)});
     std::vector<char*> cargs;
     for (auto& a : args) cargs.push_back(a.data());
     cargs.push_back(nullptr);
@@ -196,8 +203,8 @@ bool TgtdInstance::alive() {
     if (r == pid_ || (r < 0 && errno == ECHILD)) {
         // Reaped: forget the PID so it can never be signalled after reuse.
         std::string how = r == pid_ && WIFSIGNALED(status) ? "signal " + std::to_string(WTERMSIG(status))
-                          : r == pid_                     ? "exit " + std::to_string(WEXITSTATUS(status))
-                                                          : std::string("unknown status");
+                          : r == pid_                      ? "exit " + std::to_string(WEXITSTATUS(status))
+                                                           : std::string("unknown status");
         append_file(log_path_, "=== icbd test: tgtd " + std::to_string(pid_) + " ended (" + how + ") ===\n");
         pid_ = -1;
         return false;
@@ -229,9 +236,9 @@ CommandResult TgtdInstance::adm_sys(const std::vector<std::string>& args) const 
 
 void TgtdInstance::add_target(int tid, const std::string& iqn) {
     const std::string t = std::to_string(tid);
-    for (const auto& args : std::vector<std::vector<std::string>>{
-             {"--op", "new", "--mode", "target", "--tid", t, "-T", iqn},
-             {"--op", "bind", "--mode", "target", "--tid", t, "-I", "ALL"}}) {
+    for (const auto& args :
+         std::vector<std::vector<std::string>>{{"--op", "new", "--mode", "target", "--tid", t, "-T", iqn},
+                                               {"--op", "bind", "--mode", "target", "--tid", t, "-I", "ALL"}}) {
         CommandResult r = adm(args);
         if (!r.ok()) throw std::runtime_error(r.describe() + "\ntgtd log:\n" + log_tail());
     }
@@ -240,14 +247,14 @@ void TgtdInstance::add_target(int tid, const std::string& iqn) {
 
 CommandResult TgtdInstance::try_add_lun(const LunSpec& spec) {
     const std::string t = std::to_string(spec.tid), l = std::to_string(spec.lun);
-    std::vector<std::string> args = {"--op", "new", "--mode", "logicalunit", "--tid", t, "--lun", l,
-                                     "-b", spec.path.string(), "--bstype", spec.bstype};
+    std::vector<std::string> args = {"--op",  "new", "--mode", "logicalunit",      "--tid",    t,
+                                     "--lun", l,     "-b",     spec.path.string(), "--bstype", spec.bstype};
     if (!spec.bsopts.empty()) args.insert(args.end(), {"--bsopts", spec.bsopts});
     CommandResult r = adm(args);
     if (!r.ok()) return r;
     if (!spec.params.empty()) {
-        CommandResult u = adm({"--op", "update", "--mode", "logicalunit", "--tid", t, "--lun", l, "--params",
-                               spec.params});
+        CommandResult u =
+            adm({"--op", "update", "--mode", "logicalunit", "--tid", t, "--lun", l, "--params", spec.params});
         if (!u.ok()) return u;
     }
     targets_[spec.tid].luns[spec.lun] = spec;
@@ -259,11 +266,14 @@ void TgtdInstance::add_lun(const LunSpec& spec) {
     if (!r.ok()) throw std::runtime_error(r.describe() + "\ntgtd log:\n" + log_tail());
 }
 
-CommandResult TgtdInstance::delete_lun(int tid, int lun, std::chrono::milliseconds patience) {
+CommandResult TgtdInstance::delete_lun(int tid, int lun, std::chrono::milliseconds patience, int* attempts) {
     const auto deadline = std::chrono::steady_clock::now() + patience;
+    int tries = 0;
     for (;;) {
-        CommandResult r = adm({"--op", "delete", "--mode", "logicalunit", "--tid", std::to_string(tid), "--lun",
-                               std::to_string(lun)});
+        ++tries;
+        if (attempts) *attempts = tries;
+        CommandResult r = adm(
+            {"--op", "delete", "--mode", "logicalunit", "--tid", std::to_string(tid), "--lun", std::to_string(lun)});
         if (r.ok()) {
             auto it = targets_.find(tid);
             if (it != targets_.end()) it->second.luns.erase(lun);
@@ -274,9 +284,12 @@ CommandResult TgtdInstance::delete_lun(int tid, int lun, std::chrono::millisecon
     }
 }
 
-CommandResult TgtdInstance::delete_target(int tid, bool force, std::chrono::milliseconds patience) {
+CommandResult TgtdInstance::delete_target(int tid, bool force, std::chrono::milliseconds patience, int* attempts) {
     const auto deadline = std::chrono::steady_clock::now() + patience;
+    int tries = 0;
     for (;;) {
+        ++tries;
+        if (attempts) *attempts = tries;
         std::vector<std::string> args = {"--op", "delete", "--mode", "target", "--tid", std::to_string(tid)};
         if (force) args.insert(args.begin() + 2, "--force");
         CommandResult r = adm(args);
@@ -335,6 +348,12 @@ void TgtdInstance::stop() {
     std::set<int> tids;
     for (const auto& [tid, t] : targets_) tids.insert(tid);
     CommandResult show = adm({"--op", "show", "--mode", "target"});
+    if (show.timed_out) {
+        // tgtd no longer answers its control socket: nothing orderly will work.
+        std::fprintf(stderr, "TgtdInstance: tgtd %d does not answer tgtadm; SIGKILL\n", pid_);
+        kill9();
+        return;
+    }
     std::istringstream lines(show.output);
     for (std::string line; std::getline(lines, line);)
         if (line.rfind("Target ", 0) == 0) tids.insert(std::atoi(line.c_str() + 7));

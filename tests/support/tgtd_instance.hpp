@@ -2,7 +2,9 @@
 // bs_icbd module from the build tree, with its own portal and control socket,
 // so several can run side by side with other people's tgtd on the machine.
 // Knows its targets and LUNs so it can be killed with SIGKILL and restarted with
-// the same configuration (the crash test). Stopped in the destructor.
+// the same configuration (the crash test). Stopped in the destructor; and if
+// the test program itself is killed, tgtd dies with the thread that started it
+// (PR_SET_PDEATHSIG in icbd_tgtd_launcher): create it on a thread that outlives it.
 #pragma once
 
 #include <sys/types.h>
@@ -20,15 +22,20 @@
 namespace icbd::test {
 
 struct TgtdOptions {
-    Env env;                           // extra environment for tgtd only
-    std::vector<std::string> wrapper;  // program (+ args) that execs tgtd, e.g. a seccomp jail
+    Env env;                   // extra environment for tgtd only
+    bool no_io_uring = false;  // io_uring_setup(2) refused by seccomp, as in many containers
 };
 
 struct LunSpec {
     LunSpec() = default;
     LunSpec(int t, int l, std::filesystem::path p, std::string opts = {}, std::string prms = {},
             std::string type = "icbd")
-        : tid(t), lun(l), path(std::move(p)), bstype(std::move(type)), bsopts(std::move(opts)), params(std::move(prms)) {}
+        : tid(t),
+          lun(l),
+          path(std::move(p)),
+          bstype(std::move(type)),
+          bsopts(std::move(opts)),
+          params(std::move(prms)) {}
 
     int tid = 1;
     int lun = 1;
@@ -62,9 +69,11 @@ public:
 
     // Deletes a LUN / a target, retrying while tgtd says it is still active
     // (tgtd refuses while commands are queued), for at most `patience`.
-    // Returns the last tgtadm result.
-    CommandResult delete_lun(int tid, int lun, std::chrono::milliseconds patience = std::chrono::seconds(10));
-    CommandResult delete_target(int tid, bool force, std::chrono::milliseconds patience = std::chrono::seconds(10));
+    // Returns the last tgtadm result; `attempts` gets the number of tries.
+    CommandResult delete_lun(int tid, int lun, std::chrono::milliseconds patience = std::chrono::seconds(10),
+                             int* attempts = nullptr);
+    CommandResult delete_target(int tid, bool force, std::chrono::milliseconds patience = std::chrono::seconds(10),
+                                int* attempts = nullptr);
 
     // tgtadm -C <control port> --lld iscsi ARGS (adm) or without --lld (adm_sys).
     CommandResult adm(const std::vector<std::string>& args) const;
