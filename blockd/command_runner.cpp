@@ -191,7 +191,9 @@ void CommandRunner::start(Task& t) {
         case Kind::orwrite:
         case Kind::compare_and_write: {
             uint32_t len = t.kind == Kind::orwrite ? c.out_len : c.out_len / 2;
-            if (t.kind == Kind::compare_and_write && (c.out_len % 2 || len != c.tl))
+            if (t.kind == Kind::compare_and_write &&
+                (c.out_len % 2 || len != c.tl ||
+                 (c.max_compare_and_write_blocks && (c.tl >> c.blk_shift) > c.max_compare_and_write_blocks)))
                 return fail_later(t, scsi::key::illegal_request, scsi::asc::invalid_field_in_cdb);
             if (len == 0) return fail_later(t, 0, 0);
             uint8_t* buf = t.scratch.reserve(len);

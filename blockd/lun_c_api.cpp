@@ -103,6 +103,7 @@ void icbd_lun_submit(icbd_lun* lun, const icbd_cmd* c) {
     cmd.blk_shift = c->blk_shift;
     cmd.write_cache_enabled = c->write_cache_enabled;
     cmd.thin_provisioning = c->thin_provisioning;
+    cmd.max_compare_and_write_blocks = c->max_compare_and_write_blocks;
     lun->lun->submit(cmd);
 }
 

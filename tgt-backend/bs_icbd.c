@@ -81,6 +81,7 @@ static int bs_icbd_cmd_submit(struct scsi_cmd *cmd)
 	struct scsi_lu *lu = cmd->dev;
 	struct bs_icbd_info *info = BS_ICBD_I(lu);
 	struct mode_pg *caching = find_mode_page(lu, 0x08, 0);
+	struct vpd *bl = lu->attrs.lu_vpd[PCODE_OFFSET(0xb0)];
 	struct icbd_cmd c = {
 		.cookie = cmd,
 		.cdb = cmd->scb,
@@ -95,6 +96,8 @@ static int bs_icbd_cmd_submit(struct scsi_cmd *cmd)
 		/* WCE=0 in the caching mode page makes every write durable. */
 		.write_cache_enabled = caching ? (caching->mode_data[0] & 0x04) != 0 : 1,
 		.thin_provisioning = lu->attrs.thinprovisioning,
+		/* Byte 5 of the Block Limits VPD page tgtd answers for this LU. */
+		.max_compare_and_write_blocks = bl ? bl->data[1] : 0,
 	};
 
 	set_cmd_async(cmd);

@@ -40,6 +40,7 @@ struct LunCommand {
     unsigned blk_shift = 9;
     bool write_cache_enabled = true;  // WCE in the caching mode page
     bool thin_provisioning = false;   // LBPME: UNMAP allowed
+    unsigned max_compare_and_write_blocks = 0;  // Block Limits VPD; 0: no limit
 };
 
 struct LunHost {

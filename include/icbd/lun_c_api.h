@@ -36,6 +36,8 @@ struct icbd_cmd {
 	unsigned blk_shift;
 	int write_cache_enabled;
 	int thin_provisioning;
+	/* MAXIMUM COMPARE AND WRITE LENGTH the LU advertises (blocks; 0: none). */
+	unsigned max_compare_and_write_blocks;
 };
 
 struct icbd_lun_host {

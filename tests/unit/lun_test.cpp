@@ -167,6 +167,30 @@ TEST_P(LunTest, CompareAndWriteHitAndMissWithOffset) {
     EXPECT_EQ(file_bytes(10 * kBlock, fresh.size()), fresh);
 }
 
+// Block Limits advertises MAXIMUM COMPARE AND WRITE LENGTH (tgt: 128 blocks);
+// a longer command is an invalid field and writes nothing (regression:
+// iscsi-test-cu's CompareAndWrite.Simple/Miscompare).
+TEST_P(LunTest, CompareAndWriteBeyondTheAdvertisedMaximumIsRefused) {
+    for (uint32_t blocks : {128u, 129u}) {
+        auto old = pattern(blocks * kBlock, 7);
+        ASSERT_EQ(pwrite(raw_, old.data(), old.size(), 0), static_cast<ssize_t>(old.size()));
+        Cmd c = make(scsi::op::compare_and_write, 0, blocks);
+        c.lc.max_compare_and_write_blocks = 128;
+        c.out = old;
+        auto fresh = pattern(blocks * kBlock, 8);
+        c.out.insert(c.out.end(), fresh.begin(), fresh.end());
+        ScsiResult r = run(c);
+        if (blocks <= 128) {
+            EXPECT_EQ(r.status, scsi::status_good);
+            EXPECT_EQ(file_bytes(0, fresh.size()), fresh);
+        } else {
+            EXPECT_EQ(r.sense_key, scsi::key::illegal_request);
+            EXPECT_EQ(r.asc, scsi::asc::invalid_field_in_cdb);
+            EXPECT_EQ(file_bytes(0, old.size()), old);
+        }
+    }
+}
+
 TEST_P(LunTest, OrWriteOrsIntoExistingData) {
     std::vector<uint8_t> old(kBlock, 0x0f);
     ASSERT_EQ(pwrite(raw_, old.data(), kBlock, 3 * kBlock), static_cast<ssize_t>(kBlock));
