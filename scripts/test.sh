@@ -13,6 +13,10 @@ cmake --build --preset release
 # In CI nothing may skip: a missing prerequisite fails the test instead.
 export ICBD_FORBID_SKIP=1
 ctest --test-dir build/release --output-on-failure -j2 "$@"
+if [ -f build/release/tests/conformance/out/summary.txt ]; then
+  echo "--- iscsi-test-cu, rdwr vs icbd (tests/conformance/run_conformance.sh) ---"
+  cat build/release/tests/conformance/out/summary.txt
+fi
 
 # Sanitizers: the engine and LUN unit tests under ASan+UBSan (tgtd itself is
 # not instrumented, so the module-in-tgtd tests run in the release build only).

@@ -9,6 +9,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/../../scripts/lib/tgtd.sh"
 out=${1:-$(mktemp -d /tmp/icbd-conformance.XXXXXX)}
 mkdir -p "$out"
+# Everything this script prints is also kept in summary.txt (scripts/test.sh shows it).
+exec > >(tee "$out/summary.txt") 2>&1
 work=$(mktemp -d /tmp/icbd-conformance-img.XXXXXX)
 
 cleanup() { tgtd_stop; rm -rf "$work"; }
