@@ -111,6 +111,15 @@ CommandRunner::Task& CommandRunner::alloc_task() {
 
 
 void CommandRunner::submit(const LunCommand& cmd) {
+    // Any path that finishes the command right away (a zero-length VERIFY, a
+    // failed buffer allocation) lands in finish(), which defers it while this
+    // flag is set: the contract is "never complete from inside submit()".
+    in_submit_ = true;
+    submit_inner(cmd);
+    in_submit_ = false;
+}
+
+void CommandRunner::submit_inner(const LunCommand& cmd) {
     Task& t = alloc_task();
     t.cmd = cmd;
     ++active_;
@@ -447,6 +456,11 @@ void CommandRunner::fail_later(Task& t, uint8_t key, uint16_t asc) {
 }
 
 void CommandRunner::finish(Task& t) {
+    if (in_submit_) {
+        deferred_.push_back(t.index);
+        kick();
+        return;
+    }
     void* cookie = t.cmd.cookie;
     ScsiResult result = t.result;
     if (t.holds_range) --range_holders_;

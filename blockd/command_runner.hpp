@@ -27,6 +27,7 @@ public:
     void drain();
 
 private:
+    void submit_inner(const LunCommand& cmd);
     enum class Kind : uint8_t { read, write, write_verify, orwrite, compare_and_write, sync, write_same, unmap,
                                 prefetch, verify, invalid };
     static bool writes(Kind k) {
@@ -89,6 +90,7 @@ private:
     std::string name_;  // for messages: the backing file
     bool engine_backlog_ = false;
     bool kicked_ = false;
+    bool in_submit_ = false;  // completions found inside submit() are deferred
     size_t active_ = 0;
     size_t range_holders_ = 0;  // running read-modify-write commands
     std::vector<std::unique_ptr<Task>> tasks_;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: installs dependencies, builds the release preset and
 # runs the whole test suite (unit, integration against a real tgtd and libiscsi,
-# libiscsi's conformance suite), then the unit tests again under ASan+UBSan.
+# libiscsi's conformance suite), then the unit tests again under ASan+UBSan, then
+# the fuzz targets for a bounded time.
 # Usage: scripts/test.sh [ctest arguments...]   (as root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,4 +24,17 @@ fi
 cmake --preset debug-asan >/dev/null
 cmake --build --preset debug-asan --target bsopts_test io_engine_test lun_test
 ctest --test-dir build/debug-asan --output-on-failure -j2 -L unit
+
+# Fuzzing, time-bounded: the bsopts parser and a LUN's SCSI command execution
+# (clang + libFuzzer + ASan/UBSan). A crash fails the run and leaves its input
+# in build/fuzz/artifacts.
+cmake --preset fuzz >/dev/null
+cmake --build --preset fuzz --target bsopts_fuzz scsi_command_fuzz
+mkdir -p build/fuzz/artifacts
+for f in bsopts_fuzz scsi_command_fuzz; do
+  build/fuzz/tests/fuzz/$f -max_total_time="${ICBD_FUZZ_SECONDS:-30}" -rss_limit_mb=4096 \
+    -artifact_prefix=build/fuzz/artifacts/$f- -print_final_stats=1 2>build/fuzz/$f.log \
+    || { tail -40 build/fuzz/$f.log; echo "test: $f found a crash" >&2; exit 1; }
+  echo "fuzz: $f: $(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' build/fuzz/$f.log | grep -o '[0-9]*$') inputs, no crash"
+done
 echo "test: all tests passed"

@@ -311,6 +311,13 @@ TEST_P(LunTest, SkippedWakeUpIsDeliveredAgainAndProcessingQuietsIt) {
     EXPECT_EQ(wait_ready(ep.get(), 50), 0) << "the event fd stays readable after processing";
 }
 
+// Found by scsi_command_fuzz: a VERIFY of zero blocks finished inside
+// submit(), breaking the "never complete from inside submit()" contract.
+TEST_P(LunTest, ZeroLengthVerifyCompletesOutsideSubmit) {
+    Cmd c = make(scsi::op::verify_16, 40, 0, 0x02);
+    EXPECT_EQ(run(c).status, scsi::status_good);  // run() checks where it completed
+}
+
 TEST_P(LunTest, VerifyByteCheckFindsTheDifference) {
     auto data = pattern(4 * kBlock, 3);
     ASSERT_EQ(pwrite(raw_, data.data(), data.size(), 40 * kBlock), static_cast<ssize_t>(data.size()));
