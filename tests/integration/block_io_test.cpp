@@ -246,7 +246,10 @@ TEST_P(BlockIo, UnmapPunchesHoles) {
     EXPECT_TRUE(is_hole(file_, (lba + 2 * kBlocksPerMiB) * kBlock, 2 * kMiB))
         << "UNMAP left data in the second range of " << file_;
     EXPECT_FALSE(is_hole(file_, (lba + kBlocksPerMiB) * kBlock, kMiB)) << "UNMAP deallocated the range between";
-    EXPECT_LE(allocated_bytes(file_) + 3 * kMiB, allocated_before) << "st_blocks did not drop by the 3 MiB unmapped";
+    // st_blocks also counts the filesystem's own extent-tree blocks, which a
+    // punch in the middle of an extent may add (seen: one 4 KiB block on ext4).
+    EXPECT_LE(allocated_bytes(file_) + 3 * kMiB, allocated_before + 64 * 1024)
+        << "st_blocks did not drop by the 3 MiB unmapped";
 
     ScsiResult st = client_->get_lba_status(lba);
     ASSERT_TRUE(st.good()) << st;
