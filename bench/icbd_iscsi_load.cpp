@@ -8,8 +8,11 @@
 // Exit status: 0 success; 1 SCSI error, connection failure or lost session;
 // 2 bad command line.
 #include <getopt.h>
+#include <netdb.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <iscsi/iscsi.h>
 #include <iscsi/scsi-lowlevel.h>
@@ -169,6 +172,46 @@ Options parse_args(int argc, char** argv) {
     return o;
 }
 
+// Why a portal ("host", "host:port", "[v6]:port") does not take a TCP
+// connection, or an empty string when it does: libiscsi's own message after a
+// refused connection is about reconnecting, which hides the cause.
+std::string tcp_problem(const std::string& portal) {
+    std::string host = portal, port = "3260";
+    if (!host.empty() && host[0] == '[') {
+        size_t close = host.find(']');
+        if (close != std::string::npos) {
+            if (close + 1 < host.size() && host[close + 1] == ':') port = host.substr(close + 2);
+            host = host.substr(1, close - 1);
+        }
+    } else if (size_t colon = host.rfind(':'); colon != std::string::npos && host.find(':') == colon) {
+        port = host.substr(colon + 1);
+        host = host.substr(0, colon);
+    }
+    addrinfo hints{};
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* res = nullptr;
+    if (int r = getaddrinfo(host.c_str(), port.c_str(), &hints, &res); r != 0)
+        return "cannot resolve " + host + ": " + gai_strerror(r);
+    std::string why = "no address";
+    for (addrinfo* a = res; a; a = a->ai_next) {
+        int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+        if (fd < 0) {
+            why = std::strerror(errno);
+            continue;
+        }
+        int r = ::connect(fd, a->ai_addr, a->ai_addrlen);
+        int err = errno;
+        close(fd);
+        if (r == 0) {
+            why.clear();
+            break;
+        }
+        why = "TCP connection to " + host + ":" + port + ": " + std::strerror(err);
+    }
+    freeaddrinfo(res);
+    return why;
+}
+
 class Load;
 
 struct Slot {
@@ -211,10 +254,13 @@ public:
         iscsi_set_noautoreconnect(iscsi_, 1);
         iscsi_set_timeout(iscsi_, 10);
         lun_ = u->lun;
+        const std::string portal = u->portal;
         int r = iscsi_full_connect_sync(iscsi_, u->portal, u->lun);
         iscsi_destroy_url(u);
         if (r != 0) {
-            std::fprintf(stderr, "icbd-iscsi-load: cannot connect to %s: %s\n", o_.url.c_str(), iscsi_get_error(iscsi_));
+            std::string why = tcp_problem(portal);
+            std::fprintf(stderr, "icbd-iscsi-load: cannot connect to %s: %s\n", o_.url.c_str(),
+                         why.empty() ? iscsi_get_error(iscsi_) : why.c_str());
             return 1;
         }
         logged_in_ = true;
