@@ -28,6 +28,7 @@ public:
 
 private:
     void submit_inner(const LunCommand& cmd);
+    void reap_completions();
     enum class Kind : uint8_t { read, write, write_verify, orwrite, compare_and_write, sync, write_same, unmap,
                                 prefetch, verify, invalid };
     static bool writes(Kind k) {
@@ -95,8 +96,9 @@ private:
     size_t range_holders_ = 0;  // running read-modify-write commands
     std::vector<std::unique_ptr<Task>> tasks_;
     std::vector<uint32_t> free_;
+    std::vector<uint32_t> ready_;    // deferred_ being finished (kept: no allocation per pass)
     std::deque<uint32_t> parked_;    // waiting for an overlapping read-modify-write
-    std::deque<uint32_t> deferred_;  // finished at submit time, delivered in submit_batch
+    std::vector<uint32_t> deferred_;  // finished at submit time, delivered in submit_batch
 };
 
 }  // namespace icbd

@@ -2,11 +2,28 @@
 // what both engines share.
 #include "icbd/io_engine.hpp"
 
+#include <sys/uio.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <cstdint>
 
 namespace icbd {
+
+bool InlineReader::try_read(const IoRequest& req, int32_t* res) {
+    if (!supported_ || !req.inline_ok || req.op != IoOp::read) return false;
+    iovec iov{req.buf, req.len};
+    ssize_t n = ::preadv2(req.fd, &iov, 1, static_cast<off_t>(req.offset), RWF_NOWAIT);
+    if (n >= 0) {
+        *res = static_cast<int32_t>(n);
+        return true;
+    }
+    if (errno == EOPNOTSUPP) supported_ = false;
+    // EAGAIN (not cached) and real errors alike take the asynchronous path,
+    // which reports errors the same way for every read.
+    return false;
+}
 
 void IoEngine::acknowledge_event() {
     // Non-blocking eventfd: resets the counter, or EAGAIN when already zero.

@@ -7,7 +7,13 @@
 //  - submit() hands everything prepared to the kernel in one system call.
 //  - For every prepared operation, reap() delivers exactly one completion, with
 //    the caller's tag, after the kernel finished it. Nothing is ever completed
-//    from inside prepare() or submit().
+//    from inside prepare() or submit(): completions only come out of reap().
+//  - Reads marked `inline_ok` may be served by submit() itself with
+//    preadv2(RWF_NOWAIT), which copies cached data and never blocks (it fails
+//    with EAGAIN instead, and the read goes to the kernel's async path). Such
+//    completions wait in reap() and do not signal event_fd(): the owner calls
+//    reap() after every submit(). This makes a cached read one system call, with
+//    no wake-up of the owner's event loop.
 //  - event_fd() becomes readable when completions may be waiting.
 #pragma once
 
@@ -37,6 +43,7 @@ struct IoRequest {
     uint64_t len = 0;  // read/write: at most 2 GiB
     uint64_t offset = 0;
     uint64_t tag = 0;  // returned unchanged in the completion
+    bool inline_ok = false;  // read on a buffered fd: may be served by submit() (see above)
 };
 
 struct IoCompletion {
@@ -73,6 +80,18 @@ public:
     virtual const char* name() const = 0;
     // Operations prepared and not yet reaped.
     virtual size_t in_flight() const = 0;
+};
+
+// Serves a read from the page cache on the calling thread, without ever
+// blocking (preadv2 with RWF_NOWAIT), for engines honouring `inline_ok`.
+class InlineReader {
+public:
+    // True when `req` was served: *res is the byte count (possibly short: the
+    // caller continues the rest). False: submit it to the kernel as usual.
+    bool try_read(const IoRequest& req, int32_t* res);
+
+private:
+    bool supported_ = true;  // cleared on EOPNOTSUPP (a filesystem without NOWAIT reads)
 };
 
 // Creates the engine `opts` asks for. With EngineKind::automatic it tries

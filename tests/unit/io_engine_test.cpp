@@ -141,6 +141,48 @@ TEST_P(EngineTest, BurstLargerThanTheRingCompletesUnderEdgeTriggeredPolling) {
     EXPECT_EQ(e->in_flight(), 0u);
 }
 
+// A cached read marked inline_ok is served by submit() itself: reap() has it
+// right after submit(), and the host's event fd is not woken for it.
+TEST_P(EngineTest, CachedReadIsServedBySubmitWithoutWakeUp) {
+    TempFile f(1 << 20);
+    std::vector<uint8_t> out(8192, 0xa7), in(8192);
+    ASSERT_EQ(pwrite(f.fd(), out.data(), out.size(), 65536), 8192);
+    auto e = make(8);
+    UniqueFd ep(epoll_create1(EPOLL_CLOEXEC));
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ASSERT_EQ(epoll_ctl(ep.get(), EPOLL_CTL_ADD, e->event_fd(), &ev), 0);
+    IoRequest r{IoOp::read, false, f.fd(), in.data(), in.size(), 65536, 42};
+    r.inline_ok = true;
+    e->prepare(r);
+    IoCompletion c[2];
+    EXPECT_EQ(e->reap(c), 0u) << "completed before submit()";
+    ASSERT_GE(e->submit(), 0);
+    ASSERT_EQ(e->reap(c), 1u);
+    EXPECT_EQ(c[0].tag, 42u);
+    EXPECT_EQ(c[0].res, 8192);
+    EXPECT_EQ(in, out);
+    EXPECT_EQ(e->in_flight(), 0u);
+    EXPECT_EQ(wait_ready(ep.get(), 0), 0) << "an inline read woke the host";
+}
+
+// Evicted from the page cache, the same read takes the asynchronous path and
+// still completes once, with the data.
+TEST_P(EngineTest, UncachedInlineReadGoesToTheKernel) {
+    TempFile f(1 << 20);
+    std::vector<uint8_t> out(8192, 0x3c), in(8192);
+    ASSERT_EQ(pwrite(f.fd(), out.data(), out.size(), 131072), 8192);
+    ASSERT_EQ(fdatasync(f.fd()), 0);
+    ASSERT_EQ(posix_fadvise(f.fd(), 0, 0, POSIX_FADV_DONTNEED), 0);
+    auto e = make(8);
+    IoRequest r{IoOp::read, false, f.fd(), in.data(), in.size(), 131072, 7};
+    r.inline_ok = true;
+    e->prepare(r);
+    auto done = run_all(*e, 1);
+    EXPECT_EQ(done.at(7), 8192);
+    EXPECT_EQ(in, out);
+}
+
 TEST_P(EngineTest, NothingCompletesBeforeSubmit) {
     TempFile f(1 << 20);
     auto e = make(8);
