@@ -14,18 +14,11 @@
 
 #include "icbd/bsopts.hpp"
 #include "icbd/io_engine.hpp"
+#include "icbd/sense.hpp"
 #include "icbd/status.hpp"
 #include "icbd/unique_fd.hpp"
 
 namespace icbd {
-
-struct ScsiResult {
-    uint8_t status = 0;  // scsi::status_good or scsi::status_check_condition
-    uint8_t sense_key = 0;
-    uint16_t asc = 0;  // ASC << 8 | ASCQ
-    bool has_info = false;
-    uint64_t info = 0;  // sense INFORMATION field (miscompare offset)
-};
 
 struct LunCommand {
     void* cookie = nullptr;
