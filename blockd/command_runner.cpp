@@ -57,8 +57,15 @@ ScsiResult miscompare_at(uint64_t offset) {
 
 }  // namespace
 
-CommandRunner::CommandRunner(IoEngine& engine, const LunHost& host, int fd, bool direct, std::string name)
-    : engine_(engine), host_(host), fd_(fd), direct_(direct), name_(std::move(name)) {}
+CommandRunner::CommandRunner(IoEngine& engine, const LunHost& host, int fd, int write_fd, bool direct_reads,
+                             bool direct_writes, std::string name)
+    : engine_(engine),
+      host_(host),
+      fd_(fd),
+      write_fd_(write_fd),
+      direct_reads_(direct_reads),
+      direct_writes_(direct_writes),
+      name_(std::move(name)) {}
 
 CommandRunner::~CommandRunner() = default;
 
@@ -205,8 +212,7 @@ void CommandRunner::start(Task& t) {
 
 void CommandRunner::issue(Task& t, IoOp op, uint8_t* buf, uint64_t len, uint64_t offset, bool dsync) {
     SubOp s{op, dsync, buf, len, offset, buf, nullptr, 0};
-    if (direct_ && (op == IoOp::read || op == IoOp::write) &&
-        ((reinterpret_cast<uintptr_t>(buf) | len | offset) & (dio_align - 1))) {
+    if (needs_alignment(op) && ((reinterpret_cast<uintptr_t>(buf) | len | offset) & (dio_align - 1))) {
         // O_DIRECT needs aligned memory; tgtd's buffers usually are, this is the rare path.
         uint8_t* b = t.bounce.reserve(len);
         if (!b) {
@@ -222,8 +228,8 @@ void CommandRunner::issue(Task& t, IoOp op, uint8_t* buf, uint64_t len, uint64_t
     t.ops.push_back(s);
     ++t.pending;
     // Buffered reads may be served from the page cache by the engine's submit().
-    const bool inline_ok = op == IoOp::read && !direct_;
-    engine_.prepare({op, dsync, fd_, s.buf, len, offset, tag_of(t.index, idx), inline_ok});
+    const bool inline_ok = op == IoOp::read && !direct_reads_;
+    engine_.prepare({op, dsync, fd_for(op), s.buf, len, offset, tag_of(t.index, idx), inline_ok});
     kick();
 }
 
@@ -249,8 +255,8 @@ void CommandRunner::on_io(Task& t, uint32_t op_index, int32_t res) {
             s.buf += res;
             s.len -= static_cast<uint64_t>(res);
             s.offset += static_cast<uint64_t>(res);
-            engine_.prepare({s.op, s.dsync, fd_, s.buf, s.len, s.offset, tag_of(t.index, op_index),
-                             s.op == IoOp::read && !direct_});
+            engine_.prepare({s.op, s.dsync, fd_for(s.op), s.buf, s.len, s.offset, tag_of(t.index, op_index),
+                             s.op == IoOp::read && !direct_reads_});
             kick();
             return;
         }

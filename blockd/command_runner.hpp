@@ -16,7 +16,11 @@ namespace icbd {
 
 class CommandRunner {
 public:
-    CommandRunner(IoEngine& engine, const LunHost& host, int fd, bool direct, std::string name);
+    // `fd` serves everything; writes go to `write_fd` instead when it is open
+    // (O_DIRECT writes beside cached reads). direct_reads/direct_writes: which
+    // of them bypass the page cache, so need aligned buffers.
+    CommandRunner(IoEngine& engine, const LunHost& host, int fd, int write_fd, bool direct_reads, bool direct_writes,
+                  std::string name);
     ~CommandRunner();
 
     void submit(const LunCommand& cmd);
@@ -87,7 +91,13 @@ private:
     IoEngine& engine_;
     LunHost host_;
     int fd_;
-    bool direct_;
+    int write_fd_;
+    bool direct_reads_;
+    bool direct_writes_;
+    int fd_for(IoOp op) const { return op == IoOp::write && write_fd_ >= 0 ? write_fd_ : fd_; }
+    bool needs_alignment(IoOp op) const {
+        return (op == IoOp::read && direct_reads_) || (op == IoOp::write && direct_writes_);
+    }
     std::string name_;  // for messages: the backing file
     bool engine_backlog_ = false;
     bool kicked_ = false;

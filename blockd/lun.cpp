@@ -57,14 +57,29 @@ Result<uint64_t> Lun::open(const std::string& path, int extra_oflags) {
     }
     if (size == 0) return Status::error(EINVAL, "backing file '" + path + "': is empty (size 0)");
 
+    // direct=writes: a second descriptor, O_DIRECT, for writes only; reads keep
+    // the shared page cache (the kernel invalidates cached pages a direct write
+    // covers). A filesystem without O_DIRECT keeps buffered writes, said once.
+    UniqueFd write_fd;
+    bool direct_writes = opts_.direct;
+    if (opts_.direct_writes && !readonly_) {
+        write_fd.reset(::open(path.c_str(), (base | O_RDWR | O_DIRECT)));
+        if (write_fd.valid()) direct_writes = true;
+        else
+            log(LogLevel::warning, "backing file '" + path + "': O_DIRECT refused (" + std::strerror(errno) +
+                                       "); writes stay buffered");
+    }
     fd_ = std::move(owned);
-    runner_ = std::make_unique<CommandRunner>(*engine_, host_, fd_.get(), opts_.direct, path);
+    write_fd_ = std::move(write_fd);
+    runner_ = std::make_unique<CommandRunner>(*engine_, host_, fd_.get(), write_fd_.get(), opts_.direct,
+                                              direct_writes, path);
     return size;
 }
 
 void Lun::close() {
     if (runner_) runner_->drain();
     runner_.reset();
+    write_fd_.reset();
     fd_.reset();
 }
 

@@ -12,6 +12,7 @@ namespace icbd {
 struct LunOptions {
     bool readonly = false;  // refuse every write (golden images)
     bool direct = false;    // O_DIRECT: bypass the page cache
+    bool direct_writes = false;  // only writes bypass it (a second, O_DIRECT fd); reads stay cached
     EngineOptions engine;
 };
 

@@ -74,6 +74,7 @@ private:
     LunHost host_;
     std::unique_ptr<IoEngine> engine_;
     UniqueFd fd_;
+    UniqueFd write_fd_;  // direct=writes: the O_DIRECT descriptor writes use
     bool readonly_ = false;
     std::unique_ptr<CommandRunner> runner_;
 };

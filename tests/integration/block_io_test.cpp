@@ -531,9 +531,11 @@ TEST_P(BlockIo, OtherCdbSizes) {
 INSTANTIATE_TEST_SUITE_P(Backends, BlockIo,
                          ::testing::Values(Param{"ext4", "", "ext4_default"}, Param{"ext4", "engine=aio", "ext4_aio"},
                                            Param{"ext4", "direct=1", "ext4_direct"},
+                                           Param{"ext4", "direct=writes", "ext4_direct_writes"},
                                            Param{"btrfs", "", "btrfs_default"},
                                            Param{"btrfs", "engine=aio", "btrfs_aio"},
-                                           Param{"btrfs", "direct=1", "btrfs_direct"}),
+                                           Param{"btrfs", "direct=1", "btrfs_direct"},
+                                           Param{"btrfs", "direct=writes", "btrfs_direct_writes"}),
                          [](const ::testing::TestParamInfo<Param>& i) { return std::string(i.param.name); });
 
 }  // namespace

@@ -318,7 +318,7 @@ TEST_P(CrashTest, AcknowledgedDurableWritesSurviveKill9) {
     if (HasFailure()) std::cerr << "---- tgtd log (tail) ----\n" << tgtd.log_tail(30) << "\n";
 }
 
-INSTANTIATE_TEST_SUITE_P(Modes, CrashTest, ::testing::Values("", "direct=1", "engine=aio"),
+INSTANTIATE_TEST_SUITE_P(Modes, CrashTest, ::testing::Values("", "direct=1", "direct=writes", "engine=aio"),
                          [](const ::testing::TestParamInfo<const char*>& i) {
                              std::string s = i.param;
                              for (char& ch : s)

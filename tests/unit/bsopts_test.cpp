@@ -26,6 +26,19 @@ TEST(Bsopts, AllOptionsWithEitherSeparator) {
     EXPECT_EQ(parse_bsopts("engine=io_uring")->engine.kind, EngineKind::io_uring);
 }
 
+TEST(Bsopts, DirectWritesKeepsReadsCached) {
+    auto o = parse_bsopts("direct=writes");
+    ASSERT_TRUE(o) << o.status().message();
+    EXPECT_FALSE(o->direct);
+    EXPECT_TRUE(o->direct_writes);
+    auto later = parse_bsopts("direct=writes;direct=0");  // the last one wins
+    ASSERT_TRUE(later);
+    EXPECT_FALSE(later->direct_writes);
+    auto bad = parse_bsopts("direct=reads");
+    ASSERT_FALSE(bad);
+    EXPECT_NE(bad.status().message().find("0, 1 or writes"), std::string::npos) << bad.status().message();
+}
+
 TEST(Bsopts, UnknownOptionIsNamed) {
     auto o = parse_bsopts("readonly=1;cache_size=5");
     ASSERT_FALSE(o);

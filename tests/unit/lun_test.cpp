@@ -374,7 +374,8 @@ TEST_P(LunTest, ManyCommandsInFlightCompleteOnceEach) {
 // direct=1 goes through O_DIRECT and must bounce buffers that are not aligned.
 INSTANTIATE_TEST_SUITE_P(Modes, LunTest,
                          ::testing::Values("engine=io_uring", "engine=aio", "engine=io_uring;direct=1",
-                                           "engine=aio;direct=1;queue_depth=4"),
+                                           "engine=aio;direct=1;queue_depth=4", "engine=io_uring;direct=writes",
+                                           "engine=aio;direct=writes"),
                          [](const auto& info) {
                              std::string n = info.param;
                              for (char& ch : n)
