@@ -170,13 +170,13 @@ void CommandRunner::start(Task& t) {
     switch (t.kind) {
         case Kind::read: {
             uint32_t len = std::min(c.in_len, c.tl);
-            if (len == 0) return fail_later(t, 0, 0);
+            if (len == 0) return fail(t, 0, 0);
             return issue(t, IoOp::read, c.in_buf, len, c.offset);
         }
         case Kind::write:
         case Kind::write_verify: {
             uint32_t len = std::min(c.out_len, c.tl);
-            if (len == 0) return fail_later(t, 0, 0);
+            if (len == 0) return fail(t, 0, 0);
             // WRITE AND VERIFY checks the medium, so the data must be there first.
             return issue(t, IoOp::write, c.out_buf, len, c.offset, dsync || t.kind == Kind::write_verify);
         }
@@ -186,10 +186,10 @@ void CommandRunner::start(Task& t) {
             if (t.kind == Kind::compare_and_write &&
                 (c.out_len % 2 || len != c.tl ||
                  (c.max_compare_and_write_blocks && (c.tl >> c.blk_shift) > c.max_compare_and_write_blocks)))
-                return fail_later(t, scsi::key::illegal_request, scsi::asc::invalid_field_in_cdb);
-            if (len == 0) return fail_later(t, 0, 0);
+                return fail(t, scsi::key::illegal_request, scsi::asc::invalid_field_in_cdb);
+            if (len == 0) return fail(t, 0, 0);
             uint8_t* buf = t.scratch.reserve(len);
-            if (!buf) return fail_later(t, scsi::key::hardware_error, scsi::asc::internal_target_failure);
+            if (!buf) return fail(t, scsi::key::hardware_error, scsi::asc::internal_target_failure);
             return issue(t, IoOp::read, buf, len, c.offset);
         }
         case Kind::sync: return issue(t, IoOp::fdatasync, nullptr, 0, 0);
@@ -201,12 +201,12 @@ void CommandRunner::start(Task& t) {
         }
         case Kind::verify: {
             unsigned bytchk = (c.cdb[1] >> 1) & 3;
-            if (bytchk == 0) return fail_later(t, 0, 0);  // tgtd answers these itself
-            if (bytchk == 2) return fail_later(t, scsi::key::illegal_request, scsi::asc::invalid_field_in_cdb);
+            if (bytchk == 0) return fail(t, 0, 0);  // tgtd answers these itself
+            if (bytchk == 2) return fail(t, scsi::key::illegal_request, scsi::asc::invalid_field_in_cdb);
             t.phase = 1;
             return next_verify_chunk(t);
         }
-        case Kind::invalid: return fail_later(t, scsi::key::illegal_request, scsi::asc::invalid_field_in_cdb);
+        case Kind::invalid: return fail(t, scsi::key::illegal_request, scsi::asc::invalid_field_in_cdb);
     }
 }
 
@@ -217,7 +217,7 @@ void CommandRunner::issue(Task& t, IoOp op, uint8_t* buf, uint64_t len, uint64_t
         uint8_t* b = t.bounce.reserve(len);
         if (!b) {
             t.error = ENOMEM;
-            if (t.pending == 0) fail_later(t, scsi::key::hardware_error, scsi::asc::internal_target_failure);
+            if (t.pending == 0) fail(t, scsi::key::hardware_error, scsi::asc::internal_target_failure);
             return;
         }
         if (op == IoOp::write) std::memcpy(b, buf, len);
@@ -320,7 +320,7 @@ void CommandRunner::start_write_same(Task& t) {
     const bool unmap = c.cdb[1] & 0x08;
     const unsigned lb = c.cdb[1] & 0x06;  // 0x02 LBDATA, 0x04 PBDATA
     const uint8_t* pattern = c.out_len >= block ? c.out_buf : nullptr;  // NDOB: zeros
-    if (c.tl == 0) return fail_later(t, 0, 0);
+    if (c.tl == 0) return fail(t, 0, 0);
     // UNMAP bit on a thin LUN: deallocate, whatever the data block holds. SBC-3
     // lets the device server unmap instead of writing; the blocks then read as
     // zeros (LBPRZ), which is what initiators (and libiscsi's conformance
@@ -331,7 +331,7 @@ void CommandRunner::start_write_same(Task& t) {
     }
     t.chunk = std::min<uint64_t>(c.tl, chunk_bytes);
     uint8_t* buf = t.scratch.reserve(t.chunk);
-    if (!buf) return fail_later(t, scsi::key::hardware_error, scsi::asc::internal_target_failure);
+    if (!buf) return fail(t, scsi::key::hardware_error, scsi::asc::internal_target_failure);
     for (uint64_t o = 0; o < t.chunk; o += block) {
         if (pattern) std::memcpy(buf + o, pattern, block);
         else std::memset(buf + o, 0, block);
@@ -362,11 +362,11 @@ void CommandRunner::next_write_same_chunk(Task& t) {
 
 void CommandRunner::start_unmap(Task& t) {
     const LunCommand& c = t.cmd;
-    if (!c.thin_provisioning) return fail_later(t, scsi::key::illegal_request, scsi::asc::invalid_field_in_cdb);
+    if (!c.thin_provisioning) return fail(t, scsi::key::illegal_request, scsi::asc::invalid_field_in_cdb);
     if (c.cdb[1] & 0x01)  // ANCHOR: not supported (ANC_SUP=0)
-        return fail_later(t, scsi::key::illegal_request, scsi::asc::invalid_field_in_cdb);
-    if (c.out_len == 0) return fail_later(t, 0, 0);
-    if (c.out_len < 8) return fail_later(t, scsi::key::illegal_request, scsi::asc::parameter_list_length_error);
+        return fail(t, scsi::key::illegal_request, scsi::asc::invalid_field_in_cdb);
+    if (c.out_len == 0) return fail(t, 0, 0);
+    if (c.out_len < 8) return fail(t, scsi::key::illegal_request, scsi::asc::parameter_list_length_error);
     const uint8_t* p = c.out_buf;
     uint32_t descs = std::min<uint32_t>(be16(p + 2), c.out_len - 8) / 16;
     const uint64_t blocks = c.lun_size >> c.blk_shift;
@@ -375,14 +375,14 @@ void CommandRunner::start_unmap(Task& t) {
         const uint8_t* d = p + 8 + 16 * i;
         uint64_t lba = be64(d), n = be32(d + 8);
         if (lba + n < lba || lba + n > blocks)
-            return fail_later(t, scsi::key::illegal_request, scsi::asc::lba_out_of_range);
+            return fail(t, scsi::key::illegal_request, scsi::asc::lba_out_of_range);
     }
     for (uint32_t i = 0; i < descs; ++i) {
         const uint8_t* d = p + 8 + 16 * i;
         uint64_t lba = be64(d), n = be32(d + 8);
         if (n) issue(t, IoOp::punch_hole, nullptr, n << c.blk_shift, lba << c.blk_shift);
     }
-    if (t.pending == 0) fail_later(t, 0, 0);
+    if (t.pending == 0) fail(t, 0, 0);
 }
 
 void CommandRunner::next_verify_chunk(Task& t) {
@@ -427,17 +427,11 @@ bool CommandRunner::compare_verify_chunk(Task& t) {
     return true;
 }
 
+// Ends a command without (more) I/O; key 0 means success. Called inside
+// submit(), finish() defers the completion to submit_batch().
 void CommandRunner::fail(Task& t, uint8_t key, uint16_t asc) {
     if (key) t.result = check_condition(key, asc);
     finish(t);
-}
-
-// Completion decided at submit time: delivered from submit_batch(), never from
-// inside submit().
-void CommandRunner::fail_later(Task& t, uint8_t key, uint16_t asc) {
-    if (key) t.result = check_condition(key, asc);
-    deferred_.push_back(t.index);
-    kick();
 }
 
 void CommandRunner::finish(Task& t) {

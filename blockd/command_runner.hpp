@@ -76,7 +76,6 @@ private:
     void advance(Task& t);
     void finish(Task& t);
     void fail(Task& t, uint8_t key, uint16_t asc);
-    void fail_later(Task& t, uint8_t key, uint16_t asc);
     bool conflicts(const Task& t) const;
     void wake_parked();
     void kick();
