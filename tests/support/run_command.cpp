@@ -30,21 +30,6 @@ std::string quote(const std::string& s) {
     return q + "'";
 }
 
-// posix_spawn's attributes and file actions as RAII objects.
-struct SpawnAttr {
-    posix_spawnattr_t a;
-    SpawnAttr() { posix_spawnattr_init(&a); }
-    ~SpawnAttr() { posix_spawnattr_destroy(&a); }
-    SpawnAttr(const SpawnAttr&) = delete;
-    SpawnAttr& operator=(const SpawnAttr&) = delete;
-};
-struct SpawnActions {
-    posix_spawn_file_actions_t a;
-    SpawnActions() { posix_spawn_file_actions_init(&a); }
-    ~SpawnActions() { posix_spawn_file_actions_destroy(&a); }
-    SpawnActions(const SpawnActions&) = delete;
-    SpawnActions& operator=(const SpawnActions&) = delete;
-};
 
 }  // namespace
 

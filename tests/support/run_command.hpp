@@ -2,6 +2,8 @@
 // captures its exit code and combined output, for tests and their helpers.
 #pragma once
 
+#include <spawn.h>
+
 #include <chrono>
 #include <string>
 #include <utility>
@@ -21,6 +23,23 @@ struct CommandResult {
 };
 
 using Env = std::vector<std::pair<std::string, std::string>>;
+
+// posix_spawn's attributes and file actions as RAII objects (run_command and
+// TgtdInstance both spawn).
+struct SpawnAttr {
+    posix_spawnattr_t a;
+    SpawnAttr() { posix_spawnattr_init(&a); }
+    ~SpawnAttr() { posix_spawnattr_destroy(&a); }
+    SpawnAttr(const SpawnAttr&) = delete;
+    SpawnAttr& operator=(const SpawnAttr&) = delete;
+};
+struct SpawnActions {
+    posix_spawn_file_actions_t a;
+    SpawnActions() { posix_spawn_file_actions_init(&a); }
+    ~SpawnActions() { posix_spawn_file_actions_destroy(&a); }
+    SpawnActions(const SpawnActions&) = delete;
+    SpawnActions& operator=(const SpawnActions&) = delete;
+};
 
 // Runs argv[0] (looked up in PATH) with extra environment variables `env`.
 // The program gets /dev/null as stdin and none of our other file descriptors

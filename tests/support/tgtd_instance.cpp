@@ -62,20 +62,6 @@ void append_file(const std::filesystem::path& p, const std::string& text) {
 
 bool contains(const std::string& haystack, const char* needle) { return haystack.find(needle) != std::string::npos; }
 
-struct SpawnAttr {
-    posix_spawnattr_t a;
-    SpawnAttr() { posix_spawnattr_init(&a); }
-    ~SpawnAttr() { posix_spawnattr_destroy(&a); }
-    SpawnAttr(const SpawnAttr&) = delete;
-    SpawnAttr& operator=(const SpawnAttr&) = delete;
-};
-struct SpawnActions {
-    posix_spawn_file_actions_t a;
-    SpawnActions() { posix_spawn_file_actions_init(&a); }
-    ~SpawnActions() { posix_spawn_file_actions_destroy(&a); }
-    SpawnActions(const SpawnActions&) = delete;
-    SpawnActions& operator=(const SpawnActions&) = delete;
-};
 
 }  // namespace
 

@@ -14,6 +14,7 @@
 
 #include "icbd/io_engine.hpp"
 #include "icbd/unique_fd.hpp"
+#include "epoll_wait_ready.hpp"
 
 using namespace icbd;
 
@@ -50,14 +51,6 @@ std::map<uint64_t, int32_t> run_all(IoEngine& e, size_t expected) {
     }
     EXPECT_EQ(e.in_flight(), 0u);
     return done;
-}
-
-// epoll_wait, restarted when io_uring's task work interrupts it (EINTR).
-int wait_ready(int ep, int timeout_ms) {
-    epoll_event out{};
-    int n;
-    while ((n = epoll_wait(ep, &out, 1, timeout_ms)) < 0 && errno == EINTR) {}
-    return n;
 }
 
 class EngineTest : public ::testing::TestWithParam<EngineKind> {

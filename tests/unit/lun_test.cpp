@@ -14,6 +14,7 @@
 #include "icbd/lun.hpp"
 #include "icbd/scsi.hpp"
 #include "icbd/unique_fd.hpp"
+#include "epoll_wait_ready.hpp"
 
 using namespace icbd;
 
@@ -276,14 +277,6 @@ TEST_P(LunTest, UnmapRefusedWithoutThinProvisioning) {
     c.out.assign(24, 0);
     ScsiResult r = run(c);
     EXPECT_EQ(r.sense_key, scsi::key::illegal_request);
-}
-
-// epoll_wait, restarted when io_uring's task work interrupts it (EINTR).
-int wait_ready(int ep, int timeout_ms) {
-    epoll_event out{};
-    int n;
-    while ((n = epoll_wait(ep, &out, 1, timeout_ms)) < 0 && errno == EINTR) {}
-    return n;
 }
 
 // The host contract for the event fd, as tgtd uses it: level-triggered. A
