@@ -198,18 +198,9 @@ tgtd_start || die "tgtd did not start"
 log "tgtd pid $TGTD_PID, portal 127.0.0.1:$TGTD_PORT, control port $TGTD_CTL"
 
 declare -A url
-tid=0
-for b in $bstypes; do
-  tid=$((tid + 1))
-  iqn="iqn.2024-01.org.icbd:bench-$b"
-  tgtd_adm --op new --mode target --tid "$tid" -T "$iqn" || die "cannot create target $iqn"
-  args=(--op new --mode logicalunit --tid "$tid" --lun 1 --bstype "$b" --blocksize 4096)
-  if [ "$b" = null ]; then args+=(--backing-store None); else args+=(--backing-store "$backing"); fi
-  if [ "$b" = icbd ] && [ -n "$icbd_bsopts" ]; then args+=(--bsopts "$icbd_bsopts"); fi
-  tgtd_adm "${args[@]}" || die "cannot add a LUN of bstype $b (see $TGTD_LOG)"
-  tgtd_adm --op bind --mode target --tid "$tid" -I ALL || die "cannot bind target $iqn"
-  url[$b]="iscsi://127.0.0.1:$TGTD_PORT/$iqn/1"
-done
+# shellcheck source=lib_backends.sh
+source "$src/bench/lib_backends.sh"
+export_backends bench || die "exporting the LUNs failed"
 
 clk_tck=$(getconf CLK_TCK)
 cpu_ticks() {  # utime + stime of the whole tgtd process, in clock ticks

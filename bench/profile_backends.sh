@@ -118,18 +118,9 @@ source "$src/scripts/lib/tgtd.sh"
 TGTD_LOG="$work/tgtd.log"
 tgtd_start || die "tgtd did not start"
 declare -A url
-tid=0
-for b in $bstypes; do
-  tid=$((tid + 1))
-  iqn="iqn.2024-01.org.icbd:profile-$b"
-  tgtd_adm --op new --mode target --tid "$tid" -T "$iqn" || die "cannot create target $iqn"
-  args=(--op new --mode logicalunit --tid "$tid" --lun 1 --bstype "$b" --blocksize 4096)
-  if [ "$b" = null ]; then args+=(--backing-store None); else args+=(--backing-store "$backing"); fi
-  if [ "$b" = icbd ] && [ -n "$icbd_bsopts" ]; then args+=(--bsopts "$icbd_bsopts"); fi
-  tgtd_adm "${args[@]}" || die "cannot add a LUN of bstype $b"
-  tgtd_adm --op bind --mode target --tid "$tid" -I ALL || die "cannot bind $iqn"
-  url[$b]="iscsi://127.0.0.1:$TGTD_PORT/$iqn/1"
-done
+# shellcheck source=lib_backends.sh
+source "$src/bench/lib_backends.sh"
+export_backends profile || die "exporting the LUNs failed"
 
 # System calls worth naming; raw_syscalls:sys_enter counts them all.
 calls="io_uring_enter epoll_wait epoll_ctl read write writev setsockopt pread64 preadv2 pwrite64 futex io_submit io_getevents"
