@@ -62,9 +62,12 @@ Result<LunOptions> parse_bsopts(std::string_view text) {
             else if (value == "io_uring") o.engine.kind = EngineKind::io_uring;
             else if (value == "aio") o.engine.kind = EngineKind::aio;
             else return bad_value(key, value, "auto, io_uring or aio");
+        } else if (key == "overlay") {
+            if (value.empty() || value.front() != '/') return bad_value(key, value, "an absolute path");
+            o.overlay = std::string(value);
         } else {
             return Status::error(ENOENT, "bsopts: unknown option '" + std::string(key) +
-                                             "' (known: readonly, direct, queue_depth, engine)");
+                                             "' (known: readonly, direct, queue_depth, engine, overlay)");
         }
     }
     return o;

@@ -58,14 +58,15 @@ ScsiResult miscompare_at(uint64_t offset) {
 }  // namespace
 
 CommandRunner::CommandRunner(IoEngine& engine, const LunHost& host, int fd, int write_fd, bool direct_reads,
-                             bool direct_writes, std::string name)
+                             bool direct_writes, std::string name, OverlayMap* overlay)
     : engine_(engine),
       host_(host),
       fd_(fd),
       write_fd_(write_fd),
       direct_reads_(direct_reads),
       direct_writes_(direct_writes),
-      name_(std::move(name)) {}
+      name_(std::move(name)),
+      overlay_(overlay) {}
 
 CommandRunner::~CommandRunner() = default;
 
@@ -89,6 +90,8 @@ CommandRunner::Task& CommandRunner::alloc_task() {
     t.cursor = t.chunk = 0;
     t.result = {};
     t.ops.clear();
+    t.copy_up_hold = t.map_write_needed = t.owns_map_writer = t.copy_active = false;
+    t.pieces.clear();
     return t;
 }
 
@@ -137,6 +140,16 @@ void CommandRunner::submit_inner(const LunCommand& cmd) {
             break;
         default: t.range_end = t.range_start; break;
     }
+    if (overlay_ && writes(t.kind)) {
+        // A write that copies up rewrites whole blocks: it must own them (and
+        // UNMAP, which may zero partial blocks, owns everything, as above).
+        uint64_t len = t.range_end - t.range_start;
+        if (t.kind == Kind::unmap || overlay_->needs_copy_up(t.range_start, len)) {
+            t.copy_up_hold = true;
+            t.range_start -= t.range_start % OverlayMap::block_size;
+            t.range_end += (OverlayMap::block_size - t.range_end % OverlayMap::block_size) % OverlayMap::block_size;
+        }
+    }
     if (conflicts(t)) {
         parked_.push_back(t.index);
         return;
@@ -148,7 +161,7 @@ void CommandRunner::submit_inner(const LunCommand& cmd) {
 // with another write to the same blocks; everything else runs freely.
 bool CommandRunner::conflicts(const Task& t) const {
     if (!writes(t.kind)) return false;
-    const bool rmw = t.kind == Kind::orwrite || t.kind == Kind::compare_and_write;
+    const bool rmw = t.kind == Kind::orwrite || t.kind == Kind::compare_and_write || t.copy_up_hold;
     if (!rmw && range_holders_ == 0) return false;
     for (const auto& p : tasks_) {
         const Task& o = *p;
@@ -162,7 +175,7 @@ bool CommandRunner::conflicts(const Task& t) const {
 void CommandRunner::start(Task& t) {
     t.running = true;
     const LunCommand& c = t.cmd;
-    if (t.kind == Kind::orwrite || t.kind == Kind::compare_and_write) {
+    if (t.kind == Kind::orwrite || t.kind == Kind::compare_and_write || t.copy_up_hold) {
         t.holds_range = true;
         ++range_holders_;
     }
@@ -171,14 +184,14 @@ void CommandRunner::start(Task& t) {
         case Kind::read: {
             uint32_t len = std::min(c.in_len, c.tl);
             if (len == 0) return fail(t, 0, 0);
-            return issue(t, IoOp::read, c.in_buf, len, c.offset);
+            return read_lun(t, c.in_buf, len, c.offset);
         }
         case Kind::write:
         case Kind::write_verify: {
             uint32_t len = std::min(c.out_len, c.tl);
             if (len == 0) return fail(t, 0, 0);
             // WRITE AND VERIFY checks the medium, so the data must be there first.
-            return issue(t, IoOp::write, c.out_buf, len, c.offset, dsync || t.kind == Kind::write_verify);
+            return write_lun(t, c.out_buf, len, c.offset, dsync || t.kind == Kind::write_verify);
         }
         case Kind::orwrite:
         case Kind::compare_and_write: {
@@ -190,14 +203,16 @@ void CommandRunner::start(Task& t) {
             if (len == 0) return fail(t, 0, 0);
             uint8_t* buf = t.scratch.reserve(len);
             if (!buf) return fail(t, scsi::key::hardware_error, scsi::asc::internal_target_failure);
-            return issue(t, IoOp::read, buf, len, c.offset);
+            return read_lun(t, buf, len, c.offset);
         }
-        case Kind::sync: return issue(t, IoOp::fdatasync, nullptr, 0, 0);
+        case Kind::sync: return sync_lun(t);
         case Kind::write_same: return start_write_same(t);
         case Kind::unmap: return start_unmap(t);
         case Kind::prefetch: {
             uint64_t len = c.tl ? c.tl : c.lun_size - c.offset;
-            return issue(t, IoOp::prefetch, nullptr, len, c.offset);
+            // On an overlay LUN, warm the shared golden file: that is where a
+            // client's unwritten blocks come from.
+            return issue(t, IoOp::prefetch, nullptr, len, c.offset, false, overlay_ ? overlay_->golden_fd() : -1);
         }
         case Kind::verify: {
             unsigned bytchk = (c.cdb[1] >> 1) & 3;
@@ -210,8 +225,10 @@ void CommandRunner::start(Task& t) {
     }
 }
 
-void CommandRunner::issue(Task& t, IoOp op, uint8_t* buf, uint64_t len, uint64_t offset, bool dsync) {
-    SubOp s{op, dsync, buf, len, offset, buf, nullptr, 0};
+void CommandRunner::issue(Task& t, IoOp op, uint8_t* buf, uint64_t len, uint64_t offset, bool dsync, int fd,
+                          bool overlay_data) {
+    if (fd < 0) fd = fd_for(op);
+    SubOp s{op, dsync, overlay_data, fd, offset, buf, len, offset, buf, nullptr, 0};
     if (needs_alignment(op) && ((reinterpret_cast<uintptr_t>(buf) | len | offset) & (dio_align - 1))) {
         // O_DIRECT needs aligned memory; tgtd's buffers usually are, this is the rare path.
         uint8_t* b = t.bounce.reserve(len);
@@ -229,7 +246,7 @@ void CommandRunner::issue(Task& t, IoOp op, uint8_t* buf, uint64_t len, uint64_t
     ++t.pending;
     // Buffered reads may be served from the page cache by the engine's submit().
     const bool inline_ok = op == IoOp::read && !direct_reads_;
-    engine_.prepare({op, dsync, fd_for(op), s.buf, len, offset, tag_of(t.index, idx), inline_ok});
+    engine_.prepare({op, dsync, fd, s.buf, len, offset, tag_of(t.index, idx), inline_ok});
     kick();
 }
 
@@ -255,17 +272,32 @@ void CommandRunner::on_io(Task& t, uint32_t op_index, int32_t res) {
             s.buf += res;
             s.len -= static_cast<uint64_t>(res);
             s.offset += static_cast<uint64_t>(res);
-            engine_.prepare({s.op, s.dsync, fd_for(s.op), s.buf, s.len, s.offset, tag_of(t.index, op_index),
+            engine_.prepare({s.op, s.dsync, s.fd, s.buf, s.len, s.offset, tag_of(t.index, op_index),
                              s.op == IoOp::read && !direct_reads_});
             kick();
             return;
         }
     }
     if (s.copy_to && !t.error) std::memcpy(s.copy_to, s.base, s.copy_len);
+    if (s.overlay_data && res >= 0 && !(s.op == IoOp::write && res == 0)) {
+        uint64_t lun_start = s.start - overlay_->data_offset();
+        uint64_t lun_len = s.offset + s.len - s.start;  // the whole range, whatever short transfers happened
+        overlay_->mark_present(lun_start, lun_len);
+        if (s.dsync) {  // durable data: its bits may go to disk now, and must before the command completes
+            overlay_->mark_durable(lun_start, lun_len);
+            t.map_write_needed = true;
+        }
+    }
     if (--t.pending == 0) advance(t);
 }
 
 void CommandRunner::advance(Task& t) {
+    if (t.owns_map_writer) release_map_writer(t);
+    if (t.copy_active && !t.error) return finish_copy_up(t);
+    if (t.map_write_needed && !t.error) {
+        t.map_write_needed = false;
+        if (overlay_->has_unwritten_pages()) return write_map(t);
+    }
     if (t.error) {
         t.result = sense_for_errno(t.error, t.error_op);
         return finish(t);
@@ -280,7 +312,7 @@ void CommandRunner::advance(Task& t) {
                 t.phase = 1;
                 uint8_t* buf = t.scratch.reserve(len);
                 if (!buf) return fail(t, scsi::key::hardware_error, scsi::asc::internal_target_failure);
-                return issue(t, IoOp::read, buf, len, c.offset);
+                return read_lun(t, buf, len, c.offset);
             }
             uint64_t d = first_difference(c.out_buf, t.scratch.get(), len);
             if (d != len) t.result = miscompare_at(d);
@@ -291,7 +323,7 @@ void CommandRunner::advance(Task& t) {
             t.phase = 1;
             uint8_t* old = t.scratch.get();
             for (uint32_t i = 0; i < c.out_len; ++i) old[i] |= c.out_buf[i];
-            return issue(t, IoOp::write, old, c.out_len, c.offset, dsync);
+            return write_lun(t, old, c.out_len, c.offset, dsync);
         }
         case Kind::compare_and_write: {
             if (t.phase == 1) return finish(t);
@@ -302,7 +334,7 @@ void CommandRunner::advance(Task& t) {
                 return finish(t);
             }
             t.phase = 1;
-            return issue(t, IoOp::write, c.out_buf + half, half, c.offset, dsync);
+            return write_lun(t, c.out_buf + half, half, c.offset, dsync);
         }
         case Kind::write_same:
             if (t.phase == 2) return finish(t);
@@ -310,6 +342,19 @@ void CommandRunner::advance(Task& t) {
         case Kind::verify:
             if (!compare_verify_chunk(t)) return finish(t);
             return next_verify_chunk(t);
+        case Kind::sync:
+            if (overlay_ && t.phase == 0) {
+                // Everything written before the fdatasync started is durable:
+                // so are the map bits snapshotted then.
+                overlay_->apply_durable(t.snapshot);
+                t.phase = 1;
+                t.map_write_needed = true;
+                return advance(t);
+            }
+            return finish(t);
+        case Kind::unmap:
+            if (overlay_) return next_unmap_piece(t);
+            return finish(t);
         default: return finish(t);
     }
 }
@@ -325,6 +370,11 @@ void CommandRunner::start_write_same(Task& t) {
     // lets the device server unmap instead of writing; the blocks then read as
     // zeros (LBPRZ), which is what initiators (and libiscsi's conformance
     // tests, and tgt's rdwr) expect.
+    if (unmap && c.thin_provisioning && lb == 0 && overlay_) {
+        t.kind = Kind::unmap;
+        plan_overlay_unmap(t, c.offset, c.tl);
+        return next_unmap_piece(t);
+    }
     if (unmap && c.thin_provisioning && lb == 0) {
         t.phase = 2;
         return issue(t, IoOp::punch_hole, nullptr, c.tl, c.offset);
@@ -357,7 +407,7 @@ void CommandRunner::next_write_same_chunk(Task& t) {
     }
     uint64_t off = c.offset + t.cursor;
     t.cursor += n;
-    issue(t, IoOp::write, buf, n, off, !c.write_cache_enabled);
+    write_lun(t, buf, n, off, !c.write_cache_enabled);
 }
 
 void CommandRunner::start_unmap(Task& t) {
@@ -380,8 +430,11 @@ void CommandRunner::start_unmap(Task& t) {
     for (uint32_t i = 0; i < descs; ++i) {
         const uint8_t* d = p + 8 + 16 * i;
         uint64_t lba = be64(d), n = be32(d + 8);
-        if (n) issue(t, IoOp::punch_hole, nullptr, n << c.blk_shift, lba << c.blk_shift);
+        if (!n) continue;
+        if (overlay_) plan_overlay_unmap(t, lba << c.blk_shift, n << c.blk_shift);
+        else issue(t, IoOp::punch_hole, nullptr, n << c.blk_shift, lba << c.blk_shift);
     }
+    if (overlay_) return next_unmap_piece(t);
     if (t.pending == 0) fail(t, 0, 0);
 }
 
@@ -391,7 +444,7 @@ void CommandRunner::next_verify_chunk(Task& t) {
     t.chunk = std::min<uint64_t>(c.tl - t.cursor, chunk_bytes);
     uint8_t* buf = t.scratch.reserve(t.chunk);
     if (!buf) return fail(t, scsi::key::hardware_error, scsi::asc::internal_target_failure);
-    issue(t, IoOp::read, buf, t.chunk, c.offset + t.cursor);
+    read_lun(t, buf, t.chunk, c.offset + t.cursor);
 }
 
 // Compares the chunk just read with the data-out buffer; false on a miscompare
@@ -425,6 +478,117 @@ bool CommandRunner::compare_verify_chunk(Task& t) {
     }
     t.cursor += t.chunk;
     return true;
+}
+
+void CommandRunner::read_lun(Task& t, uint8_t* buf, uint64_t len, uint64_t offset) {
+    if (!overlay_) return issue(t, IoOp::read, buf, len, offset);
+    overlay_->for_each_run(offset, len, [&](bool in_overlay, uint64_t off, uint64_t n) {
+        if (in_overlay) issue(t, IoOp::read, buf + (off - offset), n, overlay_->data_offset() + off, false, fd_);
+        else issue(t, IoOp::read, buf + (off - offset), n, off, false, overlay_->golden_fd());
+    });
+}
+
+void CommandRunner::write_lun(Task& t, const uint8_t* buf, uint64_t len, uint64_t offset, bool dsync) {
+    if (!overlay_) return issue(t, IoOp::write, const_cast<uint8_t*>(buf), len, offset, dsync);
+    if (!overlay_->needs_copy_up(offset, len))
+        return issue(t, IoOp::write, const_cast<uint8_t*>(buf), len, overlay_->data_offset() + offset, dsync, fd_,
+                     true);
+    // Copy-up: read the partly written edge blocks (from wherever they live
+    // now), then write the whole blocks. The task holds these blocks (see
+    // submit_inner), so nothing else writes them meanwhile.
+    constexpr uint64_t bs = OverlayMap::block_size;
+    const uint64_t start = offset - offset % bs, end = (offset + len + bs - 1) / bs * bs;
+    uint8_t* b = t.copy_buf.reserve(end - start);
+    if (!b) {
+        t.error = ENOMEM;
+        if (t.pending == 0) fail(t, scsi::key::hardware_error, scsi::asc::internal_target_failure);
+        return;
+    }
+    t.copy_active = true;
+    t.copy_src = buf;
+    t.copy_off = offset;
+    t.copy_len = len;
+    t.copy_start = start;
+    t.copy_span = end - start;
+    t.copy_dsync = dsync;
+    std::memset(b, 0, bs);
+    std::memset(b + (end - start) - bs, 0, bs);
+    auto covered = [&](uint64_t block_off) {
+        return offset <= block_off && offset + len >= std::min(block_off + bs, overlay_->size());
+    };
+    auto read_block = [&](uint64_t block_off) {
+        uint64_t n = std::min(bs, overlay_->size() - block_off);  // a final short block
+        read_lun(t, b + (block_off - start), n, block_off);
+    };
+    if (!covered(start)) read_block(start);
+    if (end - bs != start && !covered(end - bs)) read_block(end - bs);
+    if (t.pending == 0) finish_copy_up(t);  // nothing to read (cannot happen; stay safe)
+}
+
+void CommandRunner::finish_copy_up(Task& t) {
+    t.copy_active = false;
+    uint8_t* b = t.copy_buf.get();
+    std::memcpy(b + (t.copy_off - t.copy_start), t.copy_src, t.copy_len);
+    issue(t, IoOp::write, b, t.copy_span, overlay_->data_offset() + t.copy_start, t.copy_dsync, fd_, true);
+}
+
+void CommandRunner::sync_lun(Task& t) {
+    if (overlay_) t.snapshot = overlay_->snapshot_unsynced();
+    issue(t, IoOp::fdatasync, nullptr, 0, 0);
+}
+
+// Map pages are written RWF_DSYNC, one batch at a time for the whole LUN: a
+// later batch is always a superset of an earlier one (the durable map only
+// grows), so whichever lands last on disk is right.
+void CommandRunner::write_map(Task& t) {
+    if (overlay_->map_writer_busy) {
+        map_waiters_.push_back(t.index);
+        return;
+    }
+    t.map_writes = overlay_->take_unwritten_pages(t.map_buf);
+    if (t.map_writes.empty()) return advance(t);
+    overlay_->map_writer_busy = true;
+    t.owns_map_writer = true;
+    for (const auto& w : t.map_writes) issue(t, IoOp::write, t.map_buf.data() + w.buf_offset, w.len, w.file_offset, true, fd_);
+}
+
+void CommandRunner::release_map_writer(Task& t) {
+    t.owns_map_writer = false;
+    overlay_->map_writer_busy = false;
+    if (t.error) overlay_->requeue_pages(t.map_writes);
+    if (!map_waiters_.empty()) {
+        uint32_t idx = map_waiters_.front();
+        map_waiters_.pop_front();
+        write_map(*tasks_[idx]);
+    }
+}
+
+// UNMAP on an overlay: whole blocks are punched and marked present (they read
+// as zeros, not as golden data); partial blocks get zeros written.
+void CommandRunner::plan_overlay_unmap(Task& t, uint64_t offset, uint64_t len) {
+    constexpr uint64_t bs = OverlayMap::block_size;
+    const uint64_t end = offset + len;
+    const uint64_t a = (offset + bs - 1) / bs * bs;
+    const uint64_t b = end == overlay_->size() ? (end + bs - 1) / bs * bs : end / bs * bs;
+    if (a >= b) {
+        for (uint64_t o = offset; o < end;) {  // within one or two blocks, no whole one
+            uint64_t n = std::min(end, (o / bs + 1) * bs) - o;
+            t.pieces.push_back({false, o, n});
+            o += n;
+        }
+        return;
+    }
+    if (offset < a) t.pieces.push_back({false, offset, a - offset});
+    t.pieces.push_back({true, a, b - a});
+    if (b < end) t.pieces.push_back({false, b, end - b});
+}
+
+void CommandRunner::next_unmap_piece(Task& t) {
+    static const uint8_t zeros[OverlayMap::block_size] = {};
+    if (t.cursor >= t.pieces.size()) return finish(t);
+    const Task::Piece p = t.pieces[t.cursor++];
+    if (p.punch) issue(t, IoOp::punch_hole, nullptr, p.len, overlay_->data_offset() + p.offset, false, fd_, true);
+    else write_lun(t, zeros, p.len, p.offset, !t.cmd.write_cache_enabled);
 }
 
 // Ends a command without (more) I/O; key 0 means success. Called inside

@@ -11,6 +11,7 @@
 #include "aligned_buffer.hpp"
 #include "icbd/io_engine.hpp"
 #include "icbd/lun.hpp"
+#include "overlay_map.hpp"
 
 namespace icbd {
 
@@ -19,8 +20,10 @@ public:
     // `fd` serves everything; writes go to `write_fd` instead when it is open
     // (O_DIRECT writes beside cached reads). direct_reads/direct_writes: which
     // of them bypass the page cache, so need aligned buffers.
+    // With `overlay`, `fd` is the overlay file; reads of blocks the client
+    // never wrote go to the overlay's golden file (docs/overlay-format.md).
     CommandRunner(IoEngine& engine, const LunHost& host, int fd, int write_fd, bool direct_reads, bool direct_writes,
-                  std::string name);
+                  std::string name, OverlayMap* overlay = nullptr);
     ~CommandRunner();
 
     void submit(const LunCommand& cmd);
@@ -42,6 +45,9 @@ private:
     struct SubOp {
         IoOp op;
         bool dsync;
+        bool overlay_data;  // a write/punch of the overlay's data area: marks blocks present when done
+        int fd;
+        uint64_t start;     // first file offset (offset moves on with short transfers)
         uint8_t* buf;
         uint64_t len;
         uint64_t offset;
@@ -67,11 +73,39 @@ private:
         std::vector<SubOp> ops;
         AlignedBuffer scratch;
         AlignedBuffer bounce;
+        // Overlay mode.
+        bool copy_up_hold = false;     // may copy up: holds its block-aligned range
+        bool map_write_needed = false;  // a durable write set bits: write the map before going on
+        bool owns_map_writer = false;
+        bool copy_active = false;       // edge blocks being read for a copy-up
+        const uint8_t* copy_src = nullptr;
+        uint64_t copy_off = 0, copy_len = 0, copy_start = 0, copy_span = 0;
+        bool copy_dsync = false;
+        AlignedBuffer copy_buf;
+        OverlayMap::Snapshot snapshot;
+        std::vector<uint8_t> map_buf;
+        std::vector<OverlayMap::PageWrite> map_writes;
+        struct Piece {
+            bool punch;  // else: write zeros (a partial block)
+            uint64_t offset, len;
+        };
+        std::vector<Piece> pieces;  // UNMAP on an overlay, one at a time
     };
 
     Task& alloc_task();
     void start(Task& t);
-    void issue(Task& t, IoOp op, uint8_t* buf, uint64_t len, uint64_t offset, bool dsync = false);
+    void issue(Task& t, IoOp op, uint8_t* buf, uint64_t len, uint64_t offset, bool dsync = false, int fd = -1,
+               bool overlay_data = false);
+    // LUN-level operations: on a raw LUN one I/O each, on an overlay LUN routed
+    // by the allocation map (reads split per run, copy-up, map persistence).
+    void read_lun(Task& t, uint8_t* buf, uint64_t len, uint64_t offset);
+    void write_lun(Task& t, const uint8_t* buf, uint64_t len, uint64_t offset, bool dsync);
+    void sync_lun(Task& t);
+    void finish_copy_up(Task& t);
+    void write_map(Task& t);
+    void release_map_writer(Task& t);
+    void plan_overlay_unmap(Task& t, uint64_t offset, uint64_t len);
+    void next_unmap_piece(Task& t);
     void on_io(Task& t, uint32_t op_index, int32_t res);
     void advance(Task& t);
     void finish(Task& t);
@@ -98,6 +132,8 @@ private:
         return (op == IoOp::read && direct_reads_) || (op == IoOp::write && direct_writes_);
     }
     std::string name_;  // for messages: the backing file
+    OverlayMap* overlay_;
+    std::deque<uint32_t> map_waiters_;  // tasks waiting to write the overlay map
     bool engine_backlog_ = false;
     bool kicked_ = false;
     bool in_submit_ = false;  // completions found inside submit() are deferred

@@ -10,6 +10,8 @@
 #include <cstring>
 
 #include "command_runner.hpp"
+#include "golden_file.hpp"
+#include "overlay_map.hpp"
 #include "icbd/log.hpp"
 
 namespace icbd {
@@ -31,6 +33,7 @@ Lun::~Lun() { close(); }
 
 Result<uint64_t> Lun::open(const std::string& path, int extra_oflags) {
     close();
+    if (!opts_.overlay.empty()) return open_overlay(path);
     const int base = O_LARGEFILE | O_CLOEXEC | extra_oflags | (opts_.direct ? O_DIRECT : 0);
     readonly_ = opts_.readonly;
     int fd = ::open(path.c_str(), base | (readonly_ ? O_RDONLY : O_RDWR));
@@ -76,9 +79,29 @@ Result<uint64_t> Lun::open(const std::string& path, int extra_oflags) {
     return size;
 }
 
+// Golden file (shared, read-only) + this client's overlay. Buffered only: the
+// shared page cache of the golden file is the point.
+Result<uint64_t> Lun::open_overlay(const std::string& golden_path) {
+    if (opts_.direct || opts_.direct_writes)
+        return Status::error(EINVAL, "overlay '" + opts_.overlay + "': direct I/O is not supported with overlays "
+                                     "(the golden file's shared page cache is what makes them cheap)");
+    auto golden = GoldenFile::open(golden_path);
+    if (!golden) return golden.status();
+    auto overlay = OverlayMap::attach(opts_.overlay, *golden, true);
+    if (!overlay) return overlay.status();
+    readonly_ = opts_.readonly;
+    overlay_ = std::move(*overlay);
+    runner_ = std::make_unique<CommandRunner>(*engine_, host_, overlay_->fd(), -1, false, false, opts_.overlay,
+                                              overlay_.get());
+    return overlay_->size();
+}
+
+int Lun::fd() const { return overlay_ ? overlay_->golden_fd() : fd_.get(); }
+
 void Lun::close() {
     if (runner_) runner_->drain();
     runner_.reset();
+    overlay_.reset();
     write_fd_.reset();
     fd_.reset();
 }

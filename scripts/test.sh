@@ -22,7 +22,7 @@ fi
 # Sanitizers: the engine and LUN unit tests under ASan+UBSan (tgtd itself is
 # not instrumented, so the module-in-tgtd tests run in the release build only).
 cmake --preset debug-asan >/dev/null
-cmake --build --preset debug-asan --target bsopts_test checksum_test io_engine_test lun_test sense_test
+cmake --build --preset debug-asan --target bsopts_test checksum_test io_engine_test lun_test overlay_test sense_test
 ctest --test-dir build/debug-asan --output-on-failure -j2 -L unit
 
 # Fuzzing, time-bounded: the bsopts parser and a LUN's SCSI command execution

@@ -2,6 +2,7 @@
 // Syntax and meaning: docs/bsopts.md.
 #pragma once
 
+#include <string>
 #include <string_view>
 
 #include "icbd/io_engine.hpp"
@@ -14,6 +15,9 @@ struct LunOptions {
     bool direct = false;    // O_DIRECT: bypass the page cache
     bool direct_writes = false;  // only writes bypass it (a second, O_DIRECT fd); reads stay cached
     EngineOptions engine;
+    // Per-client copy-on-write overlay over the backing file (the golden
+    // file); created when missing. docs/overlay-format.md.
+    std::string overlay;
 };
 
 // Status codes: EINVAL for a bad value, ENOENT for an unknown option name.

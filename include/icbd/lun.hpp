@@ -43,6 +43,7 @@ struct LunHost {
 };
 
 class CommandRunner;
+class OverlayMap;
 
 class Lun {
 public:
@@ -58,7 +59,9 @@ public:
     // Opens the backing file per the options; falls back to read-only where the
     // file or filesystem refuses writing. Returns the size in bytes.
     Result<uint64_t> open(const std::string& path, int extra_oflags);
-    int fd() const { return fd_.get(); }
+    // The descriptor tgtd may use for the LUN (size, GET LBA STATUS): the
+    // backing file, or on an overlay LUN the shared golden file.
+    int fd() const;
     bool readonly() const { return readonly_; }
     // Waits for every I/O in flight, then closes the backing file.
     void close();
@@ -69,12 +72,14 @@ public:
     size_t commands_in_flight() const;
 
 private:
+    Result<uint64_t> open_overlay(const std::string& golden_path);
     Lun(const LunOptions& opts, const LunHost& host, std::unique_ptr<IoEngine> engine);
     LunOptions opts_;
     LunHost host_;
     std::unique_ptr<IoEngine> engine_;
     UniqueFd fd_;
     UniqueFd write_fd_;  // direct=writes: the O_DIRECT descriptor writes use
+    std::unique_ptr<OverlayMap> overlay_;
     bool readonly_ = false;
     std::unique_ptr<CommandRunner> runner_;
 };

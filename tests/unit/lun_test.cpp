@@ -15,40 +15,16 @@
 #include "icbd/scsi.hpp"
 #include "icbd/unique_fd.hpp"
 #include "epoll_wait_ready.hpp"
+#include "lun_driver.hpp"
 
 using namespace icbd;
+using namespace icbd::test;
 
 namespace {
 
 constexpr unsigned kShift = 9;
 constexpr uint64_t kBlock = 1u << kShift;
 constexpr uint64_t kSize = 8 << 20;
-
-struct Recorder {
-    std::map<void*, ScsiResult> done;
-    int duplicates = 0;
-    int kicks = 0;
-    bool inside_submit = false;
-    int completed_inside_submit = 0;
-
-    static void complete(void* ctx, void* cookie, const ScsiResult& r) {
-        auto* self = static_cast<Recorder*>(ctx);
-        if (self->inside_submit) ++self->completed_inside_submit;
-        if (!self->done.emplace(cookie, r).second) ++self->duplicates;
-    }
-    static void kick(void* ctx) { ++static_cast<Recorder*>(ctx)->kicks; }
-};
-
-// One SCSI command with its CDB and buffers kept alive.
-struct Cmd {
-    std::vector<uint8_t> cdb = std::vector<uint8_t>(16);
-    std::vector<uint8_t> in, out;
-    LunCommand lc;
-};
-
-void put_be(uint8_t* p, uint64_t v, int n) {
-    for (int i = n - 1; i >= 0; --i, v >>= 8) p[i] = static_cast<uint8_t>(v);
-}
 
 class LunTest : public ::testing::TestWithParam<std::string> {
 protected:
@@ -61,7 +37,7 @@ protected:
         close(fd);
         auto opts = parse_bsopts(GetParam());
         ASSERT_TRUE(opts);
-        auto lun = Lun::create(*opts, {Recorder::complete, Recorder::kick, &rec_});
+        auto lun = Lun::create(*opts, rec_.host());
         ASSERT_TRUE(lun) << lun.status().message();
         lun_ = std::move(*lun);
         auto size = lun_->open(path_, 0);
@@ -75,45 +51,10 @@ protected:
         unlink(path_.c_str());
     }
 
-    // Builds a 16-byte-CDB command; tl and offset as tgtd's SBC layer computes them.
     Cmd make(uint8_t op, uint64_t lba, uint32_t blocks, uint8_t byte1 = 0) {
-        Cmd c;
-        c.cdb[0] = op;
-        c.cdb[1] = byte1;
-        put_be(&c.cdb[2], lba, 8);
-        put_be(&c.cdb[10], blocks, 4);
-        c.lc.cdb = c.cdb.data();
-        c.lc.offset = lba << kShift;
-        // tgtd's sbc_verify() leaves tl at 0 (regression: every VERIFY with
-        // BYTCHK passed without comparing anything).
-        const bool verify = op == scsi::op::verify_10 || op == scsi::op::verify_12 || op == scsi::op::verify_16;
-        c.lc.tl = verify ? 0 : static_cast<uint32_t>(blocks << kShift);
-        c.lc.lun_size = kSize;
-        c.lc.blk_shift = kShift;
-        c.lc.thin_provisioning = true;
-        return c;
+        return make_cmd(op, lba, blocks, kSize, kShift, byte1);
     }
-    ScsiResult run(Cmd& c) {
-        c.lc.cookie = &c;
-        c.lc.in_buf = c.in.data();
-        c.lc.in_len = static_cast<uint32_t>(c.in.size());
-        c.lc.out_buf = c.out.data();
-        c.lc.out_len = static_cast<uint32_t>(c.out.size());
-        rec_.inside_submit = true;
-        lun_->submit(c.lc);
-        rec_.inside_submit = false;
-        for (int i = 0; i < 100000 && !rec_.done.count(&c); ++i) {  // at most ~10 s
-            lun_->submit_batch();
-            lun_->process_completions();
-            if (!rec_.done.count(&c)) usleep(100);
-        }
-        EXPECT_TRUE(rec_.done.count(&c)) << "command never completed";
-        EXPECT_EQ(rec_.completed_inside_submit, 0);
-        EXPECT_EQ(rec_.duplicates, 0);
-        ScsiResult r = rec_.done[&c];
-        rec_.done.erase(&c);
-        return r;
-    }
+    ScsiResult run(Cmd& c) { return run_cmd(*lun_, rec_, c); }
     std::vector<uint8_t> file_bytes(uint64_t off, size_t len) {
         std::vector<uint8_t> b(len);
         EXPECT_EQ(pread(raw_, b.data(), len, static_cast<off_t>(off)), static_cast<ssize_t>(len));
