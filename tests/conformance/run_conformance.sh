@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Conformance: libiscsi's iscsi-test-cu (all tests, destructive ones included)
 # against tgt's rdwr backend and our icbd backend on the same tgtd, first with
-# the LU's default parameters, then with thin_provisioning=1. In each mode every
-# test that passes for rdwr must pass for icbd. Prints both summaries.
+# the LU's default parameters, then with thin_provisioning=1. icbd runs as a
+# raw LUN ("icbd") and as a client overlay over a golden file ("overlay", the
+# golden file full of non-zero data so that a block leaking through from it
+# shows). In each mode every test that passes for rdwr must pass for each icbd
+# LUN. Prints every summary.
 # Usage: run_conformance.sh [OUTDIR]   (needs ICBD_BUILD; run as root)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -19,15 +22,19 @@ trap "exit 130" INT TERM
 
 TGTD_LOG="$out/tgtd.log" tgtd_start
 iqn=iqn.2026-11.org.icbd:conformance
-for b in rdwr icbd; do
-  truncate -s 128M "$work/$b.img"
-done
-tgtd_adm --op new --mode target --tid 1 -T "$iqn-rdwr"
-tgtd_adm --op new --mode logicalunit --tid 1 --lun 1 -b "$work/rdwr.img" --bstype rdwr
-tgtd_adm --op new --mode target --tid 2 -T "$iqn-icbd"
-tgtd_adm --op new --mode logicalunit --tid 2 --lun 1 -b "$work/icbd.img" --bstype icbd
-tgtd_adm --op bind --mode target --tid 1 -I ALL
-tgtd_adm --op bind --mode target --tid 2 -I ALL
+backends="rdwr icbd overlay"
+truncate -s 128M "$work/rdwr.img" "$work/icbd.img"
+# Golden: a repeating non-zero pattern (quick to make, obviously not zeros).
+head -c 1M /dev/urandom >"$work/chunk"
+for _ in $(seq 128); do cat "$work/chunk"; done >"$work/golden.img"
+add_lun() {  # TID NAME ARGS...
+  tgtd_adm --op new --mode target --tid "$1" -T "$iqn-$2"
+  tgtd_adm --op new --mode logicalunit --tid "$1" --lun 1 "${@:3}"
+  tgtd_adm --op bind --mode target --tid "$1" -I ALL
+}
+add_lun 1 rdwr -b "$work/rdwr.img" --bstype rdwr
+add_lun 2 icbd -b "$work/icbd.img" --bstype icbd
+add_lun 3 overlay -b "$work/golden.img" --bstype icbd --bsopts "overlay=$work/client.ovl"
 
 # The names of failed tests, one "Suite.Test" per line.
 failed_tests() { sed -n 's/^Suite \(.*\), Test \(.*\) had failures:$/\1.\2/p' "$1" | sort -u; }
@@ -47,26 +54,25 @@ run_cu() {  # BACKEND MODE TESTS SECONDS OUTFILE
 status=0
 for mode in default thin; do
   if [ "$mode" = thin ]; then
-    tgtd_adm --op update --mode logicalunit --tid 1 --lun 1 --params thin_provisioning=1
-    tgtd_adm --op update --mode logicalunit --tid 2 --lun 1 --params thin_provisioning=1
+    for tid in 1 2 3; do
+      tgtd_adm --op update --mode logicalunit --tid $tid --lun 1 --params thin_provisioning=1
+    done
   fi
-  # The two backends run side by side: separate targets, separate files. A
-  # bound on each run: a lost completion must fail the suite, not hang it.
-  run_cu rdwr "$mode" "$tests" 400 "$out/rdwr-$mode.txt" &
-  p1=$!
-  run_cu icbd "$mode" "$tests" 400 "$out/icbd-$mode.txt" &
-  p2=$!
-  wait $p1 || true
-  wait $p2 || true
-  run_cu rdwr "$mode" "$quarantined" 20 "$out/rdwr-$mode-quarantined.txt" &
-  p1=$!
-  run_cu icbd "$mode" "$quarantined" 20 "$out/icbd-$mode-quarantined.txt" &
-  p2=$!
-  q1=0; q2=0
-  wait $p1 || q1=$?
-  wait $p2 || q2=$?
-  for b in rdwr icbd; do
-    q=$q1; [ $b = icbd ] && q=$q2
+  # The backends run side by side: separate targets, separate files. A bound
+  # on each run: a lost completion must fail the suite, not hang it.
+  declare -A pid qrc
+  for b in $backends; do
+    run_cu $b "$mode" "$tests" 500 "$out/$b-$mode.txt" &
+    pid[$b]=$!
+  done
+  for b in $backends; do wait ${pid[$b]} || true; done
+  for b in $backends; do
+    run_cu $b "$mode" "$quarantined" 20 "$out/$b-$mode-quarantined.txt" &
+    pid[$b]=$!
+  done
+  for b in $backends; do qrc[$b]=0; wait ${pid[$b]} || qrc[$b]=$?; done
+  for b in $backends; do
+    q=${qrc[$b]}
     if [ "$q" = 124 ]; then
       echo "${quarantined#ALL.} (hung, killed after 20 s)" >"$out/$b-$mode.quarantined"
     elif grep -q 'had failures' "$out/$b-$mode-quarantined.txt"; then
@@ -75,25 +81,27 @@ for mode in default thin; do
       : >"$out/$b-$mode.quarantined"
     fi
   done
-  for b in rdwr icbd; do
+  for b in $backends; do
     if ! grep -q '^Run Summary' "$out/$b-$mode.txt"; then
       echo "conformance: iscsi-test-cu against $b ($mode) did not finish; see $out/$b-$mode.txt" >&2
       status=1
     fi
     { failed_tests "$out/$b-$mode.txt"; sed 's/ (.*//' "$out/$b-$mode.quarantined"; } | sort -u >"$out/$b-$mode.failed"
   done
-  for b in rdwr icbd; do
+  for b in $backends; do
     echo "== $mode: $b: $(summary "$out/$b-$mode.txt"); ${quarantined#ALL.}: $(qstat "$out/$b-$mode.quarantined")"
   done
-  regress=$(comm -13 "$out/rdwr-$mode.failed" "$out/icbd-$mode.failed")
-  better=$(comm -23 "$out/rdwr-$mode.failed" "$out/icbd-$mode.failed")
-  both=$(comm -12 "$out/rdwr-$mode.failed" "$out/icbd-$mode.failed")
-  [ -n "$both" ] && echo "   failing for both: $(echo $both)"
-  [ -n "$better" ] && echo "   failing for rdwr only (icbd passes): $(echo $better)"
-  if [ -n "$regress" ]; then
-    echo "   REGRESSION: pass for rdwr, fail for icbd: $(echo $regress)"
-    status=1
-  fi
+  for b in ${backends#rdwr }; do
+    regress=$(comm -13 "$out/rdwr-$mode.failed" "$out/$b-$mode.failed")
+    better=$(comm -23 "$out/rdwr-$mode.failed" "$out/$b-$mode.failed")
+    both=$(comm -12 "$out/rdwr-$mode.failed" "$out/$b-$mode.failed")
+    [ -n "$both" ] && echo "   $b: failing for rdwr too: $(echo $both)"
+    [ -n "$better" ] && echo "   $b: failing for rdwr only ($b passes): $(echo $better)"
+    if [ -n "$regress" ]; then
+      echo "   REGRESSION: pass for rdwr, fail for $b: $(echo $regress)"
+      status=1
+    fi
+  done
 done
 if ! kill -0 "$TGTD_PID" 2>/dev/null; then
   echo "conformance: tgtd died during the run; log: $out/tgtd.log" >&2
