@@ -8,6 +8,12 @@
 // checksum), so every sector read back is identified exactly or shown to be
 // garbage. Several short iterations per run, with a random kill moment; the
 // seed is printed (set ICBD_CRASH_SEED to replay one).
+// kill -9 alone leaves the page cache intact, so the "power cut" modes also
+// drop everything the filesystem had not written yet: the backing files live
+// on an ext4 loop filesystem that is shut down without flushing (the xfstests
+// "godown" way) right after the kill, then mounted again (journal replay).
+// Those modes run 50 iterations; ICBD_CRASH_ITERATIONS sets another count
+// (scripts/crash-soak.sh runs 1000).
 #include <chrono>
 #include <cstdlib>
 #include <map>
@@ -18,6 +24,7 @@
 
 #include "integration_test.hpp"
 #include "iscsi_client.hpp"
+#include "loop_fs.hpp"
 #include "temp_dir.hpp"
 #include "tgtd_instance.hpp"
 
@@ -33,7 +40,6 @@ constexpr uint32_t kSectorsPerUnit = kUnit / kSector;
 constexpr uint64_t kUnits = 2048;  // working set: 8 MiB, so blocks get rewritten often
 constexpr uint64_t kLunBytes = 64ull << 20;
 constexpr unsigned kDepth = 24;
-constexpr int kIterations = 6;
 constexpr uint64_t kMagic = 0x4843525344424349ull;  // "ICBDSRCH"
 
 uint64_t fnv1a(const uint8_t* p, size_t n) {
@@ -63,10 +69,12 @@ void make_sector(uint8_t* s, uint64_t lba, uint64_t seq) {
     put64(s + 504, fnv1a(s, 504));
 }
 
-// What a sector read back holds: 0 = never written (zeros), the write number,
-// or nullopt for anything that is not a sector we wrote at this LBA.
-std::optional<uint64_t> identify(const uint8_t* s, uint64_t lba) {
-    if (all_zero({s, kSector})) return 0;
+// What a sector read back holds: 0 = never written (the initial content:
+// zeros, or on an overlay LUN the golden file's sector, which is "write #0"),
+// the write number, or nullopt for anything that is not a sector we wrote at
+// this LBA.
+std::optional<uint64_t> identify(const uint8_t* s, uint64_t lba, bool zeros_initial) {
+    if (all_zero({s, kSector})) return zeros_initial ? std::optional<uint64_t>(0) : std::nullopt;
     if (get64(s) != kMagic || get64(s + 8) != lba || get64(s + 504) != fnv1a(s, 504)) return std::nullopt;
     const uint64_t seq = get64(s + 16);
     uint8_t expect[kSector];
@@ -78,7 +86,8 @@ std::optional<uint64_t> identify(const uint8_t* s, uint64_t lba) {
 // The writer and its model of what may be on the disk.
 class CrashWriter {
 public:
-    explicit CrashWriter(uint64_t seed) : rng_(seed), units_(kUnits) {}
+    // `zeros_initial`: a never-written block reads as zeros (else as write #0).
+    CrashWriter(uint64_t seed, bool zeros_initial) : rng_(seed), units_(kUnits), zeros_initial_(zeros_initial) {}
 
     struct Stats {
         uint64_t issued = 0, acked = 0, acked_fua = 0, syncs_done = 0, durable_writes = 0;
@@ -102,6 +111,12 @@ public:
         }
         // Whatever is still in flight was cut off by the crash: not acknowledged.
         busy_.clear();
+        // Acknowledged writes no SYNCHRONIZE CACHE covered before the crash are
+        // on the disk or not, for good: a sync after the restart does not make
+        // them durable (regression: with a power cut, the checker called such
+        // lost writes "durable" once the next iteration synced).
+        acked_.clear();
+        synced_ = 0;
     }
 
     // Checks the working set as read back after the restart; returns the
@@ -114,7 +129,7 @@ public:
             std::set<uint64_t> seen;
             for (uint32_t s = 0; s < kSectorsPerUnit; ++s) {
                 const uint64_t lba = u * kSectorsPerUnit + s;
-                auto seq = identify(&disk[lba * kSector], lba);
+                auto seq = identify(&disk[lba * kSector], lba, zeros_initial_);
                 std::ostringstream where;
                 where << "LBA " << lba << " (block " << u << ", sector " << s << ")";
                 if (!seq) {
@@ -129,7 +144,7 @@ public:
                 }
                 if (*seq < m.durable) {
                     failures.push_back(where.str() + ": LOST DURABLE WRITE: holds " +
-                                       (*seq ? "write #" + std::to_string(*seq) : std::string("zeros")) +
+                                       (*seq ? "write #" + std::to_string(*seq) : std::string("its initial content")) +
                                        ", but write #" + std::to_string(m.durable) + " was acknowledged durable (" +
                                        m.durable_how + ")");
                 }
@@ -244,6 +259,7 @@ private:
     bool sync_in_flight_ = false;
     unsigned since_sync_ = 0;
     uint64_t next_seq_ = 0;
+    bool zeros_initial_;
     Stats stats_;
 };
 
@@ -252,33 +268,74 @@ uint64_t crash_seed() {
     return std::random_device{}();
 }
 
-class CrashTest : public ::testing::TestWithParam<const char*> {};
+struct CrashMode {
+    const char* name;
+    const char* bsopts;  // "{dir}" stands for the directory of the backing file
+    bool power_cut;
+    bool overlay;  // the backing file is the golden file: written with "write #0" sectors
+    int iterations;
+};
+
+int iterations_for(const CrashMode& m) {
+    if (const char* s = std::getenv("ICBD_CRASH_ITERATIONS"); s && *s) return std::atoi(s);
+    return m.iterations;
+}
+
+std::string expand(std::string s, const std::filesystem::path& dir) {
+    for (size_t p; (p = s.find("{dir}")) != std::string::npos;) s.replace(p, 5, dir.string());
+    return s;
+}
+
+class CrashTest : public ::testing::TestWithParam<CrashMode> {};
 
 TEST_P(CrashTest, AcknowledgedDurableWritesSurviveKill9) {
+    const CrashMode& mode = GetParam();
     ICBD_REQUIRE(TgtdInstance::unavailable());
+    if (mode.power_cut) ICBD_REQUIRE(LoopFs::unavailable(LoopFs::Type::ext4));
     const uint64_t seed = crash_seed();
-    std::cout << "crash_test seed " << seed << " (ICBD_CRASH_SEED=" << seed << " replays it), bsopts \"" << GetParam()
-              << "\"\n";
+    const int iterations = iterations_for(mode);
+    std::cout << "crash_test seed " << seed << " (ICBD_CRASH_SEED=" << seed << " replays it), mode " << mode.name
+              << ", " << iterations << " iterations\n";
     SCOPED_TRACE("ICBD_CRASH_SEED=" + std::to_string(seed));
 
     TempDir dir("/var/tmp", "icbd-crash-");
-    const auto file = dir / "disk.img";
+    std::unique_ptr<LoopFs> fs;
+    std::filesystem::path base = dir.path();
+    if (mode.power_cut) {
+        fs = std::make_unique<LoopFs>(LoopFs::Type::ext4, 256ull << 20);
+        base = fs->mount_point();
+    }
+    const auto file = base / "disk.img";
     make_sparse_file(file, kLunBytes);
+    if (mode.overlay) {
+        // A golden file whose every sector is identifiable: a block whose
+        // overlay bit got to disk without its data would read as zeros, and
+        // be reported.
+        std::vector<uint8_t> golden(kUnits * kUnit);
+        for (uint64_t lba = 0; lba < kUnits * kSectorsPerUnit; ++lba) make_sector(&golden[lba * kSector], lba, 0);
+        write_backing(file, 0, golden);
+    }
     TgtdInstance tgtd;
     tgtd.add_target(1, "iqn.2026-01.org.icbd.test:crash");
-    tgtd.add_lun({1, 1, file, GetParam()});
+    tgtd.add_lun({1, 1, file, expand(mode.bsopts, base)});
+    auto kill = [&] {
+        tgtd.kill9();
+        if (mode.power_cut) fs->power_cut();
+    };
 
-    CrashWriter writer(seed);
+    CrashWriter writer(seed, !mode.overlay);
+    uint64_t total_volatile_lost = 0;
     std::mt19937_64 timing(seed ^ 0x5bd1e995);
     std::vector<uint8_t> disk;
-    for (int it = 1; it <= kIterations; ++it) {
+    for (int it = 1; it <= iterations; ++it) {
         SCOPED_TRACE("iteration " + std::to_string(it));
         const auto kill_after = std::chrono::milliseconds(100 + timing() % 400);
         {
             IscsiClient c(tgtd.url(1, 1));
-            writer.run(c, Clock::now() + kill_after, [&] { tgtd.kill9(); });
+            writer.run(c, Clock::now() + kill_after, kill);
         }  // the session's leftovers are cancelled here
         ASSERT_FALSE(tgtd.alive());
+        if (mode.power_cut) fs->remount();
         tgtd.restart();
 
         IscsiClient reader(tgtd.url(1, 1));
@@ -290,6 +347,7 @@ TEST_P(CrashTest, AcknowledgedDurableWritesSurviveKill9) {
         }
         uint64_t torn = 0, volatile_lost = 0;
         auto failures = writer.verify(disk, &torn, &volatile_lost);
+        total_volatile_lost += volatile_lost;
         const auto& st = writer.stats();
         std::cout << "  iteration " << it << ": kill -9 after " << kill_after.count() << " ms; writes issued "
                   << st.issued << ", acknowledged " << st.acked << " (FUA " << st.acked_fua << "), durable "
@@ -299,6 +357,9 @@ TEST_P(CrashTest, AcknowledgedDurableWritesSurviveKill9) {
         ASSERT_TRUE(failures.empty()) << failures.size() << " sectors break the durability contract";
     }
     EXPECT_GT(writer.stats().durable_writes, 0u) << "the load never got a durable acknowledgement: test proved nothing";
+    if (mode.power_cut) {
+        EXPECT_GT(total_volatile_lost, 0u) << "no power cut ever lost an unsynced write: the cut is not real";
+    }
 
     // The checker itself must not be blind: one flipped byte, and a durable
     // block gone back to zeros, are both reported.
@@ -310,21 +371,25 @@ TEST_P(CrashTest, AcknowledgedDurableWritesSurviveKill9) {
     auto f1 = writer.verify(flipped, &torn, &lost);
     ASSERT_EQ(f1.size(), 1u) << "checker missed a flipped byte";
     EXPECT_NE(f1[0].find("never written"), std::string::npos) << f1[0];
-    auto zeroed = disk;
+    auto zeroed = disk;  // back to its initial content
     std::fill_n(zeroed.begin() + static_cast<ptrdiff_t>(*u * kUnit), kUnit, 0);
+    if (mode.overlay)
+        for (uint64_t s = 0; s < kSectorsPerUnit; ++s)
+            make_sector(&zeroed[*u * kUnit + s * kSector], *u * kSectorsPerUnit + s, 0);
     auto f2 = writer.verify(zeroed, &torn, &lost);
     ASSERT_EQ(f2.size(), kSectorsPerUnit) << "checker missed a lost durable block";
     EXPECT_NE(f2[0].find("LOST DURABLE WRITE"), std::string::npos) << f2[0];
     if (HasFailure()) std::cerr << "---- tgtd log (tail) ----\n" << tgtd.log_tail(30) << "\n";
 }
 
-INSTANTIATE_TEST_SUITE_P(Modes, CrashTest, ::testing::Values("", "direct=1", "direct=writes", "engine=aio"),
-                         [](const ::testing::TestParamInfo<const char*>& i) {
-                             std::string s = i.param;
-                             for (char& ch : s)
-                                 if (ch == '=') ch = '_';
-                             return s.empty() ? std::string("default") : s;
-                         });
+INSTANTIATE_TEST_SUITE_P(Modes, CrashTest,
+                         ::testing::Values(CrashMode{"kill9", "", false, false, 6},
+                                           CrashMode{"kill9_direct", "direct=1", false, false, 6},
+                                           CrashMode{"kill9_direct_writes", "direct=writes", false, false, 6},
+                                           CrashMode{"kill9_aio", "engine=aio", false, false, 6},
+                                           CrashMode{"power_cut", "", true, false, 50},
+                                           CrashMode{"power_cut_overlay", "overlay={dir}/client.ovl", true, true, 50}),
+                         [](const ::testing::TestParamInfo<CrashMode>& i) { return std::string(i.param.name); });
 
 }  // namespace
 }  // namespace icbd::test

@@ -1,7 +1,12 @@
 // LoopFs: truncate + losetup + mkfs + mount, each undone by its own RAII owner.
 #include "loop_fs.hpp"
 
+#include <fcntl.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <chrono>
 #include <cstdio>
@@ -72,6 +77,25 @@ LoopFs::LoopFs(Type type, uint64_t size, const std::filesystem::path& base)
 LoopFs::~LoopFs() {
     mount_.reset();  // umount before losetup -d before the image goes
     loop_.reset();
+}
+
+void LoopFs::power_cut() {
+    if (type_ != Type::ext4) throw std::logic_error("power_cut needs ext4 (BTRFS has no shutdown ioctl here)");
+    constexpr unsigned long fs_ioc_shutdown = _IOR('X', 125, uint32_t);  // EXT4_IOC_SHUTDOWN
+    constexpr uint32_t nologflush = 0x2;                                  // EXT4_GOING_FLAGS_NOLOGFLUSH
+    int fd = ::open(mount_point_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) throw std::runtime_error("power_cut: open " + mount_point_.string() + ": " + std::strerror(errno));
+    uint32_t flags = nologflush;
+    int r = ioctl(fd, fs_ioc_shutdown, &flags);
+    int err = errno;
+    ::close(fd);
+    if (r < 0) throw std::runtime_error("power_cut: FS_IOC_SHUTDOWN on " + mount_point_.string() + ": " +
+                                       std::strerror(err));
+}
+
+void LoopFs::remount() {
+    mount_.reset();
+    mount_ = std::make_unique<Mount>(device_, mount_point_.string());
 }
 
 void LoopFs::create_subvolume(const std::string& name) {

@@ -40,6 +40,15 @@ public:
     void create_subvolume(const std::string& name);
     void snapshot_readonly(const std::string& source, const std::string& dest);
 
+    // A simulated power cut (ext4 only): FS_IOC_SHUTDOWN with NOLOGFLUSH, the
+    // xfstests "godown" way. From then on every I/O on the filesystem fails,
+    // and whatever was not yet written to the device (dirty page cache,
+    // uncommitted journal) is gone, as in a power loss. Call remount() after
+    // the processes using the filesystem have died.
+    void power_cut();
+    // umount + mount again (journal replay): the state after a reboot.
+    void remount();
+
 private:
     // Each set-up step has its own owner, so a failure half-way undoes exactly
     // the steps that were done.
