@@ -53,11 +53,17 @@ OverlayMap::OverlayMap(UniqueFd fd, std::shared_ptr<GoldenFile> golden, OverlayI
 bool OverlayMap::needs_copy_up(uint64_t offset, uint64_t len) const {
     if (len == 0) return false;
     const uint64_t end = offset + len;
-    // A block is complete when the write covers it up to its end, or up to the
-    // image's end for a final short block.
-    auto covered = [&](uint64_t b) { return offset <= b * block_size && end >= std::min((b + 1) * block_size, size()); };
     const uint64_t first = offset / block_size, last = (end - 1) / block_size;
-    return (!covered(first) && !present(first)) || (!covered(last) && !present(last));
+    return (!covers(offset, end, first) && !present(first)) || (!covers(offset, end, last) && !present(last));
+}
+
+// A write of [offset, end) completes block b when it covers it up to its end,
+// or up to the image's end for a final short block.
+bool OverlayMap::covers(uint64_t offset, uint64_t end, uint64_t b) const {
+    const uint64_t block_start = b * block_size;
+    uint64_t block_end = block_start + block_size;
+    if (block_end > size()) block_end = size();
+    return offset <= block_start && end >= block_end;
 }
 
 void OverlayMap::set_bits(std::vector<uint8_t>& m, uint64_t first, uint64_t last, std::vector<uint32_t>& dirty,

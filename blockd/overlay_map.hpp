@@ -80,6 +80,7 @@ public:
 
 private:
     OverlayMap(UniqueFd fd, std::shared_ptr<GoldenFile> golden, OverlayInfo info, std::string path);
+    bool covers(uint64_t offset, uint64_t end, uint64_t block) const;
     static bool bit(const std::vector<uint8_t>& m, uint64_t b) { return m[b >> 3] >> (b & 7) & 1; }
     void set_bits(std::vector<uint8_t>& m, uint64_t first, uint64_t last, std::vector<uint32_t>& dirty,
                   std::vector<uint8_t>& flags);
