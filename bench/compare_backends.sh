@@ -10,7 +10,9 @@
 #     --dir DIR          where the backing file goes (default /var/tmp)
 #     --btrfs            put the backing file on a fresh BTRFS (loop device over a
 #                        file in --dir), as golden images are; removed at exit
-#     --bstypes "LIST"   backends to compare (default "null rdwr aio icbd")
+#     --bstypes "LIST"   backends to compare (default "null rdwr aio icbd"); "overlay"
+#                        is icbd serving a client overlay over the backing file
+#                        (the backing file is the golden file; overlay under --dir)
 #     --workloads "LIST" subset of: rr4k-qd1 rr4k-qd8 rr4k-qd32 sr128k-qd8 rw4k-qd32 sw128k-qd8
 #     --icbd-bsopts STR  --bsopts for the icbd LUN (default none: engine=auto)
 #     --read-tool T      iscsi-perf (default) or load (our icbd-iscsi-load) for reads
@@ -94,7 +96,7 @@ for w in $workloads; do
   [[ " $all_workloads " == *" $w "* ]] || die "unknown workload '$w' (known: $all_workloads)"
 done
 for b in $bstypes; do
-  case "$b" in null|rdwr|aio|icbd) ;; *) die "unknown bstype '$b' (known: null rdwr aio icbd)" ;; esac
+  case "$b" in null|rdwr|aio|icbd|overlay) ;; *) die "unknown bstype '$b' (known: null rdwr aio icbd overlay)" ;; esac
 done
 [ "$(id -u)" -eq 0 ] || die "needs root (tgtd)"
 build=$(cd "$build" 2>/dev/null && pwd) || die "build dir not found (build first: cmake --preset release && cmake --build --preset release)"
@@ -198,6 +200,7 @@ tgtd_start || die "tgtd did not start"
 log "tgtd pid $TGTD_PID, portal 127.0.0.1:$TGTD_PORT, control port $TGTD_CTL"
 
 declare -A url
+overlay_file="$work/bench.ovl"
 # shellcheck source=lib_backends.sh
 source "$src/bench/lib_backends.sh"
 export_backends bench || die "exporting the LUNs failed"
@@ -330,14 +333,16 @@ def ratio(a, b): return f"{a / b:.2f}x" if a and b else "n/a"
 def failed(w, b): return sum(1 for r in rows if r["workload"] == w and r["bstype"] == b and r["ops"] == "FAILED")
 
 print("### Summary: median IOPS\n")
-hdr = ["workload"] + bstypes + [c for c in ("icbd/null", "icbd/rdwr", "icbd/aio") if c.split("/")[1] in bstypes and "icbd" in bstypes]
+hdr = ["workload"] + bstypes + [c for c in ("icbd/null", "icbd/rdwr", "icbd/aio", "overlay/icbd")
+                                if all(x in bstypes for x in c.split("/"))]
 print("| " + " | ".join(hdr) + " |")
 print("|" + "|".join(["---"] + ["---:"] * (len(hdr) - 1)) + "|")
 for w in workloads:
     m = {b: med(vals(w, b, "iops")) for b in bstypes}
     cells = [names.get(w, w)] + [fmt(m[b]) + (f" ({failed(w, b)} failed)" if failed(w, b) else "") for b in bstypes]
     for c in hdr[len(bstypes) + 1:]:
-        cells.append(ratio(m["icbd"], m[c.split("/")[1]]))
+        a, b = c.split("/")
+        cells.append(ratio(m[a], m[b]))
     print("| " + " | ".join(cells) + " |")
 
 print("\n### Detail: min / median / max of the runs\n")

@@ -1,7 +1,9 @@
 # Shared by the bench scripts (source it after scripts/lib/tgtd.sh and tgtd_start):
 #   export_backends PREFIX   one target per bstype in $bstypes, LUN 1 of block
 #                            size 4096 over $backing (null: no file), --bsopts
-#                            $icbd_bsopts for icbd; fills the associative array
+#                            $icbd_bsopts for icbd; "overlay" is icbd with a client
+#                            overlay ($overlay_file) over $backing as its golden
+#                            file; fills the associative array
 #                            url[bstype] (declare -A url first). Returns 1 with a
 #                            message naming the step that failed.
 export_backends() {
@@ -11,9 +13,12 @@ export_backends() {
     tid=$((tid + 1))
     iqn="iqn.2024-01.org.icbd:$prefix-$b"
     tgtd_adm --op new --mode target --tid "$tid" -T "$iqn" || { echo "cannot create target $iqn" >&2; return 1; }
-    args=(--op new --mode logicalunit --tid "$tid" --lun 1 --bstype "$b" --blocksize 4096)
+    local bstype=$b
+    [ "$b" = overlay ] && bstype=icbd
+    args=(--op new --mode logicalunit --tid "$tid" --lun 1 --bstype "$bstype" --blocksize 4096)
     if [ "$b" = null ]; then args+=(--backing-store None); else args+=(--backing-store "$backing"); fi
     if [ "$b" = icbd ] && [ -n "${icbd_bsopts:-}" ]; then args+=(--bsopts "$icbd_bsopts"); fi
+    if [ "$b" = overlay ]; then args+=(--bsopts "overlay=$overlay_file${icbd_bsopts:+;$icbd_bsopts}"); fi
     tgtd_adm "${args[@]}" || { echo "cannot add a LUN of bstype $b (see $TGTD_LOG)" >&2; return 1; }
     tgtd_adm --op bind --mode target --tid "$tid" -I ALL || { echo "cannot bind target $iqn" >&2; return 1; }
     url[$b]="iscsi://127.0.0.1:$TGTD_PORT/$iqn/1"

@@ -62,12 +62,21 @@ Result<LunOptions> parse_bsopts(std::string_view text) {
             else if (value == "io_uring") o.engine.kind = EngineKind::io_uring;
             else if (value == "aio") o.engine.kind = EngineKind::aio;
             else return bad_value(key, value, "auto, io_uring or aio");
-        } else if (key == "overlay") {
+        } else if (key == "overlay" || key == "cache") {
             if (value.empty() || value.front() != '/') return bad_value(key, value, "an absolute path");
-            o.overlay = std::string(value);
+            (key == "overlay" ? o.overlay : o.cache) = std::string(value);
+        } else if (key == "cache_size") {
+            uint64_t n = 0;
+            auto [p, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
+            std::string_view unit(p, value.data() + value.size() - p);
+            unsigned shift = unit == "" ? 0 : unit == "K" ? 10 : unit == "M" ? 20 : unit == "G" ? 30 : 99;
+            if (ec != std::errc() || p == value.data() || shift == 99 || n == 0 || (n << shift >> shift) != n ||
+                (n << shift) < (1u << 20))
+                return bad_value(key, value, "a size of at least 1M, e.g. 512M or 4G");
+            o.cache_size = n << shift;
         } else {
             return Status::error(ENOENT, "bsopts: unknown option '" + std::string(key) +
-                                             "' (known: readonly, direct, queue_depth, engine, overlay)");
+                                             "' (known: readonly, direct, queue_depth, engine, overlay, cache, cache_size)");
         }
     }
     return o;

@@ -12,6 +12,7 @@
 #include "icbd/io_engine.hpp"
 #include "icbd/lun.hpp"
 #include "overlay_map.hpp"
+#include "write_back_cache.hpp"
 
 namespace icbd {
 
@@ -22,22 +23,25 @@ public:
     // of them bypass the page cache, so need aligned buffers.
     // With `overlay`, `fd` is the overlay file; reads of blocks the client
     // never wrote go to the overlay's golden file (docs/overlay-format.md).
+    // With `cache`, writes land in the write-back cache and a background
+    // flusher writes them down (docs/write-back-cache.md).
     CommandRunner(IoEngine& engine, const LunHost& host, int fd, int write_fd, bool direct_reads, bool direct_writes,
-                  std::string name, OverlayMap* overlay = nullptr);
+                  std::string name, OverlayMap* overlay = nullptr, WriteBackCache* cache = nullptr);
     ~CommandRunner();
 
     void submit(const LunCommand& cmd);
     void submit_batch();
     void process_completions();
     size_t commands_in_flight() const { return active_; }
-    // Completes everything in flight (blocking); used before closing the file.
+    // Completes everything in flight and writes the write-back cache down
+    // (blocking, with progress in the log); used before closing the file.
     void drain();
 
 private:
     void submit_inner(const LunCommand& cmd);
     void reap_completions();
     enum class Kind : uint8_t { read, write, write_verify, orwrite, compare_and_write, sync, write_same, unmap,
-                                prefetch, verify, invalid };
+                                prefetch, verify, invalid, flush /* the cache's background writer */ };
     static bool writes(Kind k) {
         return k == Kind::write || k == Kind::write_verify || k == Kind::orwrite || k == Kind::compare_and_write ||
                k == Kind::write_same || k == Kind::unmap;
@@ -46,6 +50,7 @@ private:
         IoOp op;
         bool dsync;
         bool overlay_data;  // a write/punch of the overlay's data area: marks blocks present when done
+        int32_t cache_run;  // a cache data/entry write: index into Task::cruns, else -1
         int fd;
         uint64_t start;     // first file offset (offset moves on with short transfers)
         uint8_t* buf;
@@ -89,22 +94,69 @@ private:
             bool punch;  // else: write zeros (a partial block)
             uint64_t offset, len;
         };
-        std::vector<Piece> pieces;  // UNMAP on an overlay, one at a time
+        std::vector<Piece> pieces;  // UNMAP on an overlay or a cached LUN, one at a time
+        bool copy_to_cache = false;   // the filled blocks go to the cache, not below
+        // Write-back cache mode.
+        bool internal = false;        // the flusher: no host command behind it
+        bool cache_parked = false;    // waiting for free cache slots
+        std::vector<uint32_t> pins;   // cache slots pinned by reads in flight
+        const uint8_t* cw_buf = nullptr;  // the aligned write being put into the cache
+        uint64_t cw_lba = 0, cw_blocks = 0, cw_next = 0, cw_max_seq = 0;
+        bool cw_dsync = false;
+        struct CacheRun {
+            uint32_t first_slot, count;
+            uint64_t first_block;  // index into the write, in blocks
+            uint8_t ops_left;
+            bool failed;
+        };
+        std::vector<CacheRun> cruns;
+        std::vector<uint8_t> entry_buf;  // entry images of this write, stable while in flight
+        bool commit_wanted = false;      // a durable write: commit before going on
+        uint8_t commit_stage = 0;        // 1: fdatasync, 2: superblock write
+        uint64_t commit_barrier = 0;
+        CommitTicket ticket;
+        FlushBatch batch;                // the flusher's
+        AlignedBuffer flush_buf;
+        std::vector<uint32_t> free_slots;
+        std::vector<uint8_t> free_buf;
+        uint64_t sync_token = 0;
     };
 
     Task& alloc_task();
     void start(Task& t);
     void issue(Task& t, IoOp op, uint8_t* buf, uint64_t len, uint64_t offset, bool dsync = false, int fd = -1,
-               bool overlay_data = false);
+               bool overlay_data = false, int32_t cache_run = -1);
     // LUN-level operations: on a raw LUN one I/O each, on an overlay LUN routed
     // by the allocation map (reads split per run, copy-up, map persistence).
     void read_lun(Task& t, uint8_t* buf, uint64_t len, uint64_t offset);
     void write_lun(Task& t, const uint8_t* buf, uint64_t len, uint64_t offset, bool dsync);
     void sync_lun(Task& t);
+    // Below the cache (or without one): the overlay or the raw file.
+    void read_lower(Task& t, uint8_t* buf, uint64_t len, uint64_t offset);
+    void write_lower(Task& t, const uint8_t* buf, uint64_t len, uint64_t offset, bool dsync);
+    void punch_lower(Task& t, uint64_t len, uint64_t offset);
+    void sync_lower(Task& t);
+    void after_lower_sync(Task& t);
+    // Reads the partly written edge blocks, merges, then writes whole blocks.
+    void start_fill(Task& t, const uint8_t* buf, uint64_t len, uint64_t offset, bool dsync, bool to_cache);
     void finish_copy_up(Task& t);
+    // Write-back cache.
+    void cache_read(Task& t, uint8_t* buf, uint64_t len, uint64_t offset);
+    void cache_write(Task& t, const uint8_t* buf, uint64_t len, uint64_t offset, bool dsync);
+    void cache_write_blocks(Task& t, const uint8_t* buf, uint64_t first_block, uint64_t blocks, bool dsync);
+    void cache_write_continue(Task& t);
+    void issue_cache_run(Task& t, size_t run);
+    void cache_run_done(Task& t, size_t run);
+    void cache_commit(Task& t, uint64_t barrier, bool force = false);
+    void cache_commit_step(Task& t);
+    void cache_changed();  // slots written, committed or freed: wake whoever waits
+    void kick_background();
+    void flush_step(Task& t);
+    void plan_cached_unmap(Task& t, uint64_t offset, uint64_t len);
     void write_map(Task& t);
     void release_map_writer(Task& t);
     void plan_overlay_unmap(Task& t, uint64_t offset, uint64_t len);
+    void plan_unmap(Task& t, uint64_t offset, uint64_t len);
     void next_unmap_piece(Task& t);
     void on_io(Task& t, uint32_t op_index, int32_t res);
     void advance(Task& t);
@@ -134,6 +186,14 @@ private:
     std::string name_;  // for messages: the backing file
     OverlayMap* overlay_;
     std::deque<uint32_t> map_waiters_;  // tasks waiting to write the overlay map
+    WriteBackCache* cache_;
+    std::vector<uint32_t> commit_waiters_;  // tasks waiting to commit the cache
+    std::deque<uint32_t> cache_waiters_;    // writes waiting for free cache slots
+    bool flusher_running_ = false;
+    bool draining_ = false;
+    bool lower_dirty_ = false;  // UNMAP went below the cache: SYNCHRONIZE CACHE syncs below too
+    size_t internal_active_ = 0;
+    std::string flush_error_;   // the last write-back failure, for parked writers and drain
     bool engine_backlog_ = false;
     bool kicked_ = false;
     bool in_submit_ = false;  // completions found inside submit() are deferred

@@ -12,6 +12,7 @@
 #include "command_runner.hpp"
 #include "golden_file.hpp"
 #include "overlay_map.hpp"
+#include "write_back_cache.hpp"
 #include "icbd/log.hpp"
 
 namespace icbd {
@@ -74,8 +75,11 @@ Result<uint64_t> Lun::open(const std::string& path, int extra_oflags) {
     }
     fd_ = std::move(owned);
     write_fd_ = std::move(write_fd);
+    if (!opts_.cache.empty()) {
+        if (Status s = open_cache("raw " + path, size); !s) return s;
+    }
     runner_ = std::make_unique<CommandRunner>(*engine_, host_, fd_.get(), write_fd_.get(), opts_.direct,
-                                              direct_writes, path);
+                                              direct_writes, path, nullptr, cache_.get());
     return size;
 }
 
@@ -91,9 +95,26 @@ Result<uint64_t> Lun::open_overlay(const std::string& golden_path) {
     if (!overlay) return overlay.status();
     readonly_ = opts_.readonly;
     overlay_ = std::move(*overlay);
+    if (!opts_.cache.empty()) {
+        auto info = read_overlay_info(opts_.overlay);
+        if (!info) return info.status();
+        if (Status s = open_cache("overlay " + uuid_to_string(info->overlay_uuid), overlay_->size()); !s) return s;
+    }
     runner_ = std::make_unique<CommandRunner>(*engine_, host_, overlay_->fd(), -1, false, false, opts_.overlay,
-                                              overlay_.get());
+                                              overlay_.get(), cache_.get());
     return overlay_->size();
+}
+
+Status Lun::open_cache(const std::string& device_id, uint64_t size) {
+    if (size % OverlayMap::block_size)
+        return Status::error(EINVAL, "cache '" + opts_.cache + "': the LUN size " + std::to_string(size) +
+                                         " is not a multiple of 4096 bytes (the cache block)");
+    if (readonly_)
+        return Status::error(EINVAL, "cache '" + opts_.cache + "': a read-only LUN has nothing to cache");
+    auto cache = WriteBackCache::open(opts_.cache, opts_.cache_size, CacheIdentity{size, device_id});
+    if (!cache) return cache.status();
+    cache_ = std::move(*cache);
+    return Status::ok();
 }
 
 int Lun::fd() const { return overlay_ ? overlay_->golden_fd() : fd_.get(); }
@@ -101,6 +122,7 @@ int Lun::fd() const { return overlay_ ? overlay_->golden_fd() : fd_.get(); }
 void Lun::close() {
     if (runner_) runner_->drain();
     runner_.reset();
+    cache_.reset();
     overlay_.reset();
     write_fd_.reset();
     fd_.reset();

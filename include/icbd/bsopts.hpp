@@ -18,6 +18,10 @@ struct LunOptions {
     // Per-client copy-on-write overlay over the backing file (the golden
     // file); created when missing. docs/overlay-format.md.
     std::string overlay;
+    // Write-back cache file on fast local storage (created when missing) and
+    // its size limit. docs/write-back-cache.md.
+    std::string cache;
+    uint64_t cache_size = 1ull << 30;
 };
 
 // Status codes: EINVAL for a bad value, ENOENT for an unknown option name.

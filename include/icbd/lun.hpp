@@ -44,6 +44,7 @@ struct LunHost {
 
 class CommandRunner;
 class OverlayMap;
+class WriteBackCache;
 
 class Lun {
 public:
@@ -73,6 +74,9 @@ public:
 
 private:
     Result<uint64_t> open_overlay(const std::string& golden_path);
+    // With a cache configured: opens it for the device below (the file or
+    // the overlay just opened); then makes the command runner.
+    Status open_cache(const std::string& device_id, uint64_t size);
     Lun(const LunOptions& opts, const LunHost& host, std::unique_ptr<IoEngine> engine);
     LunOptions opts_;
     LunHost host_;
@@ -80,6 +84,7 @@ private:
     UniqueFd fd_;
     UniqueFd write_fd_;  // direct=writes: the O_DIRECT descriptor writes use
     std::unique_ptr<OverlayMap> overlay_;
+    std::unique_ptr<WriteBackCache> cache_;
     bool readonly_ = false;
     std::unique_ptr<CommandRunner> runner_;
 };

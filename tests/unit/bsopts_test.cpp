@@ -40,10 +40,26 @@ TEST(Bsopts, DirectWritesKeepsReadsCached) {
 }
 
 TEST(Bsopts, UnknownOptionIsNamed) {
-    auto o = parse_bsopts("readonly=1;cache_size=5");
+    auto o = parse_bsopts("readonly=1;cache_mode=5");
     ASSERT_FALSE(o);
     EXPECT_EQ(o.status().code(), ENOENT);
-    EXPECT_NE(o.status().message().find("'cache_size'"), std::string::npos) << o.status().message();
+    EXPECT_NE(o.status().message().find("'cache_mode'"), std::string::npos) << o.status().message();
+}
+
+TEST(Bsopts, OverlayAndCache) {
+    auto o = parse_bsopts("overlay=/srv/c1.ovl;cache=/fast/c1.cache;cache_size=512M");
+    ASSERT_TRUE(o) << o.status().message();
+    EXPECT_EQ(o->overlay, "/srv/c1.ovl");
+    EXPECT_EQ(o->cache, "/fast/c1.cache");
+    EXPECT_EQ(o->cache_size, 512ull << 20);
+    EXPECT_EQ(parse_bsopts("cache=/c;cache_size=4G")->cache_size, 4ull << 30);
+    EXPECT_EQ(parse_bsopts("cache=/c")->cache_size, 1ull << 30);
+    for (const char* bad : {"overlay=rel.ovl", "cache=", "cache_size=0", "cache_size=12X", "cache_size=100K",
+                            "cache_size=99999999999999G"}) {
+        auto b = parse_bsopts(bad);
+        ASSERT_FALSE(b) << bad;
+        EXPECT_EQ(b.status().code(), EINVAL) << bad;
+    }
 }
 
 TEST(Bsopts, BadValuesAreRefused) {
