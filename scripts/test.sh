@@ -22,16 +22,18 @@ fi
 # Sanitizers: the engine and LUN unit tests under ASan+UBSan (tgtd itself is
 # not instrumented, so the module-in-tgtd tests run in the release build only).
 cmake --preset debug-asan >/dev/null
-cmake --build --preset debug-asan --target bsopts_test checksum_test io_engine_test lun_test overlay_test sense_test
+cmake --build --preset debug-asan --target bsopts_test checksum_test io_engine_test lun_test overlay_test sense_test \
+  cache_format_test cache_map_test cache_recovery_test cache_lun_test
 ctest --test-dir build/debug-asan --output-on-failure -j2 -L unit
 
-# Fuzzing, time-bounded: the bsopts parser and a LUN's SCSI command execution
+# Fuzzing, time-bounded: the bsopts parser, a LUN's SCSI command execution and
+# the replication frame decoder
 # (clang + libFuzzer + ASan/UBSan). A crash fails the run and leaves its input
 # in build/fuzz/artifacts.
 cmake --preset fuzz >/dev/null
-cmake --build --preset fuzz --target bsopts_fuzz scsi_command_fuzz
+cmake --build --preset fuzz --target bsopts_fuzz scsi_command_fuzz frame_fuzz
 mkdir -p build/fuzz/artifacts
-for f in bsopts_fuzz scsi_command_fuzz; do
+for f in bsopts_fuzz scsi_command_fuzz frame_fuzz; do
   build/fuzz/tests/fuzz/$f -max_total_time="${ICBD_FUZZ_SECONDS:-30}" -rss_limit_mb=4096 \
     -artifact_prefix=build/fuzz/artifacts/$f- -print_final_stats=1 2>build/fuzz/$f.log \
     || { tail -40 build/fuzz/$f.log; echo "test: $f found a crash" >&2; exit 1; }

@@ -1,0 +1,622 @@
+// The image repository on disk: listing versions, staging a version (snapshot
+// or copy of its base), durable checkpoints, atomic publish, abort and prune.
+// On filesystems without snapshots a tree copy (reflink, else sparse) stands in.
+#include "icbd/replicator/repository.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <memory>
+
+#include "btrfs_subvolume.hpp"
+#include "fiemap.hpp"
+#include "icbd/checksum.hpp"
+#include "icbd/replicator/image_path.hpp"
+
+namespace icbd::repl {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr char kStagingDir[] = ".staging";
+constexpr char kTreePrefix[] = ".tree-";  // + area name: the staged tree, a sibling of the versions
+constexpr char kCheckpoint[] = "checkpoint";
+constexpr char kCheckpointTmp[] = "checkpoint.tmp";
+constexpr char kCheckpointMagic[8] = {'I', 'C', 'B', 'D', 'C', 'K', 'P', 'T'};
+constexpr uint16_t kCheckpointFormat = 1;
+constexpr size_t kCheckpointHeader = 16;
+
+struct DirCloser {
+    void operator()(DIR* d) const { ::closedir(d); }
+};
+
+std::string q(const fs::path& p) {
+    std::string s;
+    s.append("'").append(p.string()).append("'");
+    return s;
+}
+
+std::string image_what(std::string_view image, uint64_t version) {
+    std::string s;
+    s.append("image '").append(image).append("' version ").append(std::to_string(version));
+    return s;
+}
+
+// ENOSPC gets a message an operator acts on; other errors keep strerror.
+Status sys_error(int err, const std::string& what, const std::string& op) {
+    if (err == ENOSPC) return Status::error(ENOSPC, what + ": " + op + ": no space left on device");
+    if (err == EDQUOT) return Status::error(EDQUOT, what + ": " + op + ": disk quota exceeded");
+    return Status::from_errno(err, what + ": " + op);
+}
+
+Result<UniqueFd> open_dir(const fs::path& p, const std::string& what) {
+    int fd = ::open(p.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return sys_error(errno, what, "open " + q(p));
+    return UniqueFd(fd);
+}
+
+Status fsync_dir(const fs::path& p, const std::string& what) {
+    auto fd = open_dir(p, what);
+    if (!fd) return fd.status();
+    if (::fsync(fd->get()) < 0) return sys_error(errno, what, "fsync " + q(p));
+    return Status::ok();
+}
+
+// mkdir that accepts an existing directory (not a symlink to one).
+Status ensure_dir(const fs::path& p, const std::string& what) {
+    if (::mkdir(p.c_str(), 0755) == 0) return Status::ok();
+    if (errno != EEXIST) return sys_error(errno, what, "mkdir " + q(p));
+    struct stat st;
+    if (::lstat(p.c_str(), &st) < 0) return sys_error(errno, what, "stat " + q(p));
+    if (!S_ISDIR(st.st_mode)) return Status::error(ENOTDIR, what + ": " + q(p) + " is not a directory");
+    return Status::ok();
+}
+
+bool is_plain_dir(const fs::path& p) {
+    struct stat st;
+    return ::lstat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// Names in `dir` that are directories (not symlinks), unsorted.
+Result<std::vector<std::string>> subdirs(const fs::path& dir, const std::string& what) {
+    std::vector<std::string> out;
+    std::unique_ptr<DIR, DirCloser> d(::opendir(dir.c_str()));
+    if (!d) {
+        if (errno == ENOENT) return out;
+        return sys_error(errno, what, "opendir " + q(dir));
+    }
+    errno = 0;
+    while (dirent* de = ::readdir(d.get())) {
+        std::string name = de->d_name;
+        if (name != "." && name != ".." && is_plain_dir(dir / name)) out.push_back(name);
+        errno = 0;
+    }
+    if (errno) return sys_error(errno, what, "readdir " + q(dir));
+    return out;
+}
+
+Result<std::vector<uint64_t>> scan_versions(const fs::path& image_dir, const std::string& what) {
+    auto names = subdirs(image_dir, what);
+    if (!names) return names.status();
+    std::vector<uint64_t> out;
+    for (const auto& n : *names)
+        if (auto v = parse_version(n)) out.push_back(*v);
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+std::string area_name(uint64_t version, uint64_t base) {
+    return base ? std::to_string(version) + "-from-" + std::to_string(base) : std::to_string(version) + "-full";
+}
+
+// The staged tree lives directly in the image directory (hidden by its dot):
+// BTRFS renames a read-only subvolume within its directory but not into
+// another one (EROFS), and publish must rename a tree that is read-only already.
+fs::path tree_path_of(const fs::path& image_dir, uint64_t version, uint64_t base) {
+    return image_dir / (std::string(kTreePrefix) + area_name(version, base));
+}
+fs::path tmp_of(const fs::path& tree) { return fs::path(tree.string() + ".tmp"); }
+
+// ---- tree copy, for filesystems without snapshots ----------------------------
+
+Status copy_attrs(int fd, const struct stat& st, const std::string& where) {
+    if (::fchown(fd, st.st_uid, st.st_gid) < 0) return Status::from_errno(errno, where + ": chown");
+    if (::fchmod(fd, st.st_mode & 07777) < 0) return Status::from_errno(errno, where + ": chmod");
+    timespec ts[2] = {st.st_atim, st.st_mtim};
+    if (::futimens(fd, ts) < 0) return Status::from_errno(errno, where + ": set mtime");
+    return Status::ok();
+}
+
+// A reflink where the filesystem has them, else a copy of the data segments
+// only, so holes stay holes.
+Status copy_file_data(int src, int dst, uint64_t size, const std::string& where) {
+    if (::ioctl(dst, FICLONE, src) == 0) return Status::ok();
+    if (::ftruncate(dst, static_cast<off_t>(size)) < 0) return sys_error(errno, where, "truncate");
+    auto segs = detail::data_segments(src, size, where);
+    if (!segs) return segs.status();
+    for (const auto& r : *segs) {
+        loff_t in = static_cast<loff_t>(r.offset), out = static_cast<loff_t>(r.offset);
+        uint64_t left = r.length;
+        while (left) {
+            ssize_t n = ::copy_file_range(src, &in, dst, &out, left, 0);
+            if (n < 0) {
+                if (errno == EINTR) continue;
+                return sys_error(errno, where, "copy at offset " + std::to_string(in));
+            }
+            if (n == 0) return Status::error(EIO, where + ": source shrank during the copy");
+            left -= static_cast<uint64_t>(n);
+        }
+    }
+    return Status::ok();
+}
+
+Status copy_tree(int src_dir, int dst_dir, const fs::path& src_path, const std::string& what) {
+    int dup = ::fcntl(src_dir, F_DUPFD_CLOEXEC, 0);
+    if (dup < 0) return sys_error(errno, what, "dup");
+    std::unique_ptr<DIR, DirCloser> d(::fdopendir(dup));
+    if (!d) {
+        ::close(dup);
+        return sys_error(errno, what, "opendir " + q(src_path));
+    }
+    errno = 0;
+    while (dirent* de = ::readdir(d.get())) {
+        std::string name = de->d_name;
+        if (name == "." || name == "..") continue;
+        std::string where = what + ": copy " + q(src_path / name);
+        struct stat st;
+        if (::fstatat(src_dir, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) < 0) return sys_error(errno, where, "stat");
+        if (S_ISDIR(st.st_mode)) {
+            if (::mkdirat(dst_dir, name.c_str(), 0700) < 0) return sys_error(errno, where, "mkdir");
+            UniqueFd s(::openat(src_dir, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+            UniqueFd t(::openat(dst_dir, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+            if (!s.valid() || !t.valid()) return sys_error(errno, where, "open");
+            if (Status r = copy_tree(s.get(), t.get(), src_path / name, what); !r) return r;
+            if (Status r = copy_attrs(t.get(), st, where); !r) return r;  // after the children changed it
+        } else if (S_ISREG(st.st_mode)) {
+            UniqueFd s(::openat(src_dir, name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+            if (!s.valid()) return sys_error(errno, where, "open");
+            UniqueFd t(::openat(dst_dir, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+            if (!t.valid()) return sys_error(errno, where, "create");
+            if (Status r = copy_file_data(s.get(), t.get(), static_cast<uint64_t>(st.st_size), where); !r) return r;
+            if (Status r = copy_attrs(t.get(), st, where); !r) return r;
+        } else if (S_ISLNK(st.st_mode)) {
+            std::string target(static_cast<size_t>(st.st_size) + 1, '\0');
+            ssize_t n = ::readlinkat(src_dir, name.c_str(), target.data(), target.size());
+            if (n < 0) return sys_error(errno, where, "readlink");
+            target.resize(static_cast<size_t>(n));
+            if (::symlinkat(target.c_str(), dst_dir, name.c_str()) < 0) return sys_error(errno, where, "symlink");
+            if (::fchownat(dst_dir, name.c_str(), st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW) < 0)
+                return sys_error(errno, where, "chown");
+            timespec ts[2] = {st.st_atim, st.st_mtim};
+            if (::utimensat(dst_dir, name.c_str(), ts, AT_SYMLINK_NOFOLLOW) < 0)
+                return sys_error(errno, where, "set mtime");
+        } else {
+            return Status::error(ENOTSUP, where + ": a FIFO, socket or device node cannot be part of an image");
+        }
+        errno = 0;
+    }
+    if (errno) return sys_error(errno, what, "readdir " + q(src_path));
+    return Status::ok();
+}
+
+// Removes a tree: a subvolume by deletion (cheap, space back via the cleaner),
+// else recursively. Missing is fine.
+Status remove_tree(const fs::path& p, bool btrfs, const std::string& what) {
+    struct stat st;
+    if (::lstat(p.c_str(), &st) < 0) return errno == ENOENT ? Status::ok() : sys_error(errno, what, "stat " + q(p));
+    if (btrfs && S_ISDIR(st.st_mode) && detail::is_subvolume(p)) return detail::delete_subvolume(p, what);
+    std::error_code ec;
+    fs::remove_all(p, ec);
+    if (ec) return Status::error(ec.value(), what + ": remove " + q(p) + ": " + ec.message());
+    return Status::ok();
+}
+
+Result<std::vector<uint8_t>> read_checkpoint(int area_fd, const std::string& what) {
+    std::vector<uint8_t> payload;
+    UniqueFd fd(::openat(area_fd, kCheckpoint, O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+    if (!fd.valid()) {
+        if (errno == ENOENT) return payload;
+        return sys_error(errno, what, "open checkpoint");
+    }
+    struct stat st;
+    if (::fstat(fd.get(), &st) < 0) return sys_error(errno, what, "stat checkpoint");
+    uint64_t size = static_cast<uint64_t>(st.st_size);
+    auto corrupt = [&](const std::string& why) {
+        return Status::error(EBADMSG, what + ": checkpoint is corrupt (" + why + "); discard the staging area");
+    };
+    if (size < kCheckpointHeader + 4 || size > kCheckpointHeader + 4 + Staging::kMaxCheckpointBytes)
+        return corrupt("size " + std::to_string(size));
+    std::vector<uint8_t> buf(size);
+    size_t done = 0;
+    while (done < size) {
+        ssize_t n = ::pread(fd.get(), buf.data() + done, size - done, static_cast<off_t>(done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return sys_error(errno, what, "read checkpoint");
+        if (n == 0) return corrupt("short read");
+        done += static_cast<size_t>(n);
+    }
+    if (std::memcmp(buf.data(), kCheckpointMagic, 8) != 0) return corrupt("bad magic");
+    uint16_t format = static_cast<uint16_t>(buf[8] | buf[9] << 8);
+    if (format != kCheckpointFormat) return corrupt("format " + std::to_string(format));
+    uint32_t len = static_cast<uint32_t>(buf[12]) | static_cast<uint32_t>(buf[13]) << 8 |
+                   static_cast<uint32_t>(buf[14]) << 16 | static_cast<uint32_t>(buf[15]) << 24;
+    if (kCheckpointHeader + uint64_t(len) + 4 != size) return corrupt("length field does not match the file size");
+    size_t crc_at = kCheckpointHeader + len;
+    uint32_t want = static_cast<uint32_t>(buf[crc_at]) | static_cast<uint32_t>(buf[crc_at + 1]) << 8 |
+                    static_cast<uint32_t>(buf[crc_at + 2]) << 16 | static_cast<uint32_t>(buf[crc_at + 3]) << 24;
+    if (crc32c(buf.data(), crc_at) != want) return corrupt("CRC mismatch");
+    payload.assign(buf.begin() + kCheckpointHeader, buf.begin() + static_cast<ptrdiff_t>(crc_at));
+    return payload;
+}
+
+}  // namespace
+
+// ---- Staging -------------------------------------------------------------------
+
+Status Staging::fail(int err, const std::string& what) const { return sys_error(err, what_, what); }
+
+Status Staging::write_checkpoint(std::span<const uint8_t> bytes) {
+    if (spent_) return Status::error(EINVAL, what_ + ": staging area already published or aborted");
+    if (bytes.size() > kMaxCheckpointBytes)
+        return Status::error(EINVAL, what_ + ": checkpoint of " + std::to_string(bytes.size()) + " bytes is too large");
+    std::vector<uint8_t> buf(kCheckpointHeader);
+    std::memcpy(buf.data(), kCheckpointMagic, 8);
+    buf[8] = kCheckpointFormat & 0xff;
+    buf[9] = kCheckpointFormat >> 8;
+    uint32_t len = static_cast<uint32_t>(bytes.size());
+    for (int i = 0; i < 4; ++i) buf[12 + i] = static_cast<uint8_t>(len >> (8 * i));
+    buf.insert(buf.end(), bytes.begin(), bytes.end());
+    uint32_t crc = crc32c(buf.data(), buf.size());
+    for (int i = 0; i < 4; ++i) buf.push_back(static_cast<uint8_t>(crc >> (8 * i)));
+
+    UniqueFd fd(::openat(area_fd_.get(), kCheckpointTmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
+    if (!fd.valid()) return fail(errno, "create checkpoint");
+    size_t done = 0;
+    while (done < buf.size()) {
+        ssize_t n = ::write(fd.get(), buf.data() + done, buf.size() - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return fail(errno, "write checkpoint");
+        done += static_cast<size_t>(n);
+    }
+    if (::fsync(fd.get()) < 0) return fail(errno, "fsync checkpoint");
+    if (::renameat(area_fd_.get(), kCheckpointTmp, area_fd_.get(), kCheckpoint) < 0)
+        return fail(errno, "rename checkpoint");
+    if (::fsync(area_fd_.get()) < 0) return fail(errno, "fsync staging directory");
+    checkpoint_.assign(bytes.begin(), bytes.end());
+    return Status::ok();
+}
+
+Status Staging::sync() {
+    if (spent_) return Status::error(EINVAL, what_ + ": staging area already published or aborted");
+    if (::syncfs(tree_fd_.get()) < 0) return fail(errno, "sync staging tree");
+    return Status::ok();
+}
+
+Status Staging::publish() {
+    if (Status s = sync(); !s) return s;
+    auto versions = scan_versions(image_dir_, what_);
+    if (!versions) return versions.status();
+    if (!versions->empty() && versions->back() >= version_) {
+        bool same = std::binary_search(versions->begin(), versions->end(), version_);
+        return Status::error(same ? EEXIST : ESTALE,
+                             what_ + ": not published: " +
+                                 (same ? std::string("that version is published already")
+                                       : "version " + std::to_string(versions->back()) + " is newer"));
+    }
+    if (btrfs_) {
+        if (Status s = detail::set_read_only(tree_path_, true, what_); !s) return s;
+        // The read-only flag lives in the root item: commit it before the
+        // rename can become visible, so no crash leaves a writable version.
+        if (::syncfs(tree_fd_.get()) < 0) return fail(errno, "sync read-only flag");
+    }
+    auto image_fd = open_dir(image_dir_, what_);
+    if (!image_fd) return image_fd.status();
+    std::string name = version_name(version_);
+    std::string leaf = tree_path_.filename().string();
+    if (::renameat2(image_fd->get(), leaf.c_str(), image_fd->get(), name.c_str(), RENAME_NOREPLACE) < 0) {
+        int err = errno;
+        if (btrfs_) detail::set_read_only(tree_path_, false, what_);  // stay resumable
+        if (err == EEXIST) return Status::error(EEXIST, what_ + ": not published: that version appeared meanwhile");
+        return fail(err, "rename into " + q(image_dir_ / name));
+    }
+    if (::fsync(image_fd->get()) < 0) return fail(errno, "fsync " + q(image_dir_));
+    spent_ = true;
+    tree_fd_.reset();
+    // The version is published; what is left is housekeeping of the area.
+    ::unlinkat(area_fd_.get(), kCheckpoint, 0);
+    ::unlinkat(area_fd_.get(), kCheckpointTmp, 0);
+    area_fd_.reset();
+    if (::rmdir(area_path_.c_str()) < 0) return fail(errno, "remove staging area " + q(area_path_));
+    return fsync_dir(area_path_.parent_path(), what_);
+}
+
+Status Staging::abort() {
+    if (spent_) return Status::ok();
+    tree_fd_.reset();
+    if (Status s = remove_tree(tree_path_, btrfs_, what_); !s) return s;
+    if (Status s = remove_tree(tmp_of(tree_path_), btrfs_, what_); !s) return s;
+    if (Status s = fsync_dir(image_dir_, what_); !s) return s;
+    ::unlinkat(area_fd_.get(), kCheckpoint, 0);
+    ::unlinkat(area_fd_.get(), kCheckpointTmp, 0);
+    spent_ = true;
+    area_fd_.reset();
+    if (::rmdir(area_path_.c_str()) < 0) return fail(errno, "remove staging area " + q(area_path_));
+    return fsync_dir(area_path_.parent_path(), what_);
+}
+
+// ---- Repository ----------------------------------------------------------------
+
+Result<Repository> Repository::open(const fs::path& root) {
+    std::string what = "repository " + q(root);
+    auto fd = open_dir(root, what);
+    if (!fd) return fd.status();
+    Repository r;
+    r.root_ = root;
+    if (Status s = ensure_dir(r.images_dir(), what); !s) return s;
+    auto images = open_dir(r.images_dir(), what);
+    if (!images) return images.status();
+    r.btrfs_ = detail::on_btrfs(images->get());
+    return r;
+}
+
+Result<fs::path> Repository::image_dir(std::string_view image, bool create) const {
+    if (Status s = validate_image_name(image); !s) return s;
+    fs::path p = images_dir() / std::string(image);
+    if (create) {
+        if (Status s = ensure_dir(p, "image '" + std::string(image) + "'"); !s) return s;
+    }
+    return p;
+}
+
+Result<std::vector<std::string>> Repository::list_images() const {
+    auto names = subdirs(images_dir(), "repository " + q(root_));
+    if (!names) return names.status();
+    std::vector<std::string> out;
+    for (auto& n : *names)
+        if (validate_image_name(n)) out.push_back(std::move(n));
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
+Result<std::vector<uint64_t>> Repository::list_versions(std::string_view image) const {
+    auto dir = image_dir(image, false);
+    if (!dir) return dir.status();
+    return scan_versions(*dir, "image '" + std::string(image) + "'");
+}
+
+Result<std::optional<uint64_t>> Repository::newest_version(std::string_view image) const {
+    auto v = list_versions(image);
+    if (!v) return v.status();
+    return v->empty() ? std::optional<uint64_t>() : std::optional<uint64_t>(v->back());
+}
+
+Result<bool> Repository::has_version(std::string_view image, uint64_t version) const {
+    auto v = list_versions(image);
+    if (!v) return v.status();
+    return std::binary_search(v->begin(), v->end(), version);
+}
+
+Result<fs::path> Repository::version_path(std::string_view image, uint64_t version) const {
+    auto dir = image_dir(image, false);
+    if (!dir) return dir.status();
+    fs::path p = *dir / version_name(version);
+    if (version == 0 || !is_plain_dir(p))
+        return Status::error(ENOENT, image_what(image, version) + ": no such published version");
+    return p;
+}
+
+Result<Staging> Repository::open_staging(std::string_view image, uint64_t version, uint64_t base, bool resume,
+                                         const fs::path* snapshot_of) {
+    std::string what = image_what(image, version) + (base ? " (from " + std::to_string(base) + ")" : " (full)");
+    if (version == 0) return Status::error(EINVAL, what + ": version 0 is not a version");
+    if (base >= version) return Status::error(EINVAL, what + ": the base must be older than the version");
+    auto dir = image_dir(image, !resume);
+    if (!dir) return dir.status();
+    auto versions = scan_versions(*dir, what);
+    if (!versions) return versions.status();
+    if (!versions->empty() && versions->back() >= version) {
+        if (std::binary_search(versions->begin(), versions->end(), version))
+            return Status::error(EEXIST, what + ": already published");
+        return Status::error(ESTALE, what + ": not newer than the newest published version " +
+                                         std::to_string(versions->back()));
+    }
+    fs::path base_path = *dir / version_name(base);
+    if (base && !std::binary_search(versions->begin(), versions->end(), base))
+        return Status::error(ENOENT, what + ": base version " + std::to_string(base) + " is not published here");
+
+    fs::path staging_dir = *dir / kStagingDir;
+    if (!resume && !versions->empty()) discard_superseded(image, versions->back());
+    Staging st;
+    st.what_ = what;
+    st.image_dir_ = *dir;
+    st.area_path_ = staging_dir / area_name(version, base);
+    st.tree_path_ = tree_path_of(*dir, version, base);
+    st.image_ = std::string(image);
+    st.version_ = version;
+    st.base_ = base;
+    st.resumed_ = resume;
+    st.btrfs_ = btrfs_;
+
+    if (!resume) {
+        if (Status s = ensure_dir(staging_dir, what); !s) return s;
+        if (::mkdir(st.area_path_.c_str(), 0700) < 0) {
+            if (errno == EEXIST)
+                return Status::error(EEXIST, what + ": a staging area exists already (" + q(st.area_path_) +
+                                                 "): resume or discard it");
+            return sys_error(errno, what, "mkdir " + q(st.area_path_));
+        }
+    }
+    auto area = open_dir(st.area_path_, what);
+    if (!area) {
+        if (area.status().code() == ENOENT) return Status::error(ENOENT, what + ": no staging area to resume");
+        return area.status();
+    }
+    st.area_fd_ = std::move(area.value());
+    if (::flock(st.area_fd_.get(), LOCK_EX | LOCK_NB) < 0) {
+        if (errno == EWOULDBLOCK) return Status::error(EBUSY, what + ": another receiver holds the staging area");
+        return sys_error(errno, what, "lock staging area");
+    }
+
+    if (!resume) {
+        // Built under a temporary name, renamed when complete: a crash half-way
+        // through a copy never leaves a tree that looks resumable.
+        fs::path tmp = tmp_of(st.tree_path_);
+        if (Status s = remove_tree(tmp, btrfs_, what); !s) return s;  // a crash's leftover
+        Status made;
+        if (btrfs_ && (base || snapshot_of)) {
+            made = detail::snapshot_subvolume(snapshot_of ? *snapshot_of : base_path, tmp, false, what);
+        } else {
+            made = btrfs_ ? detail::create_subvolume(tmp, what)
+                          : (::mkdir(tmp.c_str(), 0755) == 0 ? Status::ok() : sys_error(errno, what, "mkdir " + q(tmp)));
+            if (made && base) {
+                auto s = open_dir(base_path, what);
+                auto t = open_dir(tmp, what);
+                if (!s) made = s.status();
+                else if (!t) made = t.status();
+                else made = copy_tree(s->get(), t->get(), base_path, what);
+                if (made) {
+                    struct stat bst;
+                    if (::stat(base_path.c_str(), &bst) == 0) made = copy_attrs(t->get(), bst, what);
+                }
+            }
+        }
+        if (made && ::rename(tmp.c_str(), st.tree_path_.c_str()) < 0) made = sys_error(errno, what, "rename staging tree");
+        if (made) made = fsync_dir(*dir, what);
+        if (!made) {
+            st.abort();  // reclaim what the failed copy took (ENOSPC)
+            return made;
+        }
+    }
+    int tfd = ::open(st.tree_path_.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (tfd < 0) {
+        if (errno == ENOENT)
+            return Status::error(ENOENT, what + ": the staging area has no complete tree; discard it");
+        return sys_error(errno, what, "open staging tree");
+    }
+    st.tree_fd_.reset(tfd);
+    if (resume) {
+        auto cp = read_checkpoint(st.area_fd_.get(), what);
+        if (!cp) return cp.status();
+        st.checkpoint_ = std::move(cp.value());
+    }
+    return st;
+}
+
+Result<Staging> Repository::begin_staging(std::string_view image, uint64_t version, uint64_t base) {
+    return open_staging(image, version, base, false, nullptr);
+}
+
+Result<Staging> Repository::resume_staging(std::string_view image, uint64_t version, uint64_t base) {
+    return open_staging(image, version, base, true, nullptr);
+}
+
+Result<std::vector<StagingInfo>> Repository::list_staging(std::string_view image) const {
+    std::vector<std::string> images;
+    if (image.empty()) {
+        auto all = list_images();
+        if (!all) return all.status();
+        images = std::move(all.value());
+    } else {
+        if (Status s = validate_image_name(image); !s) return s;
+        images.emplace_back(image);
+    }
+    std::vector<StagingInfo> out;
+    for (const auto& img : images) {
+        fs::path dir = images_dir() / img / kStagingDir;
+        auto names = subdirs(dir, "image '" + img + "'");
+        if (!names) return names.status();
+        std::sort(names->begin(), names->end());
+        for (const auto& n : *names) {
+            std::string_view s = n;
+            size_t dash = s.find('-');
+            if (dash == std::string_view::npos) continue;
+            auto v = parse_version(s.substr(0, dash));
+            std::string_view rest = s.substr(dash + 1);
+            std::optional<uint64_t> b;
+            if (rest == "full") b = 0;
+            else if (rest.substr(0, 5) == "from-") b = parse_version(rest.substr(5));
+            if (v && b) out.push_back({img, *v, *b, dir / n});
+        }
+    }
+    return out;
+}
+
+Status Repository::discard_staging(std::string_view image, uint64_t version, uint64_t base) {
+    std::string what = image_what(image, version) + " (staging)";
+    auto dir = image_dir(image, false);
+    if (!dir) return dir.status();
+    Staging st;
+    st.what_ = what;
+    st.image_dir_ = *dir;
+    st.area_path_ = *dir / kStagingDir / area_name(version, base);
+    st.tree_path_ = tree_path_of(*dir, version, base);
+    st.btrfs_ = btrfs_;
+    auto area = open_dir(st.area_path_, what);
+    if (!area) return area.status();
+    st.area_fd_ = std::move(area.value());
+    if (::flock(st.area_fd_.get(), LOCK_EX | LOCK_NB) < 0)
+        return Status::error(EBUSY, what + ": another receiver holds the staging area");
+    return st.abort();
+}
+
+void Repository::discard_superseded(std::string_view image, uint64_t newest) {
+    // Areas of versions that can no longer be published (a crash after the
+    // rename, or a newer version came first): reclaim them unless held.
+    auto areas = list_staging(image);
+    if (!areas) return;
+    for (const auto& a : *areas)
+        if (a.version <= newest) discard_staging(image, a.version, a.base);
+}
+
+Status Repository::commit(std::string_view image, uint64_t version, const fs::path& source) {
+    std::string what = image_what(image, version) + " (commit of " + q(source) + ")";
+    auto src = open_dir(source, what);
+    if (!src) return src.status();
+    // A commit is a full staging whose tree comes from `source`, published at
+    // once: a snapshot of it when it is a subvolume of this filesystem, else a copy.
+    Result<Staging> st = Status::error(EXDEV, what);
+    bool copied = false;
+    if (btrfs_ && detail::is_subvolume(source)) st = open_staging(image, version, 0, false, &source);
+    if (!st && st.status().code() == EXDEV) {
+        st = begin_staging(image, version, 0);
+        copied = true;
+    }
+    if (!st) return st.status();
+    Staging& s = st.value();
+    s.tree_fd_.reset();
+    Status made;
+    if (copied) {
+        auto t = open_dir(s.tree_path_, what);
+        made = t ? copy_tree(src->get(), t->get(), source, what) : t.status();
+    }
+    if (made) {
+        struct stat sst;
+        auto t = open_dir(s.tree_path_, what);
+        if (!t) made = t.status();
+        else if (::fstat(src->get(), &sst) < 0) made = sys_error(errno, what, "stat source");
+        else {
+            made = copy_attrs(t->get(), sst, what);
+            s.tree_fd_ = std::move(t.value());
+        }
+    }
+    if (made) made = s.publish();
+    if (!made) s.abort();
+    return made;
+}
+
+Status Repository::remove_version(std::string_view image, uint64_t version) {
+    auto p = version_path(image, version);
+    if (!p) return p.status();
+    std::string what = image_what(image, version);
+    if (Status s = remove_tree(*p, btrfs_, what); !s) return s;
+    return fsync_dir(p->parent_path(), what);
+}
+
+}  // namespace icbd::repl
