@@ -2,9 +2,10 @@
 # Conformance: libiscsi's iscsi-test-cu (all tests, destructive ones included)
 # against tgt's rdwr backend and our icbd backend on the same tgtd, first with
 # the LU's default parameters, then with thin_provisioning=1. icbd runs as a
-# raw LUN ("icbd") and as a client overlay over a golden file ("overlay", the
+# raw LUN ("icbd"), as a client overlay over a golden file ("overlay", the
 # golden file full of non-zero data so that a block leaking through from it
-# shows). In each mode every test that passes for rdwr must pass for each icbd
+# shows) and as a raw LUN behind a write-back cache smaller than the LUN
+# ("cached": 64 MiB in front of 128 MiB, so the flusher works during the run). In each mode every test that passes for rdwr must pass for each icbd
 # LUN. Prints every summary.
 # Usage: run_conformance.sh [OUTDIR]   (needs ICBD_BUILD; run as root)
 set -euo pipefail
@@ -22,8 +23,8 @@ trap "exit 130" INT TERM
 
 TGTD_LOG="$out/tgtd.log" tgtd_start
 iqn=iqn.2026-11.org.icbd:conformance
-backends="rdwr icbd overlay"
-truncate -s 128M "$work/rdwr.img" "$work/icbd.img"
+backends="rdwr icbd overlay cached"
+truncate -s 128M "$work/rdwr.img" "$work/icbd.img" "$work/cached.img"
 # Golden: a repeating non-zero pattern (quick to make, obviously not zeros).
 head -c 1M /dev/urandom >"$work/chunk"
 for _ in $(seq 128); do cat "$work/chunk"; done >"$work/golden.img"
@@ -35,6 +36,7 @@ add_lun() {  # TID NAME ARGS...
 add_lun 1 rdwr -b "$work/rdwr.img" --bstype rdwr
 add_lun 2 icbd -b "$work/icbd.img" --bstype icbd
 add_lun 3 overlay -b "$work/golden.img" --bstype icbd --bsopts "overlay=$work/client.ovl"
+add_lun 4 cached -b "$work/cached.img" --bstype icbd --bsopts "cache=$work/lun.cache;cache_size=64M"
 
 # The names of failed tests, one "Suite.Test" per line.
 failed_tests() { sed -n 's/^Suite \(.*\), Test \(.*\) had failures:$/\1.\2/p' "$1" | sort -u; }
@@ -54,7 +56,7 @@ run_cu() {  # BACKEND MODE TESTS SECONDS OUTFILE
 status=0
 for mode in default thin; do
   if [ "$mode" = thin ]; then
-    for tid in 1 2 3; do
+    for tid in 1 2 3 4; do
       tgtd_adm --op update --mode logicalunit --tid $tid --lun 1 --params thin_provisioning=1
     done
   fi
