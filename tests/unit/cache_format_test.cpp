@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "../../blockd/cache_format.hpp"
+#include "cache_format.hpp"
 #include "icbd/checksum.hpp"
 #include "icbd/unique_fd.hpp"
 

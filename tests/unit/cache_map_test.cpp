@@ -6,7 +6,7 @@
 #include <random>
 #include <set>
 
-#include "../../blockd/cache_map.hpp"
+#include "cache_map.hpp"
 
 using namespace icbd;
 

@@ -15,7 +15,7 @@
 #include <set>
 #include <vector>
 
-#include "../../blockd/cache_recovery.hpp"
+#include "cache_recovery.hpp"
 #include "icbd/log.hpp"
 
 using namespace icbd;
