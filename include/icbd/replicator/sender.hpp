@@ -1,0 +1,130 @@
+// The master side of replication (docs/replication-protocol.md): pushes one
+// version of an image to N replicas at once, each changed extent read once.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "icbd/replicator/compression.hpp"
+#include "icbd/replicator/snapshot_diff.hpp"
+#include "icbd/replicator/transport.hpp"
+#include "icbd/replicator/wire_format.hpp"
+#include "icbd/status.hpp"
+
+namespace icbd::repl {
+
+// The metadata summary of a version tree (section 8.2): what OFFER and END
+// carry. Only lstat/readlink of each entry; no file data is read. Shared by
+// the sender (source version) and the receiver (staged tree).
+struct TreeManifest {
+    uint64_t entry_count = 0;
+    uint64_t hash = 0;        // M
+    uint64_t total_size = 0;  // sum of the regular files' sizes
+};
+// `dir_fd` is the version root; `what` names it in errors. Symlinks are never
+// followed; special files are ENOTSUP naming the path.
+Result<TreeManifest> manifest_of_tree(int dir_fd, std::string_view what);
+
+// "host:port" or "[v6addr]:port" -> host and port; EINVAL with the text otherwise.
+struct HostPort {
+    std::string host;
+    uint16_t port = 0;
+    std::string text() const;  // as given, normalized ("[::1]:7000")
+};
+Result<HostPort> parse_host_port(std::string_view text);
+
+// One change frame of the deterministic stream (section 5.1) before its data
+// is read: what the stream is, independently of who receives it.
+struct PlannedChange {
+    FrameType type = FrameType::file;
+    std::string path;
+    uint64_t offset = 0;  // DATA, HOLE
+    uint64_t length = 0;  // DATA, HOLE; TRUNCATE: the size
+    EntryAttrs attrs;     // FILE
+};
+// The change frames of diff(base -> child) in protocol order; the index + 1 is
+// the seq. `child` is the new version's directory (for the attributes of
+// unchanged directories whose contents changed).
+Result<std::vector<PlannedChange>> plan_change_stream(const SnapshotDiff& diff, const std::filesystem::path& child);
+
+// Live figures of one replica during a push (progress callback).
+struct ReplicaProgress {
+    std::string peer;             // the target as given ("10.0.0.5:7000"), or its certificate name once known
+    std::string state;            // "connecting", "negotiating", "streaming", "finishing", "done", "failed"
+    uint64_t payload_total = 0;   // data bytes (uncompressed) this replica is to receive
+    uint64_t payload_sent = 0;    // of them, sent so far
+    uint64_t wire_sent = 0;       // socket bytes so far (TLS records included)
+    double rate_bytes_per_s = 0;  // wire bytes per second over the push so far
+    double eta_seconds = -1;      // -1 when unknown
+};
+
+// What happened for one replica.
+struct ReplicaReport {
+    std::string target;  // as given on the command line
+    std::string peer;    // certificate identity and address, e.g. "replica1 (127.0.0.1:7000)"
+    std::string image;
+    uint64_t version = 0;
+    uint64_t base = 0;
+    std::optional<NeedKind> kind;  // nullopt when negotiation did not get that far
+    uint64_t resume_seq = 0;       // resumed after this change frame (0: from the start)
+    uint64_t change_count = 0;     // change frames of the whole stream (N)
+    uint64_t changes_sent = 0;     // change frames sent in this push
+    uint64_t wire_bytes_sent = 0;  // socket bytes, TLS included
+    uint64_t wire_bytes_received = 0;
+    uint64_t payload_bytes = 0;       // uncompressed DATA bytes sent
+    uint64_t frame_bytes = 0;         // frame bytes sent (headers, compressed data)
+    uint64_t source_bytes_read = 0;   // bytes read from the source by the reader this replica shared
+    uint64_t replicas_sharing_read = 0;  // how many replicas that reader fed
+    double seconds = 0;
+    Status status;  // ok, or what failed (names image, version and peer)
+    // The protocol code of a failure (ErrorCode): the replica's ERROR/RESULT
+    // code, or the one we sent; 0 when ok.
+    uint16_t code = 0;
+    bool dropped = false;  // fell behind the others (or its connection failed mid-stream)
+    bool ok() const { return status.is_ok(); }
+};
+
+struct PushReport {
+    std::vector<ReplicaReport> replicas;  // in the order of PushOptions::targets
+    uint64_t source_bytes_read = 0;       // all readers together
+    double seconds = 0;
+    bool all_ok() const;
+};
+
+struct PushOptions {
+    std::filesystem::path root;  // the master's repository
+    std::string image;
+    uint64_t version = 0;
+    std::vector<HostPort> targets;
+    TlsConfig tls;
+    std::string node_name;  // our HELLO name; empty: the host name
+    Compression compression = Compression::zstd;
+    std::optional<int> compression_level;
+    uint64_t bandwidth_limit = 0;  // bytes/s over all replicas together; 0: unlimited
+    // Bytes of frames between two checkpoints: what a cut can cost at most
+    // (plus the frames in flight).
+    uint64_t checkpoint_interval = 4u << 20;
+    // Encoded frames held for the replicas of one diff: the slowest may lag
+    // the fastest by this much.
+    uint64_t window_bytes = 64u << 20;
+    // A replica that keeps the window full this long, or whose connection
+    // fails, is dropped from the push; the others go on.
+    std::chrono::milliseconds max_stall{30'000};
+    DiffOptions diff;
+    std::function<void(const std::vector<ReplicaProgress>&)> on_progress;
+    std::chrono::milliseconds progress_interval{250};
+};
+
+// Pushes (image, version) to every target. Fails as a whole (Status) only when
+// nothing can start: the version does not exist, the repository or the
+// certificates cannot be read. Otherwise each replica's outcome is in its
+// report.
+Result<PushReport> push(const PushOptions& options);
+
+}  // namespace icbd::repl

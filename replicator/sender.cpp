@@ -1,0 +1,915 @@
+// The master side of a push (docs/replication-protocol.md, sections 3-5): per
+// replica the handshake and negotiation, then per distinct base one reader that
+// reads and encodes each change once into a shared window, and one writer per
+// replica that streams it with checkpoints, END and RESULT.
+#include "icbd/replicator/sender.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "icbd/checksum.hpp"
+#include "icbd/replicator/image_path.hpp"
+#include "icbd/replicator/rate_limiter.hpp"
+#include "icbd/replicator/repository.hpp"
+
+namespace icbd::repl {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+namespace fs = std::filesystem;
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+struct DirCloser {
+    void operator()(DIR* d) const { ::closedir(d); }
+};
+
+struct WalkEntry {
+    std::string path;
+    EntryAttrs attrs;
+};
+
+Status walk_tree(int dir_fd, const std::string& prefix, std::string_view what, std::vector<WalkEntry>& out) {
+    // A fresh descriptor: fdopendir owns it and reads from its own offset.
+    int fd = ::openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return Status::from_errno(errno, std::string(what) + ": open '" + (prefix.empty() ? "." : prefix) + "'");
+    std::unique_ptr<DIR, DirCloser> dir(::fdopendir(fd));
+    if (!dir) {
+        int e = errno;
+        ::close(fd);
+        return Status::from_errno(e, std::string(what) + ": fdopendir '" + prefix + "'");
+    }
+    std::vector<std::string> names;
+    errno = 0;
+    while (dirent* d = ::readdir(dir.get())) {
+        std::string_view n = d->d_name;
+        if (n != "." && n != "..") names.emplace_back(n);
+        errno = 0;
+    }
+    if (errno) return Status::from_errno(errno, std::string(what) + ": readdir '" + prefix + "'");
+    std::sort(names.begin(), names.end());
+    const int dfd = ::dirfd(dir.get());
+    for (const auto& name : names) {
+        std::string rel = prefix.empty() ? name : prefix + "/" + name;
+        struct ::stat st;
+        if (::fstatat(dfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
+            return Status::from_errno(errno, std::string(what) + ": lstat '" + rel + "'");
+        std::string target;
+        if (S_ISLNK(st.st_mode)) {
+            std::string buf(4096, '\0');
+            ssize_t n = ::readlinkat(dfd, name.c_str(), buf.data(), buf.size());
+            if (n < 0) return Status::from_errno(errno, std::string(what) + ": readlink '" + rel + "'");
+            buf.resize(static_cast<size_t>(n));
+            target = std::move(buf);
+        }
+        auto attrs = entry_attrs_from_stat(rel, st, std::move(target));
+        if (!attrs) return Status::error(attrs.status().code(), std::string(what) + ": " + attrs.status().message());
+        out.push_back(WalkEntry{rel, std::move(attrs.value())});
+        if (S_ISDIR(st.st_mode)) {
+            UniqueFd sub(::openat(dfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+            if (!sub.valid()) return Status::from_errno(errno, std::string(what) + ": open '" + rel + "'");
+            if (Status s = walk_tree(sub.get(), rel, what, out); !s) return s;
+        }
+    }
+    return Status::ok();
+}
+
+std::string parent_of(const std::string& path) {
+    auto slash = path.rfind('/');
+    return slash == std::string::npos ? std::string() : path.substr(0, slash);
+}
+
+// ---- frames on a blocking stream ----
+
+Status write_frame_bytes(Stream& s, const Bytes& frame) { return s.write_all(frame); }
+
+template <typename M>
+Status send_message(Stream& s, const M& m) {
+    auto f = make_frame(m);
+    if (!f) return f.status();
+    return s.write_all(*f);
+}
+
+Result<Frame> read_frame(Stream& s, FrameDecoder& d, std::string_view waiting_for) {
+    std::array<uint8_t, 16384> buf;
+    for (;;) {
+        auto f = d.next();
+        if (!f) return f.status();
+        if (f->has_value()) return std::move(**f);
+        size_t want = std::clamp<size_t>(d.bytes_wanted(), 1, buf.size());
+        auto n = s.read_some(std::span<uint8_t>(buf.data(), want));
+        if (!n) return n.status();
+        if (*n == 0) {
+            Status fin = d.finish();
+            if (!fin) return fin;
+            return Status::error(ECONNRESET, "the replica closed the connection while we waited for " +
+                                                 std::string(waiting_for));
+        }
+        d.feed(std::span<const uint8_t>(buf.data(), *n));
+    }
+}
+
+// ---- the shared window of one diff ----
+
+struct EncodedChange {
+    uint64_t seq = 0;
+    uint64_t chain_after = 0;  // c_seq
+    uint64_t data_bytes = 0;   // uncompressed DATA length
+    Bytes frame;
+};
+using ChangePtr = std::shared_ptr<const EncodedChange>;
+
+// One producer (the reader), several consumers (the writers). Items stay until
+// every active consumer is past them; the producer waits when they add up to
+// the limit, and drops the slowest consumer when that lasts too long.
+class FrameWindow {
+public:
+    FrameWindow(uint64_t limit, size_t consumers) : limit_(limit), cons_(consumers) {}
+
+    // false: no consumer is left, stop producing.
+    bool put(ChangePtr item, std::chrono::milliseconds max_stall, const std::function<void(size_t)>& drop) {
+        std::unique_lock lk(mu_);
+        auto stall_start = Clock::now();
+        for (;;) {
+            if (active_count() == 0) return false;
+            if (items_.empty() || bytes_ + item->frame.size() <= limit_) break;
+            auto deadline = stall_start + max_stall;
+            if (cv_.wait_until(lk, deadline) == std::cv_status::timeout && Clock::now() >= deadline) {
+                uint64_t slowest = UINT64_MAX;
+                for (const auto& c : cons_)
+                    if (c.active) slowest = std::min(slowest, c.next);
+                for (size_t i = 0; i < cons_.size(); ++i) {
+                    if (cons_[i].active && cons_[i].next == slowest) {
+                        cons_[i].active = false;
+                        cons_[i].dropped = true;
+                        drop(i);
+                    }
+                }
+                trim();
+                cv_.notify_all();
+                stall_start = Clock::now();
+            }
+        }
+        bytes_ += item->frame.size();
+        items_.push_back(std::move(item));
+        cv_.notify_all();
+        return true;
+    }
+
+    void finish(Status reader_status) {
+        std::lock_guard lk(mu_);
+        finished_ = true;
+        reader_status_ = std::move(reader_status);
+        cv_.notify_all();
+    }
+
+    // The item at absolute `index` for consumer `c` (which is done with every
+    // item before it); nullptr at the end of the stream or once `c` left.
+    ChangePtr get(size_t c, uint64_t index) {
+        std::unique_lock lk(mu_);
+        cons_[c].next = index;
+        trim();
+        cv_.notify_all();
+        cv_.wait(lk, [&] { return !cons_[c].active || finished_ || index < first_ + items_.size(); });
+        if (!cons_[c].active || index >= first_ + items_.size()) return nullptr;
+        return items_[index - first_];
+    }
+
+    void leave(size_t c) {
+        std::lock_guard lk(mu_);
+        cons_[c].active = false;
+        trim();
+        cv_.notify_all();
+    }
+
+    bool dropped(size_t c) {
+        std::lock_guard lk(mu_);
+        return cons_[c].dropped;
+    }
+    Status reader_status() {
+        std::lock_guard lk(mu_);
+        return reader_status_;
+    }
+
+private:
+    size_t active_count() const {
+        return static_cast<size_t>(std::count_if(cons_.begin(), cons_.end(), [](const C& c) { return c.active; }));
+    }
+    void trim() {
+        uint64_t keep_from = UINT64_MAX;
+        for (const auto& c : cons_)
+            if (c.active) keep_from = std::min(keep_from, c.next);
+        while (!items_.empty() && first_ < keep_from) {
+            bytes_ -= items_.front()->frame.size();
+            items_.pop_front();
+            ++first_;
+        }
+    }
+
+    struct C {
+        uint64_t next = 0;
+        bool active = true;
+        bool dropped = false;
+    };
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::deque<ChangePtr> items_;
+    uint64_t first_ = 0;  // absolute index of items_.front()
+    uint64_t bytes_ = 0;
+    uint64_t limit_;
+    std::vector<C> cons_;
+    bool finished_ = false;
+    Status reader_status_;
+};
+
+// ---- one replica ----
+
+enum class State : int { connecting, negotiating, streaming, finishing, done, failed };
+const char* state_name(State s) {
+    switch (s) {
+    case State::connecting: return "connecting";
+    case State::negotiating: return "negotiating";
+    case State::streaming: return "streaming";
+    case State::finishing: return "finishing";
+    case State::done: return "done";
+    case State::failed: return "failed";
+    }
+    return "?";
+}
+
+struct Group;
+
+struct Session {
+    HostPort target;
+    Stream stream;
+    FrameDecoder decoder;
+    Need need;
+    ReplicaReport report;
+    Group* group = nullptr;
+    size_t consumer = 0;
+    std::atomic<int> state{static_cast<int>(State::connecting)};
+    std::atomic<uint64_t> payload_total{0};
+    std::atomic<uint64_t> payload_sent{0};
+    std::atomic<bool> stream_open{false};
+    std::mutex drop_mu;
+    std::string drop_reason;
+    Clock::time_point started = Clock::now();
+
+    std::string what() const {
+        return "image '" + report.image + "' version " + std::to_string(report.version) + " to replica " +
+               (report.peer.empty() ? target.text() : report.peer);
+    }
+    void set_state(State s) { state.store(static_cast<int>(s)); }
+
+    // Records the failure (first one wins) and, when we detected it, tells the replica.
+    void fail(const Status& s, ErrorCode code, bool tell_peer) {
+        if (report.status.is_ok()) {
+            report.status = Status::error(s.code() ? s.code() : EIO, what() + ": " + s.message());
+            report.code = static_cast<uint16_t>(code);
+        }
+        if (tell_peer && stream.is_open()) {
+            Error e;
+            e.code = static_cast<uint16_t>(code == ErrorCode::ok ? ErrorCode::internal : code);
+            e.message = clamp_message(report.status.message());
+            (void)send_message(stream, e);
+        }
+        stream.close();
+        set_state(State::failed);
+    }
+
+    // Reads the next frame, expecting M; an ERROR from the replica becomes the failure.
+    template <typename M>
+    Result<M> expect(std::string_view waiting_for) {
+        auto f = read_frame(stream, decoder, waiting_for);
+        if (!f) return f.status();
+        if (f->type == FrameType::error) {
+            auto e = Error::decode(f->payload);
+            if (!e) return e.status();
+            remote_code = e->code;
+            return Status::error(EREMOTEIO, "replica reported " + error_code_name(e->code) + ": " + e->message);
+        }
+        if (f->type != M::kType) {
+            protocol_violation = true;
+            return Status::error(EPROTO, std::string("expected ") + frame_type_name(M::kType) + ", got " +
+                                             frame_type_name(f->type));
+        }
+        auto m = M::decode(f->payload);
+        if (!m) protocol_violation = true;
+        return m;
+    }
+    // The failure after expect() failed: the replica's code, or protocol/io on our side.
+    void fail_after_read(const Status& s) {
+        if (remote_code) fail(s, static_cast<ErrorCode>(remote_code), false);
+        else if (protocol_violation || s.code() == EPROTO || s.code() == EBADMSG || s.code() == EMSGSIZE)
+            fail(s, ErrorCode::protocol, true);
+        else fail(s, ErrorCode::io_error, false);
+    }
+    uint16_t remote_code = 0;
+    bool protocol_violation = false;
+    uint32_t receiver_caps = 0;
+
+    // After a failed write: the replica usually said why in an ERROR before it
+    // closed (it drains our frames for a moment so that we can read it).
+    Status reason_for_write_failure(const Status& w) {
+        stream.set_io_timeout(std::chrono::milliseconds(2000));
+        auto e = expect<Error>("ERROR");
+        return remote_code ? e.status() : w;
+    }
+};
+
+// The replicas that need the same diff (same base), and its reader.
+struct Group {
+    uint64_t base = 0;
+    std::vector<Session*> sessions;
+    std::vector<PlannedChange> plan;
+    uint64_t start_seq = 0;
+    uint64_t start_chain = 0;
+    std::unique_ptr<FrameWindow> window;
+    std::atomic<uint64_t> bytes_read{0};
+};
+
+struct PushContext {
+    explicit PushContext(const PushOptions& o) : opt(o), limiter(o.bandwidth_limit) {}
+    const PushOptions& opt;
+    fs::path version_dir;
+    TreeManifest manifest;
+    Offer offer;
+    RateLimiter limiter;
+    std::string node_name;
+};
+
+std::string host_name() {
+    char buf[256] = {};
+    if (::gethostname(buf, sizeof buf - 1) != 0 || !buf[0]) return "master";
+    std::string n;
+    for (char c : std::string(buf))
+        if (c > 0x20 && c < 0x7f) n += c;
+    return n.empty() ? "master" : n.substr(0, kMaxNodeName);
+}
+
+// Handshake and negotiation (sections 3, 4.1, 4.2).
+void negotiate(PushContext& ctx, Session& s) {
+    auto st = connect(s.target.host, s.target.port, ctx.opt.tls);
+    if (!st) return s.fail(st.status(), ErrorCode::io_error, false);
+    s.stream = std::move(st.value());
+    s.stream_open = true;
+    s.report.peer = s.stream.peer().describe();
+    s.set_state(State::negotiating);
+
+    Hello ours;
+    ours.role = Role::sender;
+    ours.capabilities = 0;  // a sender decompresses nothing
+    ours.node_name = ctx.node_name;
+    if (Status w = send_message(s.stream, ours); !w) return s.fail(w, ErrorCode::io_error, false);
+    auto theirs = s.expect<Hello>("HELLO");
+    if (!theirs) return s.fail_after_read(theirs.status());
+    if (theirs->role != Role::receiver)
+        return s.fail(Status::error(EPROTO, "the peer's HELLO does not have the receiver role"), ErrorCode::protocol,
+                      true);
+    auto v = negotiate_version(ours, *theirs);
+    if (!v || theirs->min_version != theirs->max_version)
+        return s.fail(v ? Status::error(EPROTO, "the replica's HELLO does not pick one version") : v.status(),
+                      v ? ErrorCode::protocol : ErrorCode::unsupported_version, true);
+    s.report.peer = theirs->node_name + " (" + s.stream.peer().address + ")";
+    s.receiver_caps = theirs->capabilities;
+
+    if (Status w = send_message(s.stream, ctx.offer); !w) return s.fail(w, ErrorCode::io_error, false);
+    auto need = s.expect<Need>("NEED");
+    if (!need) return s.fail_after_read(need.status());
+    if (Status c = need->check_against(ctx.offer); !c) return s.fail(c, ErrorCode::protocol, true);
+    s.need = *need;
+    s.report.kind = need->kind;
+    s.report.base = need->base;
+    s.report.resume_seq = need->resume_seq;
+}
+
+// Reads and encodes the change frames of a group, once, into its window.
+void run_reader(PushContext& ctx, Group& g) {
+    ChangeChain chain(g.start_seq, g.start_chain);
+    // Compress only with an algorithm every replica of the group can decompress.
+    Compression alg = ctx.opt.compression;
+    for (Session* s : g.sessions)
+        if ((s->receiver_caps & capability_bit(alg)) != capability_bit(alg)) alg = Compression::none;
+    std::optional<Compressor> comp;
+    if (alg != Compression::none) {
+        auto c = Compressor::create(alg, ctx.opt.compression_level);
+        if (!c) return g.window->finish(c.status());
+        comp.emplace(std::move(c.value()));
+    }
+    auto drop = [&](size_t i) {
+        Session* s = g.sessions[i];
+        {
+            std::lock_guard lk(s->drop_mu);
+            s->drop_reason = "dropped from this push: it kept the shared window of " +
+                             std::to_string(ctx.opt.window_bytes) + " bytes full for more than " +
+                             std::to_string(ctx.opt.max_stall.count()) +
+                             " ms (the others go on; it resumes from its last checkpoint on the next push)";
+        }
+        s->stream.interrupt();
+    };
+
+    std::optional<ChildFileReader> reader;
+    uint64_t reader_counted = 0;
+    Bytes raw, packed;
+    Status status;
+    for (uint64_t seq = g.start_seq + 1; seq <= g.plan.size(); ++seq) {
+        const PlannedChange& pc = g.plan[seq - 1];
+        auto item = std::make_shared<EncodedChange>();
+        item->seq = seq;
+        Result<Bytes> frame = Bytes();
+        Status added;
+        switch (pc.type) {
+        case FrameType::del: {
+            Delete m{seq, pc.path};
+            frame = make_frame(m);
+            if (frame) added = chain.add(m);
+            break;
+        }
+        case FrameType::truncate: {
+            Truncate m{seq, pc.length, pc.path};
+            frame = make_frame(m);
+            if (frame) added = chain.add(m);
+            break;
+        }
+        case FrameType::hole: {
+            Hole m{seq, pc.offset, pc.length, pc.path};
+            frame = make_frame(m);
+            if (frame) added = chain.add(m);
+            break;
+        }
+        case FrameType::file: {
+            FileEntry m{seq, pc.path, pc.attrs};
+            frame = make_frame(m);
+            if (frame) added = chain.add(m);
+            break;
+        }
+        case FrameType::data: {
+            if (!reader || reader->path() != (ctx.version_dir.string() + "/" + pc.path)) {
+                if (reader) reader_counted = 0;
+                auto r = ChildFileReader::open(ctx.version_dir, pc.path);
+                if (!r) {
+                    frame = r.status();
+                    break;
+                }
+                reader.emplace(std::move(r.value()));
+            }
+            raw.resize(pc.length);
+            if (Status rs = reader->read_at(pc.offset, raw); !rs) {
+                frame = rs;
+                break;
+            }
+            g.bytes_read += reader->bytes_read() - reader_counted;
+            reader_counted = reader->bytes_read();
+            Data m;
+            m.seq = seq;
+            m.offset = pc.offset;
+            m.length = static_cast<uint32_t>(pc.length);
+            m.path = pc.path;
+            m.bytes = raw;
+            if (comp) {
+                auto paid = comp->compress(raw, packed);
+                if (!paid) {
+                    frame = paid.status();
+                    break;
+                }
+                if (*paid) {
+                    m.compression = alg;
+                    m.bytes = packed;
+                }
+            }
+            frame = make_frame(m);
+            if (frame) added = chain.add(m, xxh3_64(raw.data(), raw.size()));
+            item->data_bytes = pc.length;
+            break;
+        }
+        default: frame = Status::error(EINVAL, "internal: bad planned frame type");
+        }
+        if (!frame) {
+            status = frame.status();
+            break;
+        }
+        if (!added) {
+            status = added;
+            break;
+        }
+        item->chain_after = chain.value();
+        item->frame = std::move(frame.value());
+        if (!g.window->put(std::move(item), ctx.opt.max_stall, drop)) break;  // nobody left to send to
+    }
+    g.window->finish(std::move(status));
+}
+
+// Streams the group's window to one replica, then END and RESULT (4.3-4.5).
+void run_writer(PushContext& ctx, Session& s) {
+    Group& g = *s.group;
+    s.set_state(State::streaming);
+    const uint64_t n = g.plan.size();
+    uint64_t last_seq = s.need.resume_seq, last_chain = s.need.resume_chain;
+    std::optional<std::pair<uint64_t, uint64_t>> pending;  // outstanding checkpoint: seq, expected chain
+    uint64_t since_checkpoint = 0;
+
+    auto read_ack = [&]() -> Status {
+        auto ack = s.expect<CheckpointAck>("CHECKPOINT_ACK");
+        if (!ack) return ack.status();
+        if (ack->seq != pending->first) {
+            s.protocol_violation = true;
+            return Status::error(EPROTO, "CHECKPOINT_ACK for seq " + std::to_string(ack->seq) + ", expected " +
+                                             std::to_string(pending->first));
+        }
+        if (ack->chain != pending->second) {
+            s.remote_code = 0;
+            return Status::error(EBADMSG, "checkpoint at change " + std::to_string(ack->seq) +
+                                              ": the replica's change chain differs from ours");
+        }
+        pending.reset();
+        return Status::ok();
+    };
+    auto fail_stream = [&](const Status& st) {
+        g.window->leave(s.consumer);
+        if (st.code() == EBADMSG && !s.remote_code && !s.protocol_violation)
+            return s.fail(st, ErrorCode::digest_mismatch, true);
+        s.fail_after_read(st);
+    };
+
+    for (uint64_t idx = 0;; ++idx) {
+        ChangePtr item = g.window->get(s.consumer, idx);
+        if (!item) break;
+        if (item->seq <= s.need.resume_seq) continue;
+        ctx.limiter.acquire(item->frame.size());
+        if (Status w = write_frame_bytes(s.stream, item->frame); !w) {
+            g.window->leave(s.consumer);
+            std::string why;
+            {
+                std::lock_guard lk(s.drop_mu);
+                why = s.drop_reason;
+            }
+            s.report.dropped = true;
+            if (!why.empty()) return s.fail(Status::error(ETIMEDOUT, why), ErrorCode::cancelled, false);
+            Status reason = s.reason_for_write_failure(w);
+            if (s.remote_code) return s.fail(reason, static_cast<ErrorCode>(s.remote_code), false);
+            return s.fail(reason, ErrorCode::io_error, false);
+        }
+        ++s.report.changes_sent;
+        s.report.frame_bytes += item->frame.size();
+        s.report.payload_bytes += item->data_bytes;
+        s.payload_sent += item->data_bytes;
+        last_seq = item->seq;
+        last_chain = item->chain_after;
+        since_checkpoint += item->frame.size();
+        if (since_checkpoint >= ctx.opt.checkpoint_interval) {
+            if (pending)
+                if (Status a = read_ack(); !a) return fail_stream(a);
+            if (Status w = send_message(s.stream, Checkpoint{last_seq}); !w) return fail_stream(s.reason_for_write_failure(w));
+            pending = std::make_pair(last_seq, last_chain);
+            since_checkpoint = 0;
+        }
+    }
+    g.window->leave(s.consumer);
+    if (g.window->dropped(s.consumer)) {
+        std::lock_guard lk(s.drop_mu);
+        s.report.dropped = true;
+        return s.fail(Status::error(ETIMEDOUT, s.drop_reason), ErrorCode::cancelled, true);
+    }
+    if (Status rs = g.window->reader_status(); !rs) {
+        ErrorCode code = error_code_for(rs);
+        if (code == ErrorCode::bad_name && rs.code() != EINVAL) code = ErrorCode::io_error;
+        return s.fail(Status::error(rs.code(), "reading the source: " + rs.message()), code, true);
+    }
+    if (last_seq != n) {
+        return s.fail(Status::error(EIO, "internal: the stream ended at change " + std::to_string(last_seq) +
+                                             " of " + std::to_string(n)),
+                      ErrorCode::internal, true);
+    }
+    s.set_state(State::finishing);
+    if (pending)
+        if (Status a = read_ack(); !a) return fail_stream(a);
+    End end;
+    end.change_count = n;
+    end.chain = last_chain;
+    end.entry_count = ctx.manifest.entry_count;
+    end.manifest_hash = ctx.manifest.hash;
+    end.digest = version_digest(ctx.opt.version, g.base, n, last_chain, ctx.manifest.entry_count, ctx.manifest.hash);
+    if (Status w = send_message(s.stream, end); !w) return fail_stream(s.reason_for_write_failure(w));
+    auto result = s.expect<PushResult>("RESULT");
+    if (!result) return s.fail_after_read(result.status());
+    if (!result->ok()) {
+        s.remote_code = result->code;
+        return s.fail(Status::error(EREMOTEIO, "replica reported " + error_code_name(result->code) + ": " +
+                                                   result->message),
+                      static_cast<ErrorCode>(result->code), false);
+    }
+    (void)s.stream.shutdown();
+    s.set_state(State::done);
+}
+
+std::vector<ReplicaProgress> snapshot_progress(const std::vector<std::unique_ptr<Session>>& sessions) {
+    std::vector<ReplicaProgress> out;
+    for (const auto& s : sessions) {
+        ReplicaProgress p;
+        p.peer = s->target.text();
+        p.state = state_name(static_cast<State>(s->state.load()));
+        p.payload_total = s->payload_total;
+        p.payload_sent = s->payload_sent;
+        if (s->stream_open) p.wire_sent = s->stream.counters().wire_sent;
+        double secs = seconds_since(s->started);
+        if (secs > 0) p.rate_bytes_per_s = p.wire_sent / secs;
+        double payload_rate = secs > 0 ? p.payload_sent / secs : 0;
+        if (p.payload_sent >= p.payload_total) p.eta_seconds = 0;
+        else if (payload_rate > 0) p.eta_seconds = (p.payload_total - p.payload_sent) / payload_rate;
+        out.push_back(std::move(p));
+    }
+    return out;
+}
+
+}  // namespace
+
+// ---- public helpers ----
+
+Result<TreeManifest> manifest_of_tree(int dir_fd, std::string_view what) {
+    std::vector<WalkEntry> entries;
+    if (Status s = walk_tree(dir_fd, "", what, entries); !s) return s;
+    std::sort(entries.begin(), entries.end(), [](const WalkEntry& a, const WalkEntry& b) { return a.path < b.path; });
+    ManifestHasher h;
+    TreeManifest m;
+    for (const auto& e : entries) {
+        if (Status s = h.add(e.path, e.attrs); !s) return Status::error(s.code(), std::string(what) + ": " + s.message());
+        if (e.attrs.type == EntryType::regular) m.total_size += e.attrs.size;
+    }
+    m.entry_count = h.count();
+    m.hash = h.value();
+    return m;
+}
+
+std::string HostPort::text() const {
+    return (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
+Result<HostPort> parse_host_port(std::string_view text) {
+    auto bad = [&](const char* why) {
+        return Status::error(EINVAL, "'" + std::string(text) + "' is not HOST:PORT (" + why + ")");
+    };
+    HostPort hp;
+    std::string_view port;
+    if (!text.empty() && text.front() == '[') {
+        auto close = text.find(']');
+        if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':')
+            return bad("an IPv6 address goes in brackets: [::1]:7000");
+        hp.host = std::string(text.substr(1, close - 1));
+        port = text.substr(close + 2);
+    } else {
+        auto colon = text.rfind(':');
+        if (colon == std::string_view::npos) return bad("no port");
+        hp.host = std::string(text.substr(0, colon));
+        port = text.substr(colon + 1);
+        if (hp.host.find(':') != std::string::npos) return bad("an IPv6 address goes in brackets: [::1]:7000");
+    }
+    if (port.empty() || port.size() > 5 || !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; }))
+        return bad("the port is not a number");
+    unsigned long p = std::stoul(std::string(port));
+    if (p > 65535) return bad("the port is above 65535");
+    hp.port = static_cast<uint16_t>(p);
+    return hp;
+}
+
+Result<std::vector<PlannedChange>> plan_change_stream(const SnapshotDiff& diff, const fs::path& child) {
+    std::vector<const FileChange*> deletions, content;
+    std::map<std::string, EntryAttrs> dirs;
+    std::set<std::string> touched_parents;  // directories that gain or lose a child
+    for (const auto& c : diff.changes) {
+        if (c.kind == ChangeKind::deleted) {
+            deletions.push_back(&c);
+            touched_parents.insert(parent_of(c.path));
+            continue;
+        }
+        if (c.kind == ChangeKind::added) touched_parents.insert(parent_of(c.path));
+        if (c.attrs.type == EntryType::directory) {
+            EntryAttrs a = c.attrs;
+            a.size = 0;
+            a.symlink_target.clear();
+            dirs[c.path] = a;
+        } else {
+            content.push_back(&c);
+        }
+    }
+    UniqueFd root(::open(child.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!root.valid()) return Status::from_errno(errno, "version '" + child.string() + "'");
+    for (const auto& p : touched_parents) {
+        if (p.empty() || dirs.count(p)) continue;
+        auto fd = open_beneath(root.get(), p, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+        if (!fd) continue;  // gone in the new version (a deleted tree): nothing to set
+        struct ::stat st;
+        if (::fstat(fd->get(), &st) != 0) return Status::from_errno(errno, "version '" + child.string() + "': " + p);
+        auto a = entry_attrs_from_stat(p, st);
+        if (!a) return a.status();
+        dirs[p] = *a;
+    }
+    auto by_path = [](const FileChange* a, const FileChange* b) { return a->path < b->path; };
+    std::sort(deletions.begin(), deletions.end(), [](const FileChange* a, const FileChange* b) { return a->path > b->path; });
+    std::sort(content.begin(), content.end(), by_path);
+
+    std::vector<PlannedChange> plan;
+    for (const FileChange* c : deletions) plan.push_back(PlannedChange{FrameType::del, c->path, 0, 0, {}});
+    for (const FileChange* c : content) {
+        if (c->attrs.type == EntryType::regular) {
+            if (c->kind == ChangeKind::added || (c->changed & kChangedSize))
+                plan.push_back(PlannedChange{FrameType::truncate, c->path, 0, c->attrs.size, {}});
+            // DATA cut at every multiple of the chunk size, merged with HOLEs by offset.
+            std::vector<PlannedChange> pieces;
+            for (const auto& r : c->data) {
+                for (uint64_t p = r.offset; p < r.end();) {
+                    uint64_t q = std::min(r.end(), (p / kChunkSize + 1) * kChunkSize);
+                    pieces.push_back(PlannedChange{FrameType::data, c->path, p, q - p, {}});
+                    p = q;
+                }
+            }
+            for (const auto& h : c->holes) pieces.push_back(PlannedChange{FrameType::hole, c->path, h.offset, h.length, {}});
+            std::stable_sort(pieces.begin(), pieces.end(),
+                             [](const PlannedChange& a, const PlannedChange& b) { return a.offset < b.offset; });
+            for (auto& p : pieces) plan.push_back(std::move(p));
+        }
+        plan.push_back(PlannedChange{FrameType::file, c->path, 0, 0, c->attrs});
+    }
+    for (auto it = dirs.rbegin(); it != dirs.rend(); ++it)
+        plan.push_back(PlannedChange{FrameType::file, it->first, 0, 0, it->second});
+    return plan;
+}
+
+bool PushReport::all_ok() const {
+    return std::all_of(replicas.begin(), replicas.end(), [](const ReplicaReport& r) { return r.ok(); });
+}
+
+Result<PushReport> push(const PushOptions& opt) {
+    const auto started = Clock::now();
+    const std::string what = "image '" + opt.image + "' version " + std::to_string(opt.version);
+    if (Status s = validate_image_name(opt.image); !s) return s;
+    if (opt.targets.empty()) return Status::error(EINVAL, what + ": no replica to push to");
+    auto repo = Repository::open(opt.root);
+    if (!repo) return repo.status();
+    auto vdir = repo->version_path(opt.image, opt.version);
+    if (!vdir) return Status::error(vdir.status().code(), what + ": " + vdir.status().message());
+    auto held = repo->list_versions(opt.image);
+    if (!held) return held.status();
+
+    PushContext ctx(opt);
+    ctx.version_dir = *vdir;
+    ctx.node_name = opt.node_name.empty() ? host_name() : opt.node_name;
+    if (Status s = validate_node_name(ctx.node_name); !s) return s;
+    {
+        UniqueFd root(::open(vdir->c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+        if (!root.valid()) return Status::from_errno(errno, what + ": open '" + vdir->string() + "'");
+        auto m = manifest_of_tree(root.get(), what);
+        if (!m) return m.status();
+        ctx.manifest = *m;
+    }
+    ctx.offer.version = opt.version;
+    ctx.offer.total_size = ctx.manifest.total_size;
+    ctx.offer.entry_count = ctx.manifest.entry_count;
+    ctx.offer.held = *held;
+    ctx.offer.image = opt.image;
+    if (Status s = ctx.offer.validate(); !s) return s;
+
+    std::vector<std::unique_ptr<Session>> sessions;
+    for (const auto& t : opt.targets) {
+        auto s = std::make_unique<Session>();
+        s->target = t;
+        s->report.target = t.text();
+        s->report.image = opt.image;
+        s->report.version = opt.version;
+        sessions.push_back(std::move(s));
+    }
+
+    std::atomic<bool> all_done{false};
+    std::jthread progress;
+    if (opt.on_progress) {
+        progress = std::jthread([&] {
+            while (!all_done.load()) {
+                opt.on_progress(snapshot_progress(sessions));
+                for (int i = 0; i < 20 && !all_done.load(); ++i)
+                    std::this_thread::sleep_for(opt.progress_interval / 20);
+            }
+        });
+    }
+
+    // 1. Handshake and negotiation, all replicas in parallel.
+    {
+        std::vector<std::jthread> threads;
+        for (auto& s : sessions) threads.emplace_back([&ctx, &s] { negotiate(ctx, *s); });
+    }
+
+    // 2. One diff per distinct base.
+    std::map<uint64_t, std::unique_ptr<Group>> groups;
+    for (auto& s : sessions) {
+        if (!s->report.status.is_ok()) continue;
+        if (s->need.kind == NeedKind::nothing) {
+            (void)s->stream.shutdown();
+            s->set_state(State::done);
+            continue;
+        }
+        auto& g = groups[s->need.base];
+        if (!g) {
+            g = std::make_unique<Group>();
+            g->base = s->need.base;
+        }
+        g->sessions.push_back(s.get());
+    }
+    std::vector<std::jthread> threads;
+    for (auto& [base, g] : groups) {
+        std::optional<fs::path> base_dir;
+        Status gs;
+        if (base) {
+            auto b = repo->version_path(opt.image, base);
+            if (!b) gs = Status::error(ENOENT, "the base version " + std::to_string(base) + " is not held any more");
+            else base_dir = *b;
+        }
+        if (gs) {
+            auto d = diff_versions(base_dir, *vdir, opt.diff);
+            if (!d) gs = d.status();
+            else {
+                auto p = plan_change_stream(*d, *vdir);
+                if (!p) gs = p.status();
+                else g->plan = std::move(p.value());
+            }
+        }
+        if (!gs) {
+            ErrorCode code = base_dir || !base ? error_code_for(gs) : ErrorCode::unknown_base;
+            if (code == ErrorCode::bad_name && gs.code() != EINVAL) code = ErrorCode::io_error;
+            if (gs.code() == ENOTSUP) code = ErrorCode::bad_name;
+            for (Session* s : g->sessions) s->fail(gs, code, true);
+            g->sessions.clear();
+            continue;
+        }
+        // Each replica may resume at its own point; the reader starts at the earliest.
+        std::vector<Session*> ok;
+        for (Session* s : g->sessions) {
+            if (s->need.resume_seq > g->plan.size()) {
+                s->fail(Status::error(EPROTO, "NEED resumes after change " + std::to_string(s->need.resume_seq) +
+                                                  " but the stream has " + std::to_string(g->plan.size())),
+                        ErrorCode::protocol, true);
+                continue;
+            }
+            ok.push_back(s);
+        }
+        g->sessions = ok;
+        if (ok.empty()) continue;
+        Session* first = *std::min_element(ok.begin(), ok.end(), [](Session* a, Session* b) {
+            return a->need.resume_seq < b->need.resume_seq;
+        });
+        g->start_seq = first->need.resume_seq;
+        g->start_chain = first->need.resume_chain;
+        g->window = std::make_unique<FrameWindow>(opt.window_bytes, ok.size());
+        for (size_t i = 0; i < ok.size(); ++i) {
+            ok[i]->group = g.get();
+            ok[i]->consumer = i;
+            ok[i]->report.change_count = g->plan.size();
+            uint64_t total = 0;
+            for (uint64_t q = ok[i]->need.resume_seq; q < g->plan.size(); ++q)
+                if (g->plan[q].type == FrameType::data) total += g->plan[q].length;
+            ok[i]->payload_total = total;
+        }
+    }
+    // 3. Readers and writers.
+    for (auto& [base, g] : groups) {
+        if (g->sessions.empty()) continue;
+        Group* gp = g.get();
+        threads.emplace_back([&ctx, gp] { run_reader(ctx, *gp); });
+        for (Session* s : g->sessions) threads.emplace_back([&ctx, s] { run_writer(ctx, *s); });
+    }
+    threads.clear();  // joins
+    all_done = true;
+    if (progress.joinable()) progress.join();
+    if (opt.on_progress) opt.on_progress(snapshot_progress(sessions));
+
+    PushReport report;
+    for (auto& [base, g] : groups) report.source_bytes_read += g->bytes_read;
+    for (auto& s : sessions) {
+        if (s->stream_open) {
+            auto c = s->stream.counters();
+            s->report.wire_bytes_sent = c.wire_sent;
+            s->report.wire_bytes_received = c.wire_received;
+        }
+        if (s->group) {
+            s->report.source_bytes_read = s->group->bytes_read;
+            s->report.replicas_sharing_read = s->group->sessions.size();
+        }
+        s->report.seconds = seconds_since(s->started);
+        s->stream.close();
+        report.replicas.push_back(std::move(s->report));
+    }
+    report.seconds = seconds_since(started);
+    return report;
+}
+
+}  // namespace icbd::repl

@@ -1,0 +1,406 @@
+// icbd-replicate: the operator's tool for image versions: `serve` (replica side),
+// `push` (master side, to one or more replicas), `commit` and `list`.
+// Exit codes: 0 ok, 1 a replica or the operation failed, 2 usage error.
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "icbd/log.hpp"
+#include "icbd/replicator/image_path.hpp"
+#include "icbd/replicator/receiver.hpp"
+#include "icbd/replicator/repository.hpp"
+#include "icbd/replicator/sender.hpp"
+
+namespace {
+
+using namespace icbd;
+using namespace icbd::repl;
+
+constexpr int kExitOk = 0, kExitFailed = 1, kExitUsage = 2;
+
+const char* kUsage =
+    "usage:\n"
+    "  icbd-replicate serve --root DIR --listen HOST:PORT --ca F --cert F --key F\n"
+    "                       [--allow-peer NAME]... [--name NODE] [--insecure-plaintext] [--once]\n"
+    "  icbd-replicate push --root DIR --image NAME --version N --to HOST:PORT [--to ...]\n"
+    "                      --ca F --cert F --key F [--allow-peer NAME]... [--name NODE]\n"
+    "                      [--compress zstd|lz4|none] [--bwlimit RATE] [--checkpoint-interval BYTES]\n"
+    "                      [--json] [--insecure-plaintext]\n"
+    "  icbd-replicate commit --root DIR --image NAME --version N --from DIR\n"
+    "  icbd-replicate list --root DIR [--json]\n"
+    "RATE: bytes per second with an optional K, M or G suffix (powers of 1024).\n";
+
+struct UsageError {
+    std::string message;
+};
+
+// Options of one command: --flag VALUE (repeatable where noted) and switches.
+class Args {
+public:
+    Args(int argc, char** argv, int first, const std::vector<std::string>& with_value,
+         const std::vector<std::string>& switches) {
+        for (int i = first; i < argc; ++i) {
+            std::string a = argv[i];
+            std::string value;
+            bool inline_value = false;
+            if (auto eq = a.find('='); a.rfind("--", 0) == 0 && eq != std::string::npos) {
+                value = a.substr(eq + 1);
+                a = a.substr(0, eq);
+                inline_value = true;
+            }
+            if (std::find(with_value.begin(), with_value.end(), a) != with_value.end()) {
+                if (!inline_value) {
+                    if (i + 1 >= argc) throw UsageError{"option " + a + " needs a value"};
+                    value = argv[++i];
+                }
+                values_[a].push_back(value);
+            } else if (std::find(switches.begin(), switches.end(), a) != switches.end() && !inline_value) {
+                switches_.insert(a);
+            } else {
+                throw UsageError{"unknown option '" + std::string(argv[i]) + "'"};
+            }
+        }
+    }
+    std::optional<std::string> get(const std::string& k) const {
+        auto it = values_.find(k);
+        if (it == values_.end()) return std::nullopt;
+        if (it->second.size() > 1) throw UsageError{"option " + k + " given more than once"};
+        return it->second.front();
+    }
+    std::string need(const std::string& k) const {
+        auto v = get(k);
+        if (!v || v->empty()) throw UsageError{"option " + k + " is required"};
+        return *v;
+    }
+    std::vector<std::string> all(const std::string& k) const {
+        auto it = values_.find(k);
+        return it == values_.end() ? std::vector<std::string>{} : it->second;
+    }
+    bool has(const std::string& k) const { return switches_.count(k) > 0; }
+
+private:
+    std::map<std::string, std::vector<std::string>> values_;
+    std::set<std::string> switches_;
+};
+
+uint64_t parse_version_arg(const std::string& s) {
+    auto v = parse_version(s);
+    if (!v) throw UsageError{"--version '" + s + "' is not a version number (1, 2, ...)"};
+    return *v;
+}
+
+uint64_t parse_rate(const std::string& s) {
+    size_t i = 0;
+    while (i < s.size() && std::isdigit(static_cast<unsigned char>(s[i]))) ++i;
+    if (i == 0 || i > 15) throw UsageError{"--bwlimit '" + s + "' is not a rate (e.g. 50M)"};
+    uint64_t v = std::stoull(s.substr(0, i));
+    std::string unit = s.substr(i);
+    if (unit == "" || unit == "B") return v;
+    if (unit == "K" || unit == "k" || unit == "KiB") return v << 10;
+    if (unit == "M" || unit == "MiB") return v << 20;
+    if (unit == "G" || unit == "GiB") return v << 30;
+    throw UsageError{"--bwlimit '" + s + "': unknown unit '" + unit + "' (K, M or G)"};
+}
+
+TlsConfig tls_from(const Args& a) {
+    TlsConfig t;
+    t.insecure_plaintext = a.has("--insecure-plaintext");
+    if (!t.insecure_plaintext) {
+        t.ca_file = a.need("--ca");
+        t.cert_file = a.need("--cert");
+        t.key_file = a.need("--key");
+    } else {
+        t.ca_file = a.get("--ca").value_or("");
+        t.cert_file = a.get("--cert").value_or("");
+        t.key_file = a.get("--key").value_or("");
+    }
+    t.allowed_peer_names = a.all("--allow-peer");
+    return t;
+}
+
+std::string json_escape(std::string_view s) {
+    std::string o;
+    for (char c : s) {
+        switch (c) {
+        case '"': o += "\\\""; break;
+        case '\\': o += "\\\\"; break;
+        case '\n': o += "\\n"; break;
+        default:
+            if (static_cast<unsigned char>(c) < 0x20) {
+                char b[8];
+                std::snprintf(b, sizeof b, "\\u%04x", c);
+                o += b;
+            } else {
+                o += c;
+            }
+        }
+    }
+    return o;
+}
+
+std::string human_bytes(double b) {
+    const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int u = 0;
+    while (b >= 1024 && u < 4) {
+        b /= 1024;
+        ++u;
+    }
+    char buf[32];
+    std::snprintf(buf, sizeof buf, u ? "%.1f %s" : "%.0f %s", b, units[u]);
+    return buf;
+}
+
+const char* kind_name(std::optional<NeedKind> k) {
+    if (!k) return "none";
+    switch (*k) {
+    case NeedKind::nothing: return "nothing";
+    case NeedKind::incremental: return "incremental";
+    case NeedKind::full: return "full";
+    }
+    return "?";
+}
+
+// ---- serve ----
+
+int cmd_serve(int argc, char** argv) {
+    Args a(argc, argv, 2, {"--root", "--listen", "--ca", "--cert", "--key", "--allow-peer", "--name"},
+           {"--insecure-plaintext", "--once"});
+    std::string root = a.need("--root");
+    auto hp = parse_host_port(a.need("--listen"));
+    if (!hp) throw UsageError{"--listen: " + hp.status().message()};
+    TlsConfig tls = tls_from(a);
+
+    auto repo = Repository::open(root);
+    if (!repo) {
+        std::fprintf(stderr, "icbd-replicate serve: %s\n", repo.status().message().c_str());
+        return kExitFailed;
+    }
+    auto listener = Listener::bind(hp->host, hp->port, tls);
+    if (!listener) {
+        std::fprintf(stderr, "icbd-replicate serve: %s\n", listener.status().message().c_str());
+        return kExitFailed;
+    }
+    ReceiverOptions ro;
+    ro.root = root;
+    ro.node_name = a.get("--name").value_or("");
+    bool any_failed = false;
+    std::mutex mu;
+    ro.on_report = [&](const ReceiveReport& r) {
+        std::lock_guard lk(mu);
+        if (!r.status) any_failed = true;
+    };
+    Receiver rx(ro);
+    // SIGINT/SIGTERM stop the server from a thread that waits for them (no
+    // work in a signal handler); sessions under way keep their staging.
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGUSR1);  // our own wake-up when serve() ends first
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);
+    std::jthread signals([&rx, set] {
+        int sig = 0;
+        if (sigwait(&set, &sig) == 0 && sig != SIGUSR1) rx.stop();
+    });
+    std::printf("listening on %s\n", listener->address().c_str());
+    std::fflush(stdout);
+    Status s = rx.serve(*listener, a.has("--once"));
+    pthread_kill(signals.native_handle(), SIGUSR1);
+    if (!s) std::fprintf(stderr, "icbd-replicate serve: %s\n", s.message().c_str());
+    return any_failed ? kExitFailed : kExitOk;
+}
+
+// ---- push ----
+
+int cmd_push(int argc, char** argv) {
+    Args a(argc, argv, 2,
+           {"--root", "--image", "--version", "--to", "--ca", "--cert", "--key", "--allow-peer", "--compress",
+            "--bwlimit", "--name", "--checkpoint-interval"},
+           {"--json", "--insecure-plaintext"});
+    PushOptions o;
+    o.root = a.need("--root");
+    o.image = a.need("--image");
+    if (Status s = validate_image_name(o.image); !s) throw UsageError{"--image: " + s.message()};
+    o.version = parse_version_arg(a.need("--version"));
+    auto tos = a.all("--to");
+    if (tos.empty()) throw UsageError{"option --to is required (one per replica)"};
+    for (const auto& t : tos) {
+        auto hp = parse_host_port(t);
+        if (!hp) throw UsageError{"--to: " + hp.status().message()};
+        o.targets.push_back(*hp);
+    }
+    o.tls = tls_from(a);
+    o.node_name = a.get("--name").value_or("");
+    if (auto c = a.get("--compress")) {
+        auto alg = parse_compression(*c);
+        if (!alg) throw UsageError{"--compress: " + alg.status().message()};
+        o.compression = *alg;
+    }
+    if (auto r = a.get("--bwlimit")) o.bandwidth_limit = parse_rate(*r);
+    if (auto c = a.get("--checkpoint-interval")) o.checkpoint_interval = std::max<uint64_t>(parse_rate(*c), 1);
+    const bool json = a.has("--json");
+
+    const bool tty = ::isatty(2);
+    size_t last_len = 0;
+    if (tty) {
+        o.on_progress = [&](const std::vector<ReplicaProgress>& ps) {
+            std::string line;
+            for (const auto& p : ps) {
+                if (!line.empty()) line += " | ";
+                line += p.peer + " " + p.state + " " + human_bytes(p.payload_sent) + "/" + human_bytes(p.payload_total) +
+                        " " + human_bytes(p.rate_bytes_per_s) + "/s";
+                if (p.eta_seconds >= 0 && p.state == "streaming") line += " ETA " + std::to_string(int(p.eta_seconds + 0.5)) + "s";
+            }
+            std::string pad = line.size() < last_len ? std::string(last_len - line.size(), ' ') : "";
+            std::fprintf(stderr, "\r%s%s", line.c_str(), pad.c_str());
+            std::fflush(stderr);
+            last_len = line.size();
+        };
+    }
+    auto r = push(o);
+    if (tty) std::fprintf(stderr, "\n");
+    if (!r) {
+        std::fprintf(stderr, "icbd-replicate push: %s\n", r.status().message().c_str());
+        if (json)
+            std::printf("{\"ok\":false,\"error\":\"%s\",\"replicas\":[]}\n", json_escape(r.status().message()).c_str());
+        return kExitFailed;
+    }
+    for (const auto& rep : r->replicas) {
+        if (rep.ok())
+            std::fprintf(stderr, "image '%s' version %" PRIu64 " to %s: %s (%s from %" PRIu64 "), %s on the wire, %.2f s\n",
+                         rep.image.c_str(), rep.version, rep.peer.c_str(),
+                         rep.kind == NeedKind::nothing ? "already there" : "ok", kind_name(rep.kind), rep.base,
+                         human_bytes(double(rep.wire_bytes_sent)).c_str(), rep.seconds);
+        else std::fprintf(stderr, "icbd-replicate push: %s\n", rep.status.message().c_str());
+    }
+    if (json) {
+        std::ostringstream js;
+        js << "{\"ok\":" << (r->all_ok() ? "true" : "false") << ",\"image\":\"" << json_escape(o.image)
+           << "\",\"version\":" << o.version << ",\"source_bytes_read\":" << r->source_bytes_read
+           << ",\"seconds\":" << r->seconds << ",\"replicas\":[";
+        bool first = true;
+        for (const auto& rep : r->replicas) {
+            if (!first) js << ",";
+            first = false;
+            js << "{\"target\":\"" << json_escape(rep.target) << "\",\"peer\":\"" << json_escape(rep.peer)
+               << "\",\"image\":\"" << json_escape(rep.image) << "\",\"version\":" << rep.version
+               << ",\"base\":" << rep.base << ",\"kind\":\"" << kind_name(rep.kind) << "\",\"resume_seq\":"
+               << rep.resume_seq << ",\"changes\":" << rep.change_count << ",\"changes_sent\":" << rep.changes_sent
+               << ",\"wire_bytes\":" << rep.wire_bytes_sent << ",\"payload_bytes\":" << rep.payload_bytes
+               << ",\"frame_bytes\":" << rep.frame_bytes << ",\"source_bytes_read\":" << rep.source_bytes_read
+               << ",\"seconds\":" << rep.seconds << ",\"result\":\""
+               << (rep.ok() ? std::string("ok") : error_code_name(rep.code)) << "\"";
+            if (!rep.ok()) js << ",\"error\":\"" << json_escape(rep.status.message()) << "\"";
+            js << "}";
+        }
+        js << "]}\n";
+        std::fputs(js.str().c_str(), stdout);
+    }
+    return r->all_ok() ? kExitOk : kExitFailed;
+}
+
+// ---- commit, list ----
+
+int cmd_commit(int argc, char** argv) {
+    Args a(argc, argv, 2, {"--root", "--image", "--version", "--from"}, {});
+    std::string root = a.need("--root");
+    std::string image = a.need("--image");
+    if (Status s = validate_image_name(image); !s) throw UsageError{"--image: " + s.message()};
+    uint64_t version = parse_version_arg(a.need("--version"));
+    std::string from = a.need("--from");
+    auto repo = Repository::open(root);
+    Status s = repo ? repo->commit(image, version, from) : repo.status();
+    if (!s) {
+        std::fprintf(stderr, "icbd-replicate commit: %s\n", s.message().c_str());
+        return kExitFailed;
+    }
+    std::fprintf(stderr, "image '%s' version %" PRIu64 " committed from '%s'\n", image.c_str(), version, from.c_str());
+    return kExitOk;
+}
+
+int cmd_list(int argc, char** argv) {
+    Args a(argc, argv, 2, {"--root"}, {"--json"});
+    auto repo = Repository::open(a.need("--root"));
+    if (!repo) {
+        std::fprintf(stderr, "icbd-replicate list: %s\n", repo.status().message().c_str());
+        return kExitFailed;
+    }
+    auto images = repo->list_images();
+    if (!images) {
+        std::fprintf(stderr, "icbd-replicate list: %s\n", images.status().message().c_str());
+        return kExitFailed;
+    }
+    auto staging = repo->list_staging();
+    std::ostringstream js;
+    js << "{\"images\":[";
+    bool first = true;
+    for (const auto& img : *images) {
+        auto vs = repo->list_versions(img);
+        if (!vs) {
+            std::fprintf(stderr, "icbd-replicate list: %s\n", vs.status().message().c_str());
+            return kExitFailed;
+        }
+        if (!a.has("--json")) {
+            std::printf("%s:", img.c_str());
+            for (uint64_t v : *vs) std::printf(" %" PRIu64, v);
+            std::printf("\n");
+        }
+        if (!first) js << ",";
+        first = false;
+        js << "{\"image\":\"" << json_escape(img) << "\",\"versions\":[";
+        for (size_t i = 0; i < vs->size(); ++i) js << (i ? "," : "") << (*vs)[i];
+        js << "]}";
+    }
+    js << "],\"staging\":[";
+    if (staging) {
+        for (size_t i = 0; i < staging->size(); ++i) {
+            const auto& s = (*staging)[i];
+            js << (i ? "," : "") << "{\"image\":\"" << json_escape(s.image) << "\",\"version\":" << s.version
+               << ",\"base\":" << s.base << "}";
+            if (!a.has("--json"))
+                std::printf("staging: %s version %" PRIu64 " from %" PRIu64 "\n", s.image.c_str(), s.version, s.base);
+        }
+    }
+    js << "]}\n";
+    if (a.has("--json")) std::fputs(js.str().c_str(), stdout);
+    return kExitOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc < 2) {
+        std::fputs(kUsage, stderr);
+        return kExitUsage;
+    }
+    std::string cmd = argv[1];
+    try {
+        if (cmd == "serve") return cmd_serve(argc, argv);
+        if (cmd == "push") return cmd_push(argc, argv);
+        if (cmd == "commit") return cmd_commit(argc, argv);
+        if (cmd == "list") return cmd_list(argc, argv);
+        if (cmd == "-h" || cmd == "--help" || cmd == "help") {
+            std::fputs(kUsage, stdout);
+            return kExitOk;
+        }
+        throw UsageError{"unknown command '" + cmd + "'"};
+    } catch (const UsageError& e) {
+        std::fprintf(stderr, "icbd-replicate: %s\n%s", e.message.c_str(), kUsage);
+        return kExitUsage;
+    }
+}

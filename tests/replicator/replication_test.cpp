@@ -1,0 +1,941 @@
+// Replication end to end: a master repository on real BTRFS pushes versions over
+// mutual TLS on 127.0.0.1 to replicas on BTRFS and ext4 (receivers in-process,
+// and the icbd-replicate tool as a child): full, incremental, catch-up,
+// already-there, reads of unchanged data, fan-out, resume after cuts, bad input
+// from a hand-made sender, a foreign CA, and a full replica disk.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
+#include <iostream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "../integration/integration_test.hpp"
+#include "icbd/replicator/receiver.hpp"
+#include "icbd/replicator/repository.hpp"
+#include "icbd/replicator/sender.hpp"
+#include "icbd/replicator/transport.hpp"
+#include "icbd/replicator/wire_format.hpp"
+#include "loop_fs.hpp"
+#include "run_command.hpp"
+#include "temp_dir.hpp"
+
+namespace icbd::repl {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using test::LoopFs;
+using test::run_checked;
+using test::TempDir;
+
+constexpr uint64_t MiB = 1024 * 1024;
+
+void sh(const std::string& script) { run_checked({"sh", "-ec", script}, {}, std::chrono::seconds(120)); }
+
+// ---- trees ----
+
+std::string describe_entry(const fs::path& p) {
+    struct stat st {};
+    if (::lstat(p.c_str(), &st) != 0) return "<missing>";
+    std::ostringstream o;
+    o << (S_ISDIR(st.st_mode) ? "d" : S_ISLNK(st.st_mode) ? "l" : "f") << " mode " << std::oct << (st.st_mode & 07777)
+      << std::dec << " uid " << st.st_uid << " gid " << st.st_gid << " mtime " << st.st_mtim.tv_sec << "."
+      << st.st_mtim.tv_nsec;
+    if (S_ISREG(st.st_mode)) o << " size " << st.st_size;
+    if (S_ISLNK(st.st_mode)) o << " -> " << fs::read_symlink(p).string();
+    return o.str();
+}
+
+bool same_content(const fs::path& a, const fs::path& b, std::string& why) {
+    std::ifstream fa(a, std::ios::binary), fb(b, std::ios::binary);
+    std::vector<char> ba(1 << 20), bb(1 << 20);
+    uint64_t off = 0;
+    for (;;) {
+        fa.read(ba.data(), ba.size());
+        fb.read(bb.data(), bb.size());
+        if (fa.gcount() != fb.gcount()) {
+            why = "lengths differ near offset " + std::to_string(off);
+            return false;
+        }
+        if (std::memcmp(ba.data(), bb.data(), fa.gcount()) != 0) {
+            why = "bytes differ in the MiB at offset " + std::to_string(off);
+            return false;
+        }
+        if (fa.gcount() == 0) return true;
+        off += fa.gcount();
+    }
+}
+
+// Every entry of `want` exists in `got` with the same type, mode, owner, mtime,
+// size, target and bytes, and holes stay holes (allocation not above the source's
+// plus a little). Nothing more in `got`.
+::testing::AssertionResult same_tree(const fs::path& got, const fs::path& want) {
+    std::set<std::string> seen;
+    for (auto it = fs::recursive_directory_iterator(want); it != fs::recursive_directory_iterator(); ++it) {
+        std::string rel = it->path().lexically_relative(want).string();
+        seen.insert(rel);
+        fs::path g = got / rel;
+        std::string dw = describe_entry(it->path()), dg = describe_entry(g);
+        if (dw != dg) return ::testing::AssertionFailure() << rel << ": replica '" << dg << "', source '" << dw << "'";
+        if (it->is_regular_file() && !it->is_symlink()) {
+            std::string why;
+            if (!same_content(g, it->path(), why)) return ::testing::AssertionFailure() << rel << ": " << why;
+            uint64_t aw = test::allocated_bytes(it->path()), ag = test::allocated_bytes(g);
+            if (ag > aw + 1 * MiB)
+                return ::testing::AssertionFailure()
+                       << rel << ": " << ag << " bytes allocated on the replica, " << aw << " on the source (holes lost)";
+        }
+    }
+    for (auto it = fs::recursive_directory_iterator(got); it != fs::recursive_directory_iterator(); ++it) {
+        std::string rel = it->path().lexically_relative(got).string();
+        if (!seen.count(rel)) return ::testing::AssertionFailure() << rel << ": only on the replica";
+    }
+    return ::testing::AssertionSuccess();
+}
+
+uint64_t free_bytes(const fs::path& p) {
+    struct statvfs v {};
+    ::statvfs(p.c_str(), &v);
+    return uint64_t(v.f_bavail) * v.f_frsize;
+}
+
+uint64_t proc_read_bytes() {
+    std::ifstream in("/proc/self/io");
+    std::string k;
+    uint64_t v = 0;
+    while (in >> k >> v)
+        if (k == "read_bytes:") return v;
+    return 0;
+}
+
+void drop_caches() {
+    ::sync();
+    std::ofstream("/proc/sys/vm/drop_caches") << "3\n";
+}
+
+Repository open_repo(const fs::path& root) {
+    fs::create_directories(root);
+    auto r = Repository::open(root);
+    if (!r) throw std::runtime_error(r.status().message());
+    return std::move(r.value());
+}
+
+// ---- certificates (one CA for the cluster, one stranger) ----
+
+struct Certs {
+    TempDir dir{"/tmp", "icbd-repl-certs-"};
+    Certs() {
+        const std::string script = std::string(ICBD_SOURCE_DIR) + "/scripts/make-certs.sh";
+        run_checked({script, (dir.path() / "good").string(), "master", "replica1", "replica2", "replica3"});
+        run_checked({script, (dir.path() / "rogue").string(), "intruder"});
+    }
+    TlsConfig config(const std::string& ca, const std::string& name) const {
+        TlsConfig t;
+        t.ca_file = (dir.path() / ca / "ca.crt").string();
+        t.cert_file = (dir.path() / ca / (name + ".crt")).string();
+        t.key_file = (dir.path() / ca / (name + ".key")).string();
+        t.io_timeout = 20s;
+        return t;
+    }
+};
+
+// ---- an in-process replica ----
+
+class ReplicaServer {
+public:
+    ReplicaServer(const fs::path& root, const TlsConfig& tls, const std::string& name) {
+        fs::create_directories(root);
+        auto l = Listener::bind("127.0.0.1", 0, tls);
+        if (!l) throw std::runtime_error(l.status().message());
+        listener_ = std::move(l.value());
+        ReceiverOptions o;
+        o.root = root;
+        o.node_name = name;
+        rx_ = std::make_unique<Receiver>(o);
+        thread_ = std::jthread([this] { (void)rx_->serve(listener_); });
+    }
+    ~ReplicaServer() {
+        rx_->stop();
+        thread_.join();
+    }
+    uint16_t port() const { return listener_.port(); }
+    HostPort target() const { return HostPort{"127.0.0.1", port()}; }
+    Receiver& rx() { return *rx_; }
+    // Waits until the receiver has reported `n` offers in all.
+    std::vector<ReceiveReport> wait_reports(size_t n, std::chrono::milliseconds timeout = 20s) {
+        auto until = std::chrono::steady_clock::now() + timeout;
+        while (rx_->reports().size() < n && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(10ms);
+        return rx_->reports();
+    }
+
+private:
+    Listener listener_;
+    std::unique_ptr<Receiver> rx_;
+    std::jthread thread_;
+};
+
+// ---- a TCP proxy that cuts or stalls the connection ----
+
+// Forwards one connection at a time to 127.0.0.1:`to`. The client->server
+// direction stops after `limit` bytes: the proxy then closes both sides (a cut)
+// or, with `stall`, stops reading (a replica that falls behind).
+class Proxy {
+public:
+    explicit Proxy(uint16_t to) : to_(to) {
+        lfd_ = UniqueFd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (::bind(lfd_.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) || ::listen(lfd_.get(), 8))
+            throw std::runtime_error("proxy: bind/listen");
+        socklen_t len = sizeof a;
+        ::getsockname(lfd_.get(), reinterpret_cast<sockaddr*>(&a), &len);
+        port_ = ntohs(a.sin_port);
+        thread_ = std::jthread([this] { loop(); });
+    }
+    ~Proxy() {
+        stop_ = true;
+        thread_.join();
+    }
+    uint16_t port() const { return port_; }
+    HostPort target() const { return HostPort{"127.0.0.1", port_}; }
+    void arm(uint64_t limit, bool stall = false) {
+        limit_ = limit;
+        stall_ = stall;
+    }
+    uint64_t bytes_up() const { return up_; }  // client -> server, all connections
+
+private:
+    void loop() {
+        while (!stop_) {
+            pollfd p{lfd_.get(), POLLIN, 0};
+            if (::poll(&p, 1, 50) <= 0) continue;
+            UniqueFd c(::accept4(lfd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+            if (!c.valid()) continue;
+            UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+            sockaddr_in a{};
+            a.sin_family = AF_INET;
+            a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            a.sin_port = htons(to_);
+            if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) continue;
+            forward(c.get(), s.get());
+        }
+    }
+    static bool write_all(int fd, const char* b, size_t n) {
+        while (n) {
+            ssize_t w = ::send(fd, b, n, MSG_NOSIGNAL);
+            if (w <= 0) return false;
+            b += w;
+            n -= w;
+        }
+        return true;
+    }
+    void forward(int c, int s) {
+        uint64_t limit = limit_, done = 0;
+        bool stall = stall_, reading_client = true;
+        std::vector<char> buf(64 * 1024);
+        while (!stop_) {
+            pollfd p[2] = {{c, short(reading_client ? POLLIN : 0), 0}, {s, POLLIN, 0}};
+            if (::poll(p, 2, 50) <= 0) continue;
+            if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+                size_t want = std::min<uint64_t>(buf.size(), limit - done);
+                ssize_t n = ::read(c, buf.data(), want);
+                if (n <= 0) break;
+                done += n;
+                up_ += n;
+                if (!write_all(s, buf.data(), n)) break;
+                if (done >= limit) {
+                    if (!stall) break;  // the cut: both sides closed at once
+                    reading_client = false;
+                }
+            }
+            if (p[1].revents & (POLLIN | POLLHUP | POLLERR)) {
+                ssize_t n = ::read(s, buf.data(), buf.size());
+                if (n <= 0) break;
+                if (!write_all(c, buf.data(), n)) break;
+            }
+        }
+    }
+
+    uint16_t to_;
+    uint16_t port_ = 0;
+    UniqueFd lfd_;
+    std::atomic<uint64_t> limit_{UINT64_MAX};
+    std::atomic<bool> stall_{false};
+    std::atomic<uint64_t> up_{0};
+    std::atomic<bool> stop_{false};
+    std::jthread thread_;
+};
+
+// ---- the fixture ----
+
+class ReplicationTest : public ::testing::Test {
+protected:
+    static void SetUpTestSuite() {
+        if (::geteuid() == 0 && test::have_program("openssl")) certs_ = std::make_unique<Certs>();
+    }
+    static void TearDownTestSuite() { certs_.reset(); }
+
+    void SetUp() override {
+        ICBD_REQUIRE(LoopFs::unavailable(LoopFs::Type::btrfs));
+        ICBD_REQUIRE(LoopFs::unavailable(LoopFs::Type::ext4));
+        if (!certs_) {
+            if (test::skips_forbidden()) FAIL() << "openssl is missing";
+            GTEST_SKIP() << "openssl is missing";
+        }
+    }
+
+    // A master on BTRFS with a writable subvolume "work" to build versions in.
+    void make_master(uint64_t size = 768 * MiB) {
+        master_fs_ = std::make_unique<LoopFs>(LoopFs::Type::btrfs, size);
+        master_fs_->create_subvolume("work");
+        master_root_ = *master_fs_ / "repo";
+        master_ = std::make_unique<Repository>(open_repo(master_root_));
+    }
+    fs::path work() const { return *master_fs_ / "work"; }
+    void commit(uint64_t v) {
+        Status s = master_->commit("vm", v, work());
+        ASSERT_TRUE(s) << s.message();
+    }
+    fs::path master_version(uint64_t v) const { return master_root_ / "images/vm" / std::to_string(v); }
+
+    PushOptions options(std::vector<HostPort> to, uint64_t version) const {
+        PushOptions o;
+        o.root = master_root_;
+        o.image = "vm";
+        o.version = version;
+        o.targets = std::move(to);
+        o.tls = certs_->config("good", "master");
+        o.node_name = "master";
+        return o;
+    }
+    PushReport push_ok(const PushOptions& o) {
+        auto r = push(o);
+        EXPECT_TRUE(r) << r.status().message();
+        if (!r) return {};
+        for (const auto& rep : r->replicas) EXPECT_TRUE(rep.ok()) << rep.status.message();
+        return std::move(r.value());
+    }
+    TlsConfig replica_tls(int n) const { return certs_->config("good", "replica" + std::to_string(n)); }
+
+    static std::unique_ptr<Certs> certs_;
+    std::unique_ptr<LoopFs> master_fs_;
+    fs::path master_root_;
+    std::unique_ptr<Repository> master_;
+};
+std::unique_ptr<Certs> ReplicationTest::certs_;
+
+// v1: sparse 64 MiB disk with data islands, small config files, a symlink, an
+// empty directory. Then versions 2..4, each changing a few things.
+void build_v1(const fs::path& w) {
+    sh("cd " + w.string() + R"(
+        truncate -s 64M disk.raw
+        dd if=/dev/urandom of=disk.raw bs=1M seek=2 count=3 conv=notrunc status=none
+        dd if=/dev/urandom of=disk.raw bs=64K seek=400 count=5 conv=notrunc status=none
+        dd if=/dev/urandom of=disk.raw bs=1M seek=60 count=2 conv=notrunc status=none
+        echo 'displayName = "demo"' > vm.vmx && chmod 640 vm.vmx
+        mkdir -p conf/sub empty && echo a=1 > conf/a.cfg && echo b > conf/sub/b.cfg
+        ln -s conf/a.cfg link && ln -s ../a.cfg conf/sub/up
+        seq 1 20000 > notes.txt
+    )");
+}
+void build_v2(const fs::path& w) {  // data changes, a hole punched, a file added, one deleted
+    sh("cd " + w.string() + R"(
+        dd if=/dev/urandom of=disk.raw bs=4K seek=700 count=100 conv=notrunc status=none
+        fallocate -p -o 61M -l 1M disk.raw
+        echo new > conf/new.cfg
+        rm conf/sub/b.cfg
+        chmod 600 conf/a.cfg
+    )");
+}
+void build_v3(const fs::path& w) {  // type changes, grow and shrink, a tree removed
+    sh("cd " + w.string() + R"(
+        rm -r conf/sub && echo now-a-file > conf/sub
+        rm link && mkdir link && echo x > link/inside
+        truncate -s 80M disk.raw && dd if=/dev/urandom of=disk.raw bs=1M seek=75 count=1 conv=notrunc status=none
+        truncate -s 1000 notes.txt
+        rmdir empty
+    )");
+}
+void build_v4(const fs::path& w) {
+    sh("cd " + w.string() + R"(
+        dd if=/dev/urandom of=disk.raw bs=1M seek=10 count=2 conv=notrunc status=none
+        mkdir -p deep/a/b/c && echo deep > deep/a/b/c/file && ln -s ../../../vm.vmx deep/a/b/vmx
+        touch -d '2001-02-03 04:05:06.789' vm.vmx
+    )");
+}
+
+TEST_F(ReplicationTest, FullIncrementalCatchUpAndAlreadyThereToBtrfsAndExt4) {
+    make_master();
+    build_v1(work());
+    commit(1);
+    build_v2(work());
+    commit(2);
+    build_v3(work());
+    commit(3);
+    build_v4(work());
+    commit(4);
+
+    LoopFs btrfs(LoopFs::Type::btrfs, 512 * MiB), ext4(LoopFs::Type::ext4, 512 * MiB);
+    ReplicaServer r1(btrfs / "repo", replica_tls(1), "replica1");
+    ReplicaServer r2(ext4 / "repo", replica_tls(2), "replica2");
+
+    // Full copies of v1 to both, in one push.
+    auto rep = push_ok(options({r1.target(), r2.target()}, 1));
+    ASSERT_EQ(rep.replicas.size(), 2u);
+    for (const auto& r : rep.replicas) {
+        EXPECT_EQ(r.kind, NeedKind::full);
+        EXPECT_EQ(r.base, 0u);
+    }
+    EXPECT_TRUE(same_tree(btrfs / "repo/images/vm/1", master_version(1)));
+    EXPECT_TRUE(same_tree(ext4 / "repo/images/vm/1", master_version(1)));
+    EXPECT_EQ(rep.replicas[0].peer.rfind("replica1 (127.0.0.1:", 0), 0u) << rep.replicas[0].peer;
+
+    // v2 to the BTRFS replica only: an incremental from 1.
+    rep = push_ok(options({r1.target()}, 2));
+    EXPECT_EQ(rep.replicas[0].kind, NeedKind::incremental);
+    EXPECT_EQ(rep.replicas[0].base, 1u);
+    EXPECT_LT(rep.replicas[0].payload_bytes, 2 * MiB);  // 400 KiB changed + small files
+    EXPECT_TRUE(same_tree(btrfs / "repo/images/vm/2", master_version(2)));
+
+    // v4 to both: the BTRFS replica catches up 2 -> 4, the ext4 one 1 -> 4, each in one diff.
+    rep = push_ok(options({r1.target(), r2.target()}, 4));
+    EXPECT_EQ(rep.replicas[0].kind, NeedKind::incremental);
+    EXPECT_EQ(rep.replicas[0].base, 2u);
+    EXPECT_EQ(rep.replicas[1].kind, NeedKind::incremental);
+    EXPECT_EQ(rep.replicas[1].base, 1u);
+    EXPECT_TRUE(same_tree(btrfs / "repo/images/vm/4", master_version(4)));
+    EXPECT_TRUE(same_tree(ext4 / "repo/images/vm/4", master_version(4)));
+    auto versions = open_repo(ext4 / "repo").list_versions("vm");
+    EXPECT_EQ(*versions, (std::vector<uint64_t>{1, 4}));
+    EXPECT_TRUE(open_repo(btrfs / "repo").list_staging()->empty());
+    EXPECT_TRUE(open_repo(ext4 / "repo").list_staging()->empty());
+
+    // Already there: nothing is sent.
+    rep = push_ok(options({r1.target(), r2.target()}, 4));
+    for (const auto& r : rep.replicas) {
+        EXPECT_EQ(r.kind, NeedKind::nothing);
+        EXPECT_EQ(r.changes_sent, 0u);
+        EXPECT_EQ(r.payload_bytes, 0u);
+        EXPECT_LT(r.wire_bytes_sent, 16u * 1024);  // the TLS handshake, HELLO and OFFER
+    }
+    EXPECT_EQ(rep.source_bytes_read, 0u);
+
+    // An older version than the replica publishes: refused, nothing changes.
+    auto old = push(options({r1.target()}, 3));
+    ASSERT_TRUE(old);
+    EXPECT_FALSE(old->replicas[0].ok());
+    EXPECT_EQ(old->replicas[0].code, uint16_t(ErrorCode::not_newer));
+    EXPECT_NE(old->replicas[0].status.message().find("version 3"), std::string::npos) << old->replicas[0].status.message();
+    EXPECT_NE(old->replicas[0].status.message().find("replica1"), std::string::npos) << old->replicas[0].status.message();
+    EXPECT_TRUE(same_tree(btrfs / "repo/images/vm/4", master_version(4)));
+}
+
+// Spawns `icbd-replicate serve --once` and returns its PID and port.
+struct ToolServer {
+    pid_t pid = -1;
+    uint16_t port = 0;
+    TempDir out{"/tmp", "icbd-repl-tool-"};
+    static fs::path tool() {
+        return fs::read_symlink("/proc/self/exe").parent_path().parent_path().parent_path() / "replicator/icbd-replicate";
+    }
+    ToolServer(const fs::path& root, const TlsConfig& tls, std::vector<std::string> extra = {}) {
+        fs::create_directories(root);
+        std::vector<std::string> argv = {tool().string(), "serve", "--root", root.string(), "--listen", "127.0.0.1:0",
+                                         "--ca", tls.ca_file, "--cert", tls.cert_file, "--key", tls.key_file, "--once"};
+        argv.insert(argv.end(), extra.begin(), extra.end());
+        std::vector<char*> args;
+        for (auto& a : argv) args.push_back(a.data());
+        args.push_back(nullptr);
+        test::SpawnActions fa;
+        std::string so = (out.path() / "stdout").string(), se = (out.path() / "stderr").string();
+        posix_spawn_file_actions_addopen(&fa.a, 1, so.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        posix_spawn_file_actions_addopen(&fa.a, 2, se.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (posix_spawn(&pid, args[0], &fa.a, nullptr, args.data(), environ) != 0)
+            throw std::runtime_error("cannot start " + argv[0] + ": " + strerror(errno));
+        for (int i = 0; i < 500 && !port; ++i) {
+            std::ifstream in(so);
+            std::string line;
+            if (std::getline(in, line) && line.rfind("listening on ", 0) == 0)
+                port = static_cast<uint16_t>(std::stoi(line.substr(line.rfind(':') + 1)));
+            else std::this_thread::sleep_for(10ms);
+        }
+        if (!port) throw std::runtime_error("icbd-replicate serve did not start: " + stderr_text());
+    }
+    std::string stderr_text() const {
+        std::ifstream in(out.path() / "stderr");
+        std::stringstream ss;
+        ss << in.rdbuf();
+        return ss.str();
+    }
+    // The exit code (waits up to 20 s, then kills it).
+    int wait() {
+        for (int i = 0; i < 2000; ++i) {
+            int st = 0;
+            pid_t r = ::waitpid(pid, &st, WNOHANG);
+            if (r == pid) {
+                pid = -1;
+                return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+            }
+            std::this_thread::sleep_for(10ms);
+        }
+        return -1;
+    }
+    ~ToolServer() {
+        if (pid > 0) {
+            ::kill(pid, SIGKILL);
+            ::waitpid(pid, nullptr, 0);
+        }
+    }
+};
+
+TEST_F(ReplicationTest, IncrementalPushReadsOnlyTheChangedData) {
+    make_master(1024 * MiB);
+    sh("cd " + work().string() + " && dd if=/dev/urandom of=disk.raw bs=1M count=256 status=none && echo x > vm.vmx");
+    commit(1);
+    // About 4 MiB changed, scattered: 16 pieces of 256 KiB.
+    std::string script = "cd " + work().string();
+    for (int i = 0; i < 16; ++i)
+        script += " && dd if=/dev/urandom of=disk.raw bs=256K count=1 seek=" + std::to_string(i * 61 + 3) +
+                  " conv=notrunc status=none";
+    sh(script);
+    commit(2);
+    const uint64_t changed = 16 * 256 * 1024;
+
+    LoopFs replica(LoopFs::Type::btrfs, 1024 * MiB);
+    {  // v1 in full (through the tool, which exits after one connection)
+        ToolServer srv(replica / "repo", replica_tls(1));
+        push_ok(options({HostPort{"127.0.0.1", srv.port}}, 1));
+        EXPECT_EQ(srv.wait(), 0) << srv.stderr_text();
+    }
+    ToolServer srv(replica / "repo", replica_tls(1));
+    drop_caches();
+    uint64_t before = proc_read_bytes();
+    auto rep = push_ok(options({HostPort{"127.0.0.1", srv.port}}, 2));
+    uint64_t io_read = proc_read_bytes() - before;
+    EXPECT_EQ(srv.wait(), 0) << srv.stderr_text();
+    ASSERT_EQ(rep.replicas.size(), 1u);
+    EXPECT_EQ(rep.replicas[0].kind, NeedKind::incremental);
+    std::cout << "[ measured ] incremental of " << changed << " changed bytes in a 256 MiB image: source bytes read "
+              << rep.source_bytes_read << ", /proc/self/io read_bytes " << io_read << ", payload "
+              << rep.replicas[0].payload_bytes << ", wire " << rep.replicas[0].wire_bytes_sent << "\n";
+    EXPECT_EQ(rep.source_bytes_read, changed);
+    EXPECT_EQ(rep.replicas[0].payload_bytes, changed);
+    EXPECT_LT(io_read, changed + 8 * MiB);  // the changed data plus some metadata, far from 256 MiB
+    EXPECT_TRUE(same_tree(replica / "repo/images/vm/2", master_version(2)));
+}
+
+TEST_F(ReplicationTest, FanOutToThreeFilesystemsReadsTheSourceOnce) {
+    make_master();
+    build_v1(work());
+    commit(1);
+    build_v2(work());
+    commit(2);
+    LoopFs a(LoopFs::Type::btrfs, 256 * MiB), b(LoopFs::Type::ext4, 256 * MiB), c(LoopFs::Type::ext4, 256 * MiB);
+    ReplicaServer r1(a / "repo", replica_tls(1), "replica1");
+    ReplicaServer r2(b / "repo", replica_tls(2), "replica2");
+    ReplicaServer r3(c / "repo", replica_tls(3), "replica3");
+    for (uint64_t v : {1, 2}) {
+        auto rep = push_ok(options({r1.target(), r2.target(), r3.target()}, v));
+        ASSERT_EQ(rep.replicas.size(), 3u);
+        const uint64_t one = rep.replicas[0].payload_bytes;
+        std::cout << "[ measured ] fan-out v" << v << " to 3 replicas: source bytes read " << rep.source_bytes_read
+                  << ", payload per replica " << one << "\n";
+        EXPECT_GT(one, 0u);
+        EXPECT_EQ(rep.source_bytes_read, one);
+        for (const auto& r : rep.replicas) {
+            EXPECT_EQ(r.payload_bytes, one);
+            EXPECT_EQ(r.replicas_sharing_read, 3u);
+            EXPECT_EQ(r.kind, v == 1 ? NeedKind::full : NeedKind::incremental);
+        }
+        for (const LoopFs* f : {&a, &b, &c})
+            EXPECT_TRUE(same_tree(*f / ("repo/images/vm/" + std::to_string(v)), master_version(v)));
+    }
+}
+
+TEST_F(ReplicationTest, ASlowReplicaIsDroppedAndTheOthersFinish) {
+    make_master();
+    sh("cd " + work().string() + " && dd if=/dev/urandom of=disk.raw bs=1M count=48 status=none");
+    commit(1);
+    LoopFs a(LoopFs::Type::ext4, 256 * MiB), b(LoopFs::Type::ext4, 256 * MiB);
+    ReplicaServer r1(a / "repo", replica_tls(1), "replica1");
+    ReplicaServer r2(b / "repo", replica_tls(2), "replica2");
+    Proxy stuck(r2.port());
+    stuck.arm(2 * MiB, /*stall=*/true);
+    auto o = options({r1.target(), stuck.target()}, 1);
+    o.window_bytes = 4 * MiB;
+    o.max_stall = 3000ms;
+    o.compression = Compression::none;
+    auto rep = push(o);
+    ASSERT_TRUE(rep) << rep.status().message();
+    EXPECT_TRUE(rep->replicas[0].ok()) << rep->replicas[0].status.message();
+    EXPECT_FALSE(rep->replicas[1].ok());
+    EXPECT_TRUE(rep->replicas[1].dropped);
+    EXPECT_NE(rep->replicas[1].status.message().find("dropped"), std::string::npos) << rep->replicas[1].status.message();
+    EXPECT_TRUE(same_tree(a / "repo/images/vm/1", master_version(1)));
+    EXPECT_FALSE(fs::exists(b / "repo/images/vm/1"));
+}
+
+TEST_F(ReplicationTest, ResumesAfterTwentyCutsWithLittleResent) {
+    make_master();
+    sh("cd " + work().string() + " && dd if=/dev/urandom of=disk.raw bs=1M count=128 status=none && "
+       "truncate -s 160M disk.raw && echo cfg > vm.vmx");
+    commit(1);
+    LoopFs replica(LoopFs::Type::btrfs, 1024 * MiB);
+    ReplicaServer server(replica / "repo", replica_tls(1), "replica1");
+    ReplicaServer baseline_server(replica / "baseline", replica_tls(2), "replica2");
+
+    Proxy base_proxy(baseline_server.port());
+    auto o = options({base_proxy.target()}, 1);
+    o.checkpoint_interval = 256 * 1024;
+    o.compression = Compression::none;
+    push_ok(o);
+    const uint64_t one_push = base_proxy.bytes_up();
+
+    Proxy proxy(server.port());
+    std::random_device rd;
+    const unsigned seed = rd();
+    std::mt19937_64 rng(seed);
+    std::uniform_int_distribution<uint64_t> cut(1, one_push / 25);
+    int cuts = 0, attempts = 0;
+    uint64_t max_resume = 0;
+    o.targets = {proxy.target()};
+    while (cuts < 20 && attempts < 60) {
+        ++attempts;
+        proxy.arm(cut(rng));
+        auto r = push(o);
+        ASSERT_TRUE(r) << r.status().message();
+        if (r->replicas[0].ok()) break;  // the cut came after the end
+        ++cuts;
+        max_resume = std::max(max_resume, r->replicas[0].resume_seq);
+        EXPECT_FALSE(fs::exists(replica / "repo/images/vm/1")) << "published before the end";
+    }
+    ASSERT_GE(cuts, 20) << "seed " << seed;
+    proxy.arm(UINT64_MAX);
+    auto final_rep = push_ok(o);
+    const uint64_t total = proxy.bytes_up();
+    std::cout << "[ measured ] resume: " << cuts << " cuts (seed " << seed << "), bytes over all attempts " << total
+              << ", one uninterrupted push " << one_push << ", ratio " << double(total) / one_push
+              << ", last resume after change " << final_rep.replicas[0].resume_seq << "\n";
+    EXPECT_GT(max_resume, 0u) << "no attempt resumed";
+    EXPECT_GT(final_rep.replicas[0].resume_seq, 0u);
+    EXPECT_LE(double(total), 1.2 * double(one_push));
+    EXPECT_TRUE(same_tree(replica / "repo/images/vm/1", master_version(1)));
+    EXPECT_TRUE(open_repo(replica / "repo").list_staging()->empty());
+}
+
+TEST_F(ReplicationTest, FullReplicaDiskFailsCleanlyAndGivesTheSpaceBack) {
+    make_master();
+    sh("cd " + work().string() + " && dd if=/dev/urandom of=disk.raw bs=1M count=96 status=none");
+    commit(1);
+    LoopFs small(LoopFs::Type::ext4, 64 * MiB);
+    ReplicaServer server(small / "repo", replica_tls(1), "replica1");
+    ::sync();
+    const uint64_t free_before = free_bytes(small.mount_point());
+    auto r = push(options({server.target()}, 1));
+    ASSERT_TRUE(r) << r.status().message();
+    const auto& rep = r->replicas[0];
+    EXPECT_FALSE(rep.ok());
+    EXPECT_EQ(rep.code, uint16_t(ErrorCode::no_space)) << rep.status.message();
+    EXPECT_NE(rep.status.message().find("image 'vm' version 1"), std::string::npos) << rep.status.message();
+    auto reports = server.wait_reports(1);
+    ASSERT_EQ(reports.size(), 1u);
+    EXPECT_EQ(reports[0].code, uint16_t(ErrorCode::no_space));
+    EXPECT_FALSE(reports[0].staging_kept);
+    auto repo = open_repo(small / "repo");
+    EXPECT_TRUE(repo.list_versions("vm")->empty());
+    EXPECT_TRUE(repo.list_staging()->empty());
+    ::sync();
+    EXPECT_GE(free_bytes(small.mount_point()) + 1 * MiB, free_before);
+}
+
+// ---- bad input from a hand-made sender ----
+
+class Evil {
+public:
+    Evil(uint16_t port, const TlsConfig& cfg) {
+        auto s = connect("127.0.0.1", port, cfg);
+        if (!s) throw std::runtime_error(s.status().message());
+        s_ = std::move(s.value());
+    }
+    void raw(const Bytes& b) { ASSERT_TRUE(s_.write_all(b)); }
+    template <typename M>
+    void send(const M& m) {
+        auto f = make_frame(m);
+        ASSERT_TRUE(f) << f.status().message();
+        raw(*f);
+    }
+    // The next frame, or nullopt when the stream ended.
+    std::optional<Frame> read() {
+        std::array<uint8_t, 4096> buf;
+        for (;;) {
+            auto f = d_.next();
+            if (!f || f->has_value()) return f ? std::move(*f) : std::nullopt;
+            auto n = s_.read_some(buf);
+            if (!n || *n == 0) return std::nullopt;
+            d_.feed(std::span<const uint8_t>(buf.data(), *n));
+        }
+    }
+    // HELLO, OFFER of `version` of `image`; returns the NEED (or the ERROR frame's code as a NEED-less result).
+    std::variant<Need, Error> open(const std::string& image, uint64_t version, std::vector<uint64_t> held = {}) {
+        Hello h;
+        h.node_name = "evil";
+        send(h);
+        auto hf = read();
+        EXPECT_TRUE(hf && hf->type == FrameType::hello);
+        Offer o;
+        o.version = version;
+        o.image = image;
+        o.held = std::move(held);
+        Bytes payload;
+        o.encode_payload(payload);  // unvalidated: the image name may be bad on purpose
+        auto frame = FrameHeader::for_payload(FrameType::offer, payload).encode();
+        Bytes all(frame.begin(), frame.end());
+        all.insert(all.end(), payload.begin(), payload.end());
+        raw(all);
+        return answer();
+    }
+    std::variant<Need, Error> answer() {
+        auto f = read();
+        if (!f) return Error{static_cast<uint16_t>(ErrorCode::internal), "connection closed"};
+        if (f->type == FrameType::need) return *Need::decode(f->payload);
+        if (f->type == FrameType::error) return *Error::decode(f->payload);
+        return Error{static_cast<uint16_t>(ErrorCode::internal), std::string("unexpected ") + frame_type_name(f->type)};
+    }
+    void shutdown() { (void)s_.shutdown(); }
+    void close() { s_.close(); }
+
+private:
+    Stream s_;
+    FrameDecoder d_;
+};
+
+uint16_t code_of(const std::variant<Need, Error>& v) {
+    return std::holds_alternative<Error>(v) ? std::get<Error>(v).code : 0;
+}
+std::string message_of(const std::variant<Need, Error>& v) {
+    return std::holds_alternative<Error>(v) ? std::get<Error>(v).message : "(no error)";
+}
+
+TEST_F(ReplicationTest, BadInputStopsWithAClearErrorAndLeavesPublishedVersionsAlone) {
+    LoopFs fsys(LoopFs::Type::btrfs, 256 * MiB);
+    const fs::path root = fsys / "repo";
+    fs::create_directories(fsys / "src");
+    sh("cd " + (fsys / "src").string() + " && echo keep > kept.txt && mkdir d && echo x > d/y");
+    auto repo = open_repo(root);
+    ASSERT_TRUE(repo.commit("img", 1, fsys / "src"));
+    TlsConfig plain;
+    plain.insecure_plaintext = true;
+    plain.io_timeout = 10s;
+    ReplicaServer server(root, plain, "replica1");
+    size_t reports = 0;
+    auto last_report = [&] {
+        auto r = server.wait_reports(++reports);
+        EXPECT_EQ(r.size(), reports);
+        return r.empty() ? ReceiveReport{} : r.back();
+    };
+    auto staged = [&] { return repo.list_staging("img")->size(); };
+    // Streams version 2 up to the point where `bad` is sent.
+    auto start_v2 = [&](Evil& e) {
+        auto need = e.open("img", 2, {1});
+        EXPECT_EQ(code_of(need), 0u) << message_of(need);
+        Truncate t{1, 8192, "new.bin"};
+        e.send(t);
+    };
+    auto expect_error = [&](Evil& e, ErrorCode code, const std::string& what) {
+        auto ans = e.answer();
+        EXPECT_EQ(code_of(ans), uint16_t(code)) << what << ": " << message_of(ans);
+        e.close();
+        auto rep = last_report();
+        EXPECT_EQ(rep.code, uint16_t(code)) << what << ": " << rep.status.message();
+        EXPECT_NE(rep.status.message().find("image 'img'"), std::string::npos) << rep.status.message();
+        return rep;
+    };
+
+    {  // a DATA frame whose payload checksum is wrong: protocol error, staging kept for resume
+        Evil e(server.port(), plain);
+        start_v2(e);
+        Bytes chunk(4096, 7);
+        Data d;
+        d.seq = 2;
+        d.length = 4096;
+        d.path = "new.bin";
+        d.bytes = chunk;
+        auto f = make_frame(d);
+        (*f)[kFrameHeaderSize + 30] ^= 1;
+        e.raw(*f);
+        auto rep = expect_error(e, ErrorCode::protocol, "bad checksum");
+        EXPECT_TRUE(rep.staging_kept);
+        EXPECT_EQ(staged(), 1u);
+    }
+    {  // a truncated frame (the sender vanishes in the middle): staging kept, and the next offer resumes it
+        Evil e(server.port(), plain);
+        auto need = e.open("img", 2, {1});
+        ASSERT_EQ(code_of(need), 0u) << message_of(need);
+        EXPECT_EQ(std::get<Need>(need).base, 1u);
+        auto f = make_frame(Truncate{1, 8192, "new.bin"});
+        e.raw(Bytes(f->begin(), f->begin() + 30));
+        e.shutdown();
+        auto rep = last_report();
+        EXPECT_NE(rep.status.message().find("truncated"), std::string::npos) << rep.status.message();
+        EXPECT_TRUE(rep.staging_kept);
+        e.close();
+    }
+    {  // oversized frame
+        Evil e(server.port(), plain);
+        start_v2(e);
+        FrameHeader h;
+        h.type = FrameType::data;
+        h.payload_length = kMaxPayload + 1;
+        auto hb = h.encode();
+        e.raw(Bytes(hb.begin(), hb.end()));
+        expect_error(e, ErrorCode::protocol, "oversized");
+    }
+    {  // unknown frame type
+        Evil e(server.port(), plain);
+        start_v2(e);
+        Bytes payload(8, 0);
+        auto hb = FrameHeader::for_payload(static_cast<FrameType>(0x55), payload).encode();
+        Bytes all(hb.begin(), hb.end());
+        all.insert(all.end(), payload.begin(), payload.end());
+        e.raw(all);
+        expect_error(e, ErrorCode::protocol, "unknown type");
+    }
+    {  // a path with ".." in a FILE frame: bad_name, staging removed
+        Evil e(server.port(), plain);
+        start_v2(e);
+        Bytes payload;
+        FileEntry fe{2, "d/../../escape", EntryAttrs{EntryType::regular, 0644, 0, 0, 0, 0, 0, {}}};
+        fe.encode_payload(payload);
+        auto hb = FrameHeader::for_payload(FrameType::file, payload).encode();
+        Bytes all(hb.begin(), hb.end());
+        all.insert(all.end(), payload.begin(), payload.end());
+        e.raw(all);
+        auto rep = expect_error(e, ErrorCode::bad_name, "path with ..");
+        EXPECT_FALSE(rep.staging_kept);
+        EXPECT_EQ(staged(), 0u);
+        EXPECT_FALSE(fs::exists(fsys / "escape"));
+    }
+    {  // a symlink planted in the tree does not lead a later write outside
+        Evil e(server.port(), plain);
+        start_v2(e);
+        e.send(FileEntry{2, "lnk", EntryAttrs{EntryType::symlink, 0, 0, 0, 0, 0, 0, "d"}});
+        e.send(Truncate{3, 100, "lnk/z"});
+        expect_error(e, ErrorCode::protocol, "write through a symlink");
+        EXPECT_FALSE(fs::exists(root / "images/img/1/d/z"));
+    }
+    {  // a version that is not newer
+        Evil e(server.port(), plain);
+        auto ans = e.open("img", 1, {});
+        EXPECT_EQ(code_of(ans), 0u) << "version 1 is published: NEED nothing";
+        EXPECT_EQ(std::get<Need>(ans).kind, NeedKind::nothing);
+        e.close();
+        last_report();
+    }
+    {  // a bad image name
+        Evil e(server.port(), plain);
+        auto ans = e.open("../etc", 5, {});
+        EXPECT_EQ(code_of(ans), uint16_t(ErrorCode::bad_name)) << message_of(ans);
+        e.close();
+        last_report();
+    }
+    {  // a DATA frame with a corrupt zstd chunk: protocol error
+        Evil e(server.port(), plain);
+        start_v2(e);
+        Bytes junk(100, 0xAB);
+        Data d;
+        d.seq = 2;
+        d.length = 4096;
+        d.path = "new.bin";
+        d.compression = Compression::zstd;
+        d.bytes = junk;
+        e.send(d);
+        expect_error(e, ErrorCode::protocol, "corrupt zstd");
+    }
+    {  // a wrong digest at END: digest_mismatch, nothing published, staging removed
+        Evil e(server.port(), plain);
+        start_v2(e);
+        e.send(FileEntry{2, "new.bin", EntryAttrs{EntryType::regular, 0644, 0, 0, 5, 0, 8192, {}}});
+        e.send(End{2, 0, 1, 2, 3});
+        auto f = e.read();
+        ASSERT_TRUE(f && f->type == FrameType::result);
+        auto res = PushResult::decode(f->payload);
+        EXPECT_EQ(res->code, uint16_t(ErrorCode::digest_mismatch)) << res->message;
+        EXPECT_NE(res->message.find("digest mismatch"), std::string::npos) << res->message;
+        e.close();
+        last_report();
+        EXPECT_EQ(staged(), 0u);
+    }
+    // After all that: only version 1, untouched.
+    EXPECT_EQ(*repo.list_versions("img"), std::vector<uint64_t>{1});
+    EXPECT_TRUE(same_tree(root / "images/img/1", fsys / "src"));
+}
+
+TEST_F(ReplicationTest, APeerWithoutAValidCertificateIsRefused) {
+    make_master(256 * MiB);
+    build_v1(work());
+    commit(1);
+    LoopFs fsys(LoopFs::Type::ext4, 128 * MiB);
+    ReplicaServer server(fsys / "repo", replica_tls(1), "replica1");
+    // A master whose certificate comes from another CA.
+    auto o = options({server.target()}, 1);
+    o.tls = certs_->config("rogue", "intruder");
+    o.tls.ca_file = (certs_->dir.path() / "good/ca.crt").string();
+    auto r = push(o);
+    ASSERT_TRUE(r) << r.status().message();
+    EXPECT_FALSE(r->replicas[0].ok());
+    EXPECT_NE(r->replicas[0].status.message().find("image 'vm' version 1"), std::string::npos)
+        << r->replicas[0].status.message();
+    std::cout << "[ message ] " << r->replicas[0].status.message() << "\n";
+    EXPECT_TRUE(open_repo(fsys / "repo").list_versions("vm")->empty());
+    EXPECT_TRUE(server.rx().reports().empty());
+    // The same push with the cluster's certificate goes through.
+    push_ok(options({server.target()}, 1));
+}
+
+TEST_F(ReplicationTest, ToolPushPrintsJsonAndExitCodes) {
+    make_master(256 * MiB);
+    build_v1(work());
+    commit(1);
+    LoopFs fsys(LoopFs::Type::ext4, 128 * MiB);
+    ToolServer srv(fsys / "repo", replica_tls(1));
+    auto tls = certs_->config("good", "master");
+    auto tool = ToolServer::tool().string();
+    auto res = test::run_command({tool, "push", "--root", master_root_.string(), "--image", "vm", "--version", "1",
+                                  "--to", "127.0.0.1:" + std::to_string(srv.port), "--ca", tls.ca_file, "--cert",
+                                  tls.cert_file, "--key", tls.key_file, "--json"});
+    EXPECT_EQ(res.exit_code, 0) << res.describe();
+    EXPECT_NE(res.output.find("\"kind\":\"full\""), std::string::npos) << res.output;
+    EXPECT_NE(res.output.find("\"result\":\"ok\""), std::string::npos) << res.output;
+    EXPECT_EQ(srv.wait(), 0) << srv.stderr_text();
+    EXPECT_TRUE(same_tree(fsys / "repo/images/vm/1", master_version(1)));
+
+    auto bad = test::run_command({tool, "push", "--root", master_root_.string(), "--bogus"});
+    EXPECT_EQ(bad.exit_code, 2);
+    EXPECT_NE(bad.output.find("--bogus"), std::string::npos) << bad.output;
+    // Nobody listens there: exit 1, the message names image, version and peer.
+    auto down = test::run_command({tool, "push", "--root", master_root_.string(), "--image", "vm", "--version", "1",
+                                   "--to", "127.0.0.1:1", "--ca", tls.ca_file, "--cert", tls.cert_file, "--key",
+                                   tls.key_file});
+    EXPECT_EQ(down.exit_code, 1) << down.describe();
+    EXPECT_NE(down.output.find("image 'vm' version 1 to replica 127.0.0.1:1"), std::string::npos) << down.output;
+    auto list = test::run_command({tool, "list", "--root", (fsys / "repo").string(), "--json"});
+    EXPECT_EQ(list.exit_code, 0);
+    EXPECT_NE(list.output.find("{\"image\":\"vm\",\"versions\":[1]}"), std::string::npos) << list.output;
+}
+
+}  // namespace
+}  // namespace icbd::repl
