@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "icbd/json.hpp"
 #include "icbd/overlay.hpp"
 #include "icbd/unique_fd.hpp"
 
@@ -23,21 +24,6 @@ int usage() {
 int fail(const icbd::Status& s) {
     std::fprintf(stderr, "icbd-overlay: %s\n", s.message().c_str());
     return 1;
-}
-
-std::string json_escape(const std::string& s) {
-    std::string o;
-    for (char c : s) {
-        if (c == '"' || c == '\\') o += '\\';
-        if (static_cast<unsigned char>(c) < 0x20) {
-            char b[8];
-            std::snprintf(b, sizeof b, "\\u%04x", c);
-            o += b;
-        } else {
-            o += c;
-        }
-    }
-    return o;
 }
 
 }  // namespace
@@ -71,9 +57,9 @@ int main(int argc, char** argv) {
         if (a.size() == 3) {
             std::printf("{\"overlay\":\"%s\",\"uuid\":\"%s\",\"image\":\"%s\",\"version\":%llu,\"file\":\"%s\","
                         "\"subvolume_uuid\":\"%s\",\"size\":%llu,\"block_size\":%llu,\"blocks_written\":%llu}\n",
-                        json_escape(a[1]).c_str(), icbd::uuid_to_string(info->overlay_uuid).c_str(),
-                        json_escape(g.image).c_str(), static_cast<unsigned long long>(g.version),
-                        json_escape(g.file).c_str(), icbd::uuid_to_string(g.subvol_uuid).c_str(),
+                        icbd::json_escape(a[1]).c_str(), icbd::uuid_to_string(info->overlay_uuid).c_str(),
+                        icbd::json_escape(g.image).c_str(), static_cast<unsigned long long>(g.version),
+                        icbd::json_escape(g.file).c_str(), icbd::uuid_to_string(g.subvol_uuid).c_str(),
                         static_cast<unsigned long long>(info->image_size),
                         static_cast<unsigned long long>(icbd::OverlayInfo::block_size),
                         static_cast<unsigned long long>(*blocks));

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "icbd/log.hpp"
+#include "icbd/json.hpp"
 #include "icbd/replicator/image_path.hpp"
 #include "icbd/replicator/receiver.hpp"
 #include "icbd/replicator/repository.hpp"
@@ -131,26 +132,6 @@ TlsConfig tls_from(const Args& a) {
     }
     t.allowed_peer_names = a.all("--allow-peer");
     return t;
-}
-
-std::string json_escape(std::string_view s) {
-    std::string o;
-    for (char c : s) {
-        switch (c) {
-        case '"': o += "\\\""; break;
-        case '\\': o += "\\\\"; break;
-        case '\n': o += "\\n"; break;
-        default:
-            if (static_cast<unsigned char>(c) < 0x20) {
-                char b[8];
-                std::snprintf(b, sizeof b, "\\u%04x", c);
-                o += b;
-            } else {
-                o += c;
-            }
-        }
-    }
-    return o;
 }
 
 std::string human_bytes(double b) {
