@@ -25,6 +25,9 @@ cmake --preset debug-asan >/dev/null
 cmake --build --preset debug-asan --target bsopts_test checksum_test io_engine_test lun_test overlay_test sense_test \
   cache_format_test cache_map_test cache_recovery_test cache_lun_test
 ctest --test-dir build/debug-asan --output-on-failure -j2 -L unit
+# The replication codecs and path checks, which parse what a peer sends.
+cmake --build --preset debug-asan --target wire_format_test compression_test image_path_test
+ctest --test-dir build/debug-asan --output-on-failure -j2 -R 'replicator\.(wire_format|compression|image_path)_test'
 
 # Fuzzing, time-bounded: the bsopts parser, a LUN's SCSI command execution and
 # the replication frame decoder
