@@ -35,11 +35,19 @@ struct LoopFs::LoopDevice {
 struct LoopFs::Mount {
     std::string dir;
     Mount(const std::string& dev, const std::string& d) : dir(d) { run_checked({"mount", dev, dir}); }
-    ~Mount() {
-        for (int i = 0; i < 50; ++i) {
-            if (run_command({"umount", dir}).ok()) return;
+    // Plain umount, retried while busy for up to `patience`; false if still busy.
+    bool unmount(std::chrono::milliseconds patience) {
+        for (auto end = std::chrono::steady_clock::now() + patience;;) {
+            if (run_command({"umount", dir}).ok()) {
+                dir.clear();
+                return true;
+            }
+            if (std::chrono::steady_clock::now() > end) return false;
             std::this_thread::sleep_for(std::chrono::milliseconds(100));
         }
+    }
+    ~Mount() {
+        if (dir.empty() || unmount(std::chrono::seconds(5))) return;
         // Still busy: detach lazily so at least the loop device can go away.
         CommandResult r = run_command({"umount", "-l", dir});
         std::fprintf(stderr, "LoopFs: umount %s was busy for 5 s; lazy umount: %s\n", dir.c_str(),
@@ -94,8 +102,31 @@ void LoopFs::power_cut() {
 }
 
 void LoopFs::remount() {
-    mount_.reset();
-    mount_ = std::make_unique<Mount>(device_, mount_point_.string());
+    // Never lazily: a lazily detached filesystem keeps its superblock, and
+    // mounting the device again would hand back that same (shut down) one.
+    // A killed process's io_uring can hold files for a while after its death
+    // (the ring is torn down by a kernel worker), so be patient.
+    // And a copy of the mount in another mount namespace (a test that ran
+    // `unshare -m` meanwhile) keeps the old superblock alive too: then the
+    // new mount is the shut down filesystem again, which the probe file shows.
+    const auto probe = mount_point_ / ".icbd-remount-probe";
+    for (auto end = std::chrono::steady_clock::now() + std::chrono::seconds(60);;) {
+        if (!mount_->unmount(std::chrono::seconds(60))) {
+            CommandResult who = run_command({"fuser", "-vm", mount_point_.string()});
+            throw std::runtime_error("remount: " + mount_point_.string() + " still busy after 60 s: " + who.output);
+        }
+        mount_ = std::make_unique<Mount>(device_, mount_point_.string());
+        int fd = ::open(probe.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+        if (fd >= 0) {
+            ::close(fd);
+            ::unlink(probe.c_str());
+            return;
+        }
+        if (std::chrono::steady_clock::now() > end)
+            throw std::runtime_error("remount: " + mount_point_.string() + " is still the shut down filesystem " +
+                                     "after 60 s (" + std::strerror(errno) + "): another mount namespace holds it");
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
 }
 
 void LoopFs::create_subvolume(const std::string& name) {
