@@ -3,7 +3,8 @@
 // One session, N commands in flight (READ16 or WRITE16), fixed transfer size,
 // random (aligned to the transfer size) or sequential offsets, for a fixed time.
 // Prints IOPS, MB/s (10^6 bytes/s) and completion latency percentiles.
-// libiscsi's iscsi-perf only reads; this tool also writes, with or without FUA.
+// libiscsi's iscsi-perf only reads; this tool also writes, with or without FUA,
+// and can flush like a guest filesystem (--sync-every: SYNCHRONIZE CACHE(16)).
 //
 // Exit status: 0 success; 1 SCSI error, connection failure or lost session;
 // 2 bad command line.
@@ -49,6 +50,7 @@ struct Options {
     bool fua = false;
     bool json = false;
     uint64_t span = 0;  // bytes of the LUN to address from LBA 0; 0: all of it
+    uint64_t sync_every = 0;  // writes per SYNCHRONIZE CACHE(16); 0: never
     uint64_t seed = 0x9e3779b97f4a7c15ull;
     std::string initiator = "iqn.2024-01.org.icbd:load";
 };
@@ -64,6 +66,11 @@ struct Options {
                  "  --qd N                 commands in flight, 1..1024 (default 1)\n"
                  "  --seconds S            duration, may be fractional (default 5)\n"
                  "  --fua                  set FUA on writes (durable on completion)\n"
+                 "  --sync-every N         with --rw write: after every N writes, stop issuing, wait for the\n"
+                 "                         writes in flight, send SYNCHRONIZE CACHE(16) for the whole LUN and\n"
+                 "                         wait for it before writing on (as fio's fsync=N, or a guest's\n"
+                 "                         journal commit, does); IOPS count writes only, the flushes'\n"
+                 "                         time included; flush latency is reported apart (default 0: never)\n"
                  "  --span BYTES           address only the first BYTES of the LUN (default: whole LUN)\n"
                  "  --seed N               random seed (default fixed, so runs are repeatable)\n"
                  "  --initiator IQN        initiator name (default %s)\n"
@@ -105,7 +112,7 @@ bool parse_bytes(const char* s, uint64_t* out) {
 }
 
 Options parse_args(int argc, char** argv) {
-    enum { o_url = 256, o_rw, o_pattern, o_bs, o_qd, o_seconds, o_fua, o_json, o_span, o_seed, o_init, o_help };
+    enum { o_url = 256, o_rw, o_pattern, o_bs, o_qd, o_seconds, o_fua, o_json, o_span, o_seed, o_init, o_sync, o_help };
     static const option longopts[] = {
         {"url", required_argument, nullptr, o_url},         {"rw", required_argument, nullptr, o_rw},
         {"pattern", required_argument, nullptr, o_pattern}, {"bs", required_argument, nullptr, o_bs},
@@ -113,6 +120,7 @@ Options parse_args(int argc, char** argv) {
         {"fua", no_argument, nullptr, o_fua},               {"json", no_argument, nullptr, o_json},
         {"span", required_argument, nullptr, o_span},       {"seed", required_argument, nullptr, o_seed},
         {"initiator", required_argument, nullptr, o_init},  {"help", no_argument, nullptr, o_help},
+        {"sync-every", required_argument, nullptr, o_sync},
         {nullptr, 0, nullptr, 0},
     };
     Options o;
@@ -160,6 +168,15 @@ Options parse_args(int argc, char** argv) {
                 if (!parse_bytes(optarg, &o.seed)) bad_option("--seed must be a non-negative integer, not '%s'", optarg);
                 break;
             case o_init: o.initiator = optarg; break;
+            case o_sync: {
+                char* end = nullptr;
+                errno = 0;
+                unsigned long long v = std::strtoull(optarg, &end, 10);
+                if (errno || end == optarg || *end || *optarg == '-' || v > (1ull << 32))
+                    bad_option("--sync-every must be a number of writes from 0 to 2^32, not '%s'", optarg);
+                o.sync_every = v;
+                break;
+            }
             case o_help:
             case 'h': usage(0);
             case ':': bad_option("option '%s' needs a value", argv[optind - 1]);
@@ -169,6 +186,7 @@ Options parse_args(int argc, char** argv) {
     if (optind < argc) bad_option("unexpected argument '%s'", argv[optind]);
     if (o.url.empty()) bad_option("%s", "--url iscsi://HOST[:PORT]/IQN/LUN is required");
     if (o.fua && !o.write) bad_option("%s", "--fua applies to --rw write only");
+    if (o.sync_every && !o.write) bad_option("%s", "--sync-every applies to --rw write only");
     return o;
 }
 
@@ -218,6 +236,8 @@ struct Slot {
     Load* load = nullptr;
     uint64_t started = 0;
     uint64_t lba = 0;
+    bool sync = false;  // this slot's command is the SYNCHRONIZE CACHE(16)
+    bool busy = false;
 };
 
 class Load {
@@ -318,8 +338,11 @@ public:
 
         start_ = now_ns();
         deadline_ = start_ + static_cast<uint64_t>(o_.seconds * 1e9);
+        for (auto& s : slots_) s.load = this;
+        sync_slot_.load = this;
+        sync_slot_.sync = true;
         for (auto& s : slots_) {
-            s.load = this;
+            if (!may_issue()) break;
             if (!issue(s)) return finish_with_error();
         }
         uint64_t drain_limit = 0;
@@ -379,6 +402,39 @@ private:
         return unit * per_io_;
     }
 
+    // With --sync-every N, no write is issued while N writes await their flush.
+    bool may_issue() const { return !o_.sync_every || since_sync_ < o_.sync_every; }
+
+    // Called whenever a command completes: once the N writes of a flush
+    // period are all done, sends the flush; once it is done, refills the queue.
+    void pump(Slot& done) {
+        if (stopping_ || failed_ || g_interrupted || now_ns() >= deadline_) return;
+        if (!o_.sync_every) {
+            issue(done);
+            return;
+        }
+        if (since_sync_ >= o_.sync_every) {
+            if (in_flight_ == 0) issue_sync();
+            return;
+        }
+        for (auto& s : slots_)
+            if (!s.busy && may_issue() && !issue(s)) return;
+    }
+
+    void issue_sync() {
+        sync_slot_.started = now_ns();
+        // LBA 0 and 0 blocks: the whole medium; not IMMED, so it completes when durable.
+        scsi_task* t = iscsi_synchronizecache16_task(iscsi_, lun_, 0, 0, 0, 0, &Load::on_done, &sync_slot_);
+        if (!t) {
+            std::fprintf(stderr, "icbd-iscsi-load: %s: cannot queue SYNCHRONIZE CACHE(16): %s\n", o_.url.c_str(),
+                         iscsi_get_error(iscsi_));
+            failed_ = true;
+            return;
+        }
+        sync_slot_.busy = true;
+        ++in_flight_;
+    }
+
     bool issue(Slot& s) {
         s.lba = next_lba();
         s.started = now_ns();
@@ -395,7 +451,9 @@ private:
             failed_ = true;
             return false;
         }
+        s.busy = true;
         ++in_flight_;
+        ++since_sync_;
         return true;
     }
 
@@ -405,16 +463,23 @@ private:
         auto* t = static_cast<scsi_task*>(command_data);
         uint64_t now = now_ns();
         --l.in_flight_;
+        s->busy = false;
+        const char* what_op = s->sync ? "SYNCHRONIZE CACHE(16)" : l.o_.write ? "WRITE(16)" : "READ(16)";
         if (status != SCSI_STATUS_GOOD) {
             if (!l.failed_) {
                 std::string what = t ? describe(t) : std::string(iscsi_get_error(iscsi));
                 if (status != SCSI_STATUS_CHECK_CONDITION && t && t->status == SCSI_STATUS_GOOD)
                     what = iscsi_get_error(iscsi);
                 std::fprintf(stderr, "icbd-iscsi-load: %s: %s at LBA %" PRIu64 " failed: %s\n", l.o_.url.c_str(),
-                             l.o_.write ? "WRITE(16)" : "READ(16)", s->lba, what.c_str());
+                             what_op, s->sync ? uint64_t{0} : s->lba, what.c_str());
             }
             ++l.errors_;
             l.failed_ = true;
+        } else if (s->sync) {
+            ++l.syncs_;
+            l.last_done_ = now;
+            l.since_sync_ = 0;
+            l.sync_lat_.push_back(static_cast<uint32_t>(std::min<uint64_t>(now - s->started, UINT32_MAX)));
         } else {
             ++l.ops_;
             l.last_done_ = now;
@@ -422,7 +487,7 @@ private:
             l.lat_.push_back(static_cast<uint32_t>(std::min<uint64_t>(d, UINT32_MAX)));
         }
         if (t) scsi_free_scsi_task(t);
-        if (!l.stopping_ && !l.failed_ && !g_interrupted && now < l.deadline_) l.issue(*s);
+        l.pump(*s);
     }
 
     int finish_with_error() {
@@ -447,20 +512,27 @@ private:
         mean = lat_.empty() ? 0 : mean / static_cast<double>(lat_.size()) / 1000.0;
         double mx = lat_.empty() ? 0 : *std::max_element(lat_.begin(), lat_.end()) / 1000.0;
         double p50 = pct(lat_, 50), p99 = pct(lat_, 99), p999 = pct(lat_, 99.9);
+        double s50 = pct(sync_lat_, 50), s99 = pct(sync_lat_, 99);
+        double smax = sync_lat_.empty() ? 0 : *std::max_element(sync_lat_.begin(), sync_lat_.end()) / 1000.0;
         const char* rw = o_.write ? "write" : "read";
         const char* pat = o_.random ? "random" : "seq";
         if (o_.json) {
             std::printf("{\"url\":\"%s\",\"rw\":\"%s\",\"pattern\":\"%s\",\"bs\":%" PRIu64
                         ",\"qd\":%u,\"fua\":%s,\"seconds\":%.3f,\"ops\":%" PRIu64
                         ",\"iops\":%.1f,\"mb_per_s\":%.2f,\"lat_us\":{\"mean\":%.1f,\"p50\":%.1f,\"p99\":%.1f,"
-                        "\"p999\":%.1f,\"max\":%.1f}}\n",
+                        "\"p999\":%.1f,\"max\":%.1f},\"sync_every\":%" PRIu64 ",\"syncs\":%" PRIu64
+                        ",\"sync_lat_us\":{\"p50\":%.1f,\"p99\":%.1f,\"max\":%.1f}}\n",
                         o_.url.c_str(), rw, pat, o_.bs, o_.qd, o_.fua ? "true" : "false", secs, ops_, iops, mbps, mean,
-                        p50, p99, p999, mx);
+                        p50, p99, p999, mx, o_.sync_every, syncs_, s50, s99, smax);
         } else {
             std::printf("%s %s bs=%" PRIu64 " qd=%u%s: %" PRIu64 " ops in %.2f s\n", pat, rw, o_.bs, o_.qd,
                         o_.fua ? " fua" : "", ops_, secs);
             std::printf("  IOPS %.0f   MB/s %.1f   latency us: p50 %.1f  p99 %.1f  p99.9 %.1f  mean %.1f  max %.1f\n",
                         iops, mbps, p50, p99, p999, mean, mx);
+            if (o_.sync_every)
+                std::printf("  %" PRIu64 " SYNCHRONIZE CACHE(16), one per %" PRIu64
+                            " writes; latency us: p50 %.1f  p99 %.1f  max %.1f\n",
+                            syncs_, o_.sync_every, s50, s99, smax);
         }
         std::fflush(stdout);
     }
@@ -474,7 +546,10 @@ private:
     uint64_t rng_ = 0, seq_ = 0;
     std::vector<unsigned char> wbuf_;
     std::vector<Slot> slots_;
-    std::vector<uint32_t> lat_;  // completion latency, ns
+    Slot sync_slot_;
+    std::vector<uint32_t> lat_;       // completion latency, ns
+    std::vector<uint32_t> sync_lat_;  // SYNCHRONIZE CACHE latency, ns
+    uint64_t since_sync_ = 0, syncs_ = 0;  // writes issued since the last flush completed; flushes
     unsigned in_flight_ = 0;
     uint64_t ops_ = 0, errors_ = 0;
     bool failed_ = false, stopping_ = false;

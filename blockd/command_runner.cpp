@@ -931,7 +931,11 @@ void CommandRunner::flush_step(Task& t) {
             }
             [[fallthrough]];
         case 1: {
-            t.batch = m.select_flush(batch_bytes);
+            // Below the low watermark only FREE entries are written (a round
+            // may start just for them): write-back waits for need or close.
+            const bool write_back = draining_ || !cache_waiters_.empty() ||
+                                    m.urgency(cache_->watermarks) != FlushUrgency::none;
+            t.batch = write_back ? m.select_flush(batch_bytes) : FlushBatch{};
             if (t.batch.empty()) {
                 t.phase = 5;
                 return flush_step(t);
