@@ -423,6 +423,12 @@ void run_reader(PushContext& ctx, Group& g) {
 
     std::optional<ChildFileReader> reader;
     uint64_t reader_counted = 0;
+    // Readahead: the kernel hears about the next ranges of the file while this
+    // one is compressed and sent, so a scattered update is read with many
+    // requests in flight instead of one pread at a time (regression: a 60 MiB
+    // update in 2000 pieces read at ~70 MB/s from a cold cache).
+    constexpr uint64_t readahead_window = 32u << 20;
+    uint64_t prefetch_seq = 0, prefetched = 0, consumed = 0;
     Bytes raw, packed;
     Status status;
     for (uint64_t seq = g.start_seq + 1; seq <= g.plan.size(); ++seq) {
@@ -466,6 +472,19 @@ void run_reader(PushContext& ctx, Group& g) {
                 }
                 reader.emplace(std::move(r.value()));
             }
+            if (prefetch_seq <= seq) {
+                prefetch_seq = seq;
+                prefetched = consumed;
+            }
+            for (; prefetch_seq <= g.plan.size() && prefetched - consumed < readahead_window; ++prefetch_seq) {
+                const PlannedChange& ahead = g.plan[prefetch_seq - 1];
+                if (ahead.type != FrameType::data) continue;
+                if (ahead.path != pc.path) break;
+                posix_fadvise(reader->fd(), static_cast<off_t>(ahead.offset), static_cast<off_t>(ahead.length),
+                              POSIX_FADV_WILLNEED);
+                prefetched += ahead.length;
+            }
+            consumed += pc.length;
             raw.resize(pc.length);
             if (Status rs = reader->read_at(pc.offset, raw); !rs) {
                 frame = rs;
@@ -544,6 +563,7 @@ void run_writer(PushContext& ctx, Session& s) {
         s.fail_after_read(st);
     };
 
+    auto last_checkpoint = std::chrono::steady_clock::now();
     for (uint64_t idx = 0;; ++idx) {
         ChangePtr item = g.window->get(s.consumer, idx);
         if (!item) break;
@@ -569,7 +589,10 @@ void run_writer(PushContext& ctx, Session& s) {
         last_seq = item->seq;
         last_chain = item->chain_after;
         since_checkpoint += item->frame.size();
-        if (since_checkpoint >= ctx.opt.checkpoint_interval) {
+        if (since_checkpoint >= ctx.opt.checkpoint_interval &&
+            (std::chrono::steady_clock::now() - last_checkpoint >= ctx.opt.checkpoint_min_period ||
+             since_checkpoint >= 16 * ctx.opt.checkpoint_interval)) {
+            last_checkpoint = std::chrono::steady_clock::now();
             if (pending)
                 if (Status a = read_ack(); !a) return fail_stream(a);
             if (Status w = send_message(s.stream, Checkpoint{last_seq}); !w) return fail_stream(s.reason_for_write_failure(w));

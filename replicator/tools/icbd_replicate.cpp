@@ -233,7 +233,10 @@ int cmd_push(int argc, char** argv) {
         o.compression = *alg;
     }
     if (auto r = a.get("--bwlimit")) o.bandwidth_limit = parse_rate(*r);
-    if (auto c = a.get("--checkpoint-interval")) o.checkpoint_interval = std::max<uint64_t>(parse_rate(*c), 1);
+    if (auto c = a.get("--checkpoint-interval")) {  // explicit: by bytes only
+        o.checkpoint_interval = std::max<uint64_t>(parse_rate(*c), 1);
+        o.checkpoint_min_period = std::chrono::milliseconds(0);
+    }
     const bool json = a.has("--json");
 
     const bool tty = ::isatty(2);

@@ -601,6 +601,7 @@ TEST_F(ReplicationTest, ResumesAfterTwentyCutsWithLittleResent) {
     Proxy base_proxy(baseline_server.port());
     auto o = options({base_proxy.target()}, 1);
     o.checkpoint_interval = 256 * 1024;
+    o.checkpoint_min_period = std::chrono::milliseconds(0);
     o.compression = Compression::none;
     push_ok(o);
     const uint64_t one_push = base_proxy.bytes_up();

@@ -110,6 +110,11 @@ struct PushOptions {
     // Bytes of frames between two checkpoints: what a cut can cost at most
     // (plus the frames in flight).
     uint64_t checkpoint_interval = 4u << 20;
+    // ...and at least this long since the previous one (unless 16 intervals
+    // went by): each checkpoint costs the replica a filesystem sync (a BTRFS
+    // transaction), so on a fast link they are spaced in time, bounding what a
+    // cut costs to about this much transfer time. 0: by bytes only.
+    std::chrono::milliseconds checkpoint_min_period{1000};
     // Encoded frames held for the replicas of one diff: the slowest may lag
     // the fastest by this much.
     uint64_t window_bytes = 64u << 20;
