@@ -1,6 +1,7 @@
 // Encoding and validation of the write-back cache superblock and entries, and
 // the O(1) format of a new cache file. Byte tables: docs/write-back-cache.md.
 #include "cache_format.hpp"
+#include "file_io.hpp"
 
 #include <fcntl.h>
 #include <linux/fs.h>
@@ -37,20 +38,6 @@ uint64_t get64(const uint8_t* p) {
     uint64_t v = 0;
     for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
     return v;
-}
-
-Status full_pwrite(int fd, const uint8_t* buf, size_t len, uint64_t off, const std::string& what) {
-    while (len > 0) {
-        ssize_t n = ::pwrite(fd, buf, len, static_cast<off_t>(off));
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return Status::from_errno(errno, what);
-        }
-        buf += n;
-        len -= static_cast<size_t>(n);
-        off += static_cast<uint64_t>(n);
-    }
-    return Status::ok();
 }
 
 std::array<uint8_t, 16> random_uuid() {

@@ -1,6 +1,7 @@
 // Open-time recovery of the write-back cache with synchronous preads: bounded by
 // the metadata area (32 bytes per block); no data block is read.
 #include "cache_recovery.hpp"
+#include "file_io.hpp"
 
 #include <unistd.h>
 
@@ -15,36 +16,6 @@
 
 namespace icbd {
 namespace {
-
-// Reads exactly `len` bytes; a short file is reported as such (ENODATA).
-Status full_pread(int fd, uint8_t* buf, size_t len, uint64_t off, const std::string& what) {
-    while (len > 0) {
-        ssize_t n = ::pread(fd, buf, len, static_cast<off_t>(off));
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return Status::from_errno(errno, what);
-        }
-        if (n == 0) return Status::error(ENODATA, what + ": unexpected end of file at offset " + std::to_string(off));
-        buf += n;
-        len -= static_cast<size_t>(n);
-        off += static_cast<uint64_t>(n);
-    }
-    return Status::ok();
-}
-
-Status full_pwrite(int fd, const uint8_t* buf, size_t len, uint64_t off, const std::string& what) {
-    while (len > 0) {
-        ssize_t n = ::pwrite(fd, buf, len, static_cast<off_t>(off));
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return Status::from_errno(errno, what);
-        }
-        buf += n;
-        len -= static_cast<size_t>(n);
-        off += static_cast<uint64_t>(n);
-    }
-    return Status::ok();
-}
 
 std::string describe(const CacheIdentity& id) {
     return "'" + id.id + "' (" + std::to_string(id.device_size) + " bytes)";

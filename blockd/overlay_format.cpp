@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <vector>
 
+#include "file_io.hpp"
 #include "icbd/checksum.hpp"
 #include "icbd/overlay.hpp"
 #include "icbd/unique_fd.hpp"
@@ -186,11 +187,14 @@ Status reset_overlay(const std::string& path) {
 Result<OverlayInfo> read_overlay_info(const std::string& path) {
     UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
     if (!fd.valid()) return Status::from_errno(errno, "overlay '" + path + "': open");
+    return read_overlay_header(fd.get(), path);
+}
+
+Result<OverlayInfo> read_overlay_header(int fd, const std::string& path) {
     uint8_t header[overlay_header_size];
-    ssize_t n = pread(fd.get(), header, sizeof header, 0);
-    if (n < 0) return Status::from_errno(errno, "overlay '" + path + "': reading the header");
-    if (n != static_cast<ssize_t>(sizeof header))
-        return Status::error(EINVAL, "overlay '" + path + "': truncated (no complete header)");
+    Status s = full_pread(fd, header, sizeof header, 0, "overlay '" + path + "': reading the header");
+    if (s.code() == ENODATA) return Status::error(EINVAL, "overlay '" + path + "': truncated (no complete header)");
+    if (!s) return s;
     return decode_overlay_header(header, path);
 }
 

@@ -1,6 +1,8 @@
 // OverlayMap: attach (identity check, map read) and the two-map bookkeeping.
 #include "overlay_map.hpp"
 
+#include "file_io.hpp"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -19,12 +21,7 @@ Result<std::unique_ptr<OverlayMap>> OverlayMap::attach(const std::string& path, 
     }
     UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC | O_LARGEFILE));
     if (!fd.valid()) return Status::from_errno(errno, "overlay '" + path + "': open");
-    uint8_t header[overlay_header_size];
-    ssize_t n = pread(fd.get(), header, sizeof header, 0);
-    if (n < 0) return Status::from_errno(errno, "overlay '" + path + "': reading the header");
-    if (n != static_cast<ssize_t>(sizeof header))
-        return Status::error(EINVAL, "overlay '" + path + "': truncated (no complete header)");
-    auto info = decode_overlay_header(header, path);
+    auto info = read_overlay_header(fd.get(), path);
     if (!info) return info.status();
     if (!(info->golden == golden->identity()))
         return Status::error(EINVAL, "overlay '" + path + "' belongs to " + info->golden.describe() + ", not to " +
@@ -34,9 +31,10 @@ Result<std::unique_ptr<OverlayMap>> OverlayMap::attach(const std::string& path, 
     if (static_cast<uint64_t>(st.st_size) < info->map_offset + info->map_length)
         return Status::error(EINVAL, "overlay '" + path + "': truncated (allocation map incomplete)");
     auto m = std::unique_ptr<OverlayMap>(new OverlayMap(std::move(fd), std::move(golden), *info, path));
-    n = pread(m->fd(), m->mem_.data(), m->mem_.size(), static_cast<off_t>(info->map_offset));
-    if (n != static_cast<ssize_t>(m->mem_.size()))
-        return Status::from_errno(n < 0 ? errno : EIO, "overlay '" + path + "': reading the allocation map");
+    if (Status s = full_pread(m->fd(), m->mem_.data(), m->mem_.size(), info->map_offset,
+                              "overlay '" + path + "': reading the allocation map");
+        !s)
+        return s;
     // Bits past the last block would be the sign of a foreign writer; ignore them.
     for (uint64_t b = info->blocks(); b < m->mem_.size() * 8; ++b) m->mem_[b >> 3] &= uint8_t(~(1u << (b & 7)));
     m->disk_ = m->mem_;

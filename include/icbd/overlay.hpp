@@ -59,6 +59,8 @@ Status create_overlay(const std::string& overlay_path, const GoldenIdentity& gol
 // renamed over the old one). Must not be attached to a LUN meanwhile.
 Status reset_overlay(const std::string& overlay_path);
 Result<OverlayInfo> read_overlay_info(const std::string& overlay_path);
+// The same from an open overlay file.
+Result<OverlayInfo> read_overlay_header(int fd, const std::string& overlay_path);
 // Counts blocks whose map bit is set (reads the map).
 Result<uint64_t> count_overlay_blocks(const std::string& overlay_path);
 

@@ -76,34 +76,11 @@ protected:
         return make_cmd(op, lba, blocks, data_.size(), kShift, byte1);
     }
     ScsiResult run(Cmd& c) { return run_cmd(*lun_, rec_, c); }
-    std::vector<uint8_t> read_lun(uint64_t lba, uint32_t blocks) {
-        Cmd r = make(scsi::op::read_16, lba, blocks);
-        r.in.resize(blocks * kSector);
-        EXPECT_EQ(run(r).status, scsi::status_good);
-        return r.in;
-    }
-    void write_lun(uint64_t lba, const std::vector<uint8_t>& d, bool fua = false) {
-        Cmd w = make(scsi::op::write_16, lba, static_cast<uint32_t>(d.size() / kSector), fua ? 0x08 : 0);
-        w.out = d;
-        ScsiResult r = run(w);
-        EXPECT_EQ(r.status, scsi::status_good) << "write lba " << lba;
-    }
-    void unmap_lun(uint64_t lba, uint32_t blocks) {
-        Cmd c = make(scsi::op::unmap, 0, 0);
-        c.cdb.assign(10, 0);
-        c.cdb[0] = scsi::op::unmap;
-        c.lc.cdb = c.cdb.data();
-        c.out.assign(24, 0);
-        put_be(&c.out[0], 22, 2);
-        put_be(&c.out[2], 16, 2);
-        put_be(&c.out[8], lba, 8);
-        put_be(&c.out[16], blocks, 4);
-        EXPECT_EQ(run(c).status, scsi::status_good);
-    }
-    void sync_lun() {
-        Cmd s = make(scsi::op::synchronize_cache_16, 0, 0);
-        EXPECT_EQ(run(s).status, scsi::status_good);
-    }
+    LunOps ops() { return {*lun_, rec_, data_.size()}; }
+    std::vector<uint8_t> read_lun(uint64_t lba, uint32_t blocks) { return ops().read(lba, blocks); }
+    void write_lun(uint64_t lba, const std::vector<uint8_t>& d, bool fua = false) { ops().write(lba, d, fua); }
+    void unmap_lun(uint64_t lba, uint32_t blocks) { ops().unmap(lba, blocks); }
+    void sync_lun() { ops().sync(); }
     // What the device below holds now (raw file, or overlay over the golden file).
     std::vector<uint8_t> below() {
         if (!GetParam().overlay) return read_file(backing_);

@@ -85,4 +85,41 @@ inline ScsiResult run_cmd(Lun& lun, Recorder& rec, Cmd& c) {
     return r;
 }
 
+// The everyday commands of a LUN of `size` bytes with 512-byte blocks, run to
+// completion; each expects GOOD status.
+struct LunOps {
+    Lun& lun;
+    Recorder& rec;
+    uint64_t size;
+
+    std::vector<uint8_t> read(uint64_t lba, uint32_t blocks) {
+        Cmd r = make_cmd(scsi::op::read_16, lba, blocks, size);
+        r.in.resize(uint64_t(blocks) * 512);
+        EXPECT_EQ(run_cmd(lun, rec, r).status, scsi::status_good) << "read lba " << lba;
+        return r.in;
+    }
+    void write(uint64_t lba, const std::vector<uint8_t>& data, bool fua = false) {
+        Cmd w = make_cmd(scsi::op::write_16, lba, static_cast<uint32_t>(data.size() / 512), size, 9, fua ? 0x08 : 0);
+        w.out = data;
+        EXPECT_EQ(run_cmd(lun, rec, w).status, scsi::status_good) << "write lba " << lba;
+    }
+    void unmap(uint64_t lba, uint32_t blocks) {  // one descriptor
+        Cmd c = make_cmd(scsi::op::unmap, 0, 0, size);
+        c.cdb.assign(10, 0);
+        c.cdb[0] = scsi::op::unmap;
+        c.lc.cdb = c.cdb.data();
+        c.lc.tl = 24;
+        c.out.assign(24, 0);
+        put_be(&c.out[0], 22, 2);
+        put_be(&c.out[2], 16, 2);
+        put_be(&c.out[8], lba, 8);
+        put_be(&c.out[16], blocks, 4);
+        EXPECT_EQ(run_cmd(lun, rec, c).status, scsi::status_good) << "unmap lba " << lba;
+    }
+    void sync() {
+        Cmd c = make_cmd(scsi::op::synchronize_cache_16, 0, 0, size);
+        EXPECT_EQ(run_cmd(lun, rec, c).status, scsi::status_good);
+    }
+};
+
 }  // namespace icbd::test

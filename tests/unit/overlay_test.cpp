@@ -71,34 +71,11 @@ protected:
         return make_cmd(op, lba, blocks, golden_data_.size(), kShift, byte1);
     }
     ScsiResult run(Cmd& c) { return run_cmd(*lun_, rec_, c); }
-    std::vector<uint8_t> read_lun(uint64_t lba, uint32_t blocks) {
-        Cmd r = make(scsi::op::read_16, lba, blocks);
-        r.in.resize(blocks * kSector);
-        EXPECT_EQ(run(r).status, scsi::status_good);
-        return r.in;
-    }
-    void write_lun(uint64_t lba, const std::vector<uint8_t>& data, bool fua = false) {
-        Cmd w = make(scsi::op::write_16, lba, static_cast<uint32_t>(data.size() / kSector), fua ? 0x08 : 0);
-        w.out = data;
-        EXPECT_EQ(run(w).status, scsi::status_good);
-    }
-    void unmap_lun(uint64_t lba, uint32_t blocks) {
-        Cmd c = make(scsi::op::unmap, 0, 0);
-        c.cdb.assign(10, 0);
-        c.cdb[0] = scsi::op::unmap;
-        c.lc.cdb = c.cdb.data();
-        c.lc.tl = 24;
-        c.out.assign(24, 0);
-        put_be(&c.out[0], 22, 2);
-        put_be(&c.out[2], 16, 2);
-        put_be(&c.out[8], lba, 8);
-        put_be(&c.out[16], blocks, 4);
-        EXPECT_EQ(run(c).status, scsi::status_good);
-    }
-    void sync_lun() {
-        Cmd s = make(scsi::op::synchronize_cache_16, 0, 0);
-        EXPECT_EQ(run(s).status, scsi::status_good);
-    }
+    LunOps ops() { return {*lun_, rec_, golden_data_.size()}; }
+    std::vector<uint8_t> read_lun(uint64_t lba, uint32_t blocks) { return ops().read(lba, blocks); }
+    void write_lun(uint64_t lba, const std::vector<uint8_t>& d, bool fua = false) { ops().write(lba, d, fua); }
+    void unmap_lun(uint64_t lba, uint32_t blocks) { ops().unmap(lba, blocks); }
+    void sync_lun() { ops().sync(); }
     // Blocks marked in the on-disk allocation map.
     uint64_t blocks_on_disk() {
         auto n = count_overlay_blocks(overlay_);
