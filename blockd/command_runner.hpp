@@ -1,5 +1,8 @@
 // Executes SCSI data-path commands of one LUN as chains of asynchronous I/O
 // (read-modify-write, compare, chunked WRITE SAME...). Internal to libblockd.
+// One class, three files: command_runner.cpp (commands, tasks, completions),
+// data_layers.cpp (raw file / overlay below, copy-up, UNMAP planning) and
+// write_back.cpp (the write-back cache and its flusher).
 #pragma once
 
 #include <cstdint>
