@@ -594,10 +594,7 @@ void CommandRunner::drain() {
         process_completions();
     };
     while (active_ > 0 || engine_.in_flight() > 0) pump();
-    if (!cache_ || cache_->failed) {
-        while (internal_active_ > 0 || engine_.in_flight() > 0) pump();
-        return;
-    }
+    if (!cache_) return;
     // Write everything in the cache down, with progress in the log.
     CacheMap& m = cache_->map();
     const uint64_t total = m.counts().used();
@@ -607,10 +604,13 @@ void CommandRunner::drain() {
         log(LogLevel::info, "cache '" + cache_->path() + "': writing back " + std::to_string(total) +
                                 " blocks (" + std::to_string(total * OverlayMap::block_size >> 20) + " MiB) before closing");
     draining_ = true;
-    while (m.counts().used() > 0 || internal_active_ > 0 || engine_.in_flight() > 0) {
+    // A failed cache is done when nothing committed is left to write back;
+    // its slots are not freed (nothing more is written to it).
+    auto left = [&] { return cache_->failed ? m.counts().dirty + m.counts().flushing : m.counts().used(); };
+    while (left() > 0 || internal_active_ > 0 || engine_.in_flight() > 0) {
         kick_background();
-        if (!flusher_running_ && engine_.in_flight() == 0 && m.counts().used() > 0) {
-            log(LogLevel::error, "cache '" + cache_->path() + "': " + std::to_string(m.counts().used()) +
+        if (!flusher_running_ && engine_.in_flight() == 0 && left() > 0) {
+            log(LogLevel::error, "cache '" + cache_->path() + "': " + std::to_string(left()) +
                                      " blocks could not be written back (" +
                                      (flush_error_.empty() ? std::string("no progress") : flush_error_) +
                                      "); they stay in the cache and are written back when it is opened again");
@@ -619,7 +619,7 @@ void CommandRunner::drain() {
         pump();
         if (Clock::now() - last > std::chrono::seconds(1)) {
             last = Clock::now();
-            log(LogLevel::info, "cache '" + cache_->path() + "': " + std::to_string(m.counts().used()) + " of " +
+            log(LogLevel::info, "cache '" + cache_->path() + "': " + std::to_string(left()) + " of " +
                                     std::to_string(total) + " blocks left to write back");
         }
     }

@@ -194,7 +194,9 @@ void CommandRunner::cache_changed() {
 // LBA order (coalesced), fdatasync below, then free their slots (FREE entries,
 // fdatasync of the cache).
 void CommandRunner::kick_background() {
-    if (!cache_ || flusher_running_ || cache_->failed) return;
+    // A failed cache takes no new data, but what it committed is still
+    // written back when the LUN closes.
+    if (!cache_ || flusher_running_ || (cache_->failed && !draining_)) return;
     CacheMap& m = cache_->map();
     const bool want = draining_ || !cache_waiters_.empty() || m.free_entries_pending() ||
                       m.urgency(cache_->watermarks) != FlushUrgency::none;
@@ -234,7 +236,7 @@ void CommandRunner::flush_step(Task& t) {
         case 0:  // commit, so that flushing has committed blocks to work on
             t.phase = 1;
             t.cursor = 0;  // I/O done this round
-            if (m.needs_commit()) {
+            if (m.needs_commit() && !cache_->failed) {
                 t.cursor = 1;
                 return cache_commit(t, m.committable_seq(), true);
             }
@@ -289,6 +291,10 @@ void CommandRunner::flush_step(Task& t) {
             t.batch = {};
             [[fallthrough]];
         case 5: {  // FREE entries of flushed and superseded slots
+            if (cache_->failed) {  // nothing more is written to a failed cache
+                t.phase = 9;
+                return flush_step(t);
+            }
             t.free_slots = m.take_free_entry_writes();
             if (!t.free_slots.empty()) {
                 t.phase = 7;

@@ -194,7 +194,7 @@ TEST(CacheEntry, CorruptMisdirectedOrForeignEntriesAreRejected) {
     }
 }
 
-TEST(CacheFormat, MakesASparseEmptyCache) {
+TEST(CacheFormat, AllocatesMetadataButNotData) {
     TempFile f;
     CacheFormatParams p = params(64ull << 20, 8ull << 30, "overlay 0f3c-uuid", f.path);
     auto sb = format_cache(f.fd.get(), p);
@@ -202,7 +202,13 @@ TEST(CacheFormat, MakesASparseEmptyCache) {
     struct stat st {};
     ASSERT_EQ(::fstat(f.fd.get(), &st), 0);
     EXPECT_EQ(static_cast<uint64_t>(st.st_size), sb->geometry.file_size());
-    EXPECT_LE(static_cast<uint64_t>(st.st_blocks) * 512, 64u * 1024) << "format writes only the superblocks";
+    // Format allocates the superblocks and the metadata area (so an entry write
+    // never meets a full filesystem), never the data area: O(N x 32 bytes).
+    EXPECT_LE(static_cast<uint64_t>(st.st_blocks) * 512,
+              sb->geometry.metadata_offset() + sb->geometry.metadata_length() + 64u * 1024)
+        << "format must not allocate the data area";
+    EXPECT_GE(static_cast<uint64_t>(st.st_blocks) * 512, sb->geometry.metadata_offset() + sb->geometry.metadata_length())
+        << "the metadata area must be allocated";
     EXPECT_EQ(sb->generation, 1u);
     EXPECT_EQ(sb->committed_seq, 0u);
 
