@@ -607,8 +607,11 @@ void CommandRunner::drain() {
     // A failed cache is done when nothing committed is left to write back;
     // its slots are not freed (nothing more is written to it).
     auto left = [&] { return cache_->failed ? m.counts().dirty + m.counts().flushing : m.counts().used(); };
+    flush_error_.clear();
     while (left() > 0 || internal_active_ > 0 || engine_.in_flight() > 0) {
-        kick_background();
+        // A write-back round that failed (the cache or the device below gives
+        // errors) is not retried here: closing must end in bounded time.
+        if (flush_error_.empty()) kick_background();
         if (!flusher_running_ && engine_.in_flight() == 0 && left() > 0) {
             log(LogLevel::error, "cache '" + cache_->path() + "': " + std::to_string(left()) +
                                      " blocks could not be written back (" +

@@ -201,7 +201,9 @@ void CommandRunner::kick_background() {
     const bool want = draining_ || !cache_waiters_.empty() || m.free_entries_pending() ||
                       m.urgency(cache_->watermarks) != FlushUrgency::none;
     if (!want) return;
-    if (!flush_error_.empty() && !draining_ && cache_waiters_.empty()) return;  // wait for the next host write
+    // After a failed round, only a write waiting for room starts another (it
+    // is failed with the error if that fails too); never a retry loop.
+    if (!flush_error_.empty() && cache_waiters_.empty()) return;
     Task& t = alloc_task();
     t.internal = true;
     t.running = true;

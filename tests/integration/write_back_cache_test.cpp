@@ -2,7 +2,9 @@
 // cache (WCE=1); removing a LUN or stopping tgtd writes every cached block
 // down, with progress in the log; a corrupt or truncated cache file is refused
 // with a clear error while tgtd keeps serving; a full cache device turns writes
-// into a clear error and loses nothing acknowledged before.
+// into a clear error and loses nothing acknowledged before; a cache device
+// that dies fails the commands that need it, and what it had committed comes
+// back when it is there again.
 #include <sys/stat.h>
 
 #include <fstream>
@@ -153,6 +155,38 @@ TEST_F(WriteBackCache, AFullCacheDeviceIsAClearErrorAndLosesNothing) {
     ScsiResult r = c.read16(0, 2048);
     ASSERT_TRUE(r.good()) << r;
     EXPECT_TRUE(same_bytes(r.data, first));
+    ASSERT_TRUE(tgtd_->delete_lun(1, 1).ok());
+    EXPECT_TRUE(same_bytes(read_backing(disk_, 0, first.size()), first));
+}
+
+TEST_F(WriteBackCache, ADeadCacheDeviceFailsClearlyAndItsCommittedDataComesBack) {
+    ICBD_REQUIRE(LoopFs::unavailable(LoopFs::Type::ext4));
+    small_ = std::make_unique<LoopFs>(LoopFs::Type::ext4, 128ull << 20);
+    const fs::path cache = *small_ / "lun.cache";
+    tgtd_->add_lun(cached_lun(cache, "64M"));
+    auto first = random_bytes(1 << 20, 7);
+    {
+        IscsiClient c(tgtd_->url(1, 1));
+        ASSERT_TRUE(c.write16(0, first).good());
+        ASSERT_TRUE(c.sync_cache16().good());  // committed in the cache, not yet below
+        small_->power_cut();                   // the cache device dies: every I/O on it fails
+        ScsiResult w = c.write16(4096, random_bytes(1 << 20, 8));
+        ScsiResult s = c.sync_cache16();
+        EXPECT_FALSE(w.good() && s.good()) << "a write and SYNCHRONIZE CACHE cannot both succeed on a dead cache";
+        EXPECT_FALSE(s.good()) << "SYNCHRONIZE CACHE must not report durability it cannot give";
+    }
+    const size_t log_at = tgtd_->log().size();
+    ASSERT_TRUE(tgtd_->delete_lun(1, 1).ok());  // cannot write back: says so
+    EXPECT_TRUE(contains(tgtd_->log_since(log_at), "could not be written back")) << tgtd_->log_since(log_at);
+    // The device comes back (remount): recovery finds the committed data.
+    small_->remount();
+    tgtd_->add_lun(cached_lun(cache, "64M"));
+    {
+        IscsiClient c(tgtd_->url(1, 1));
+        ScsiResult r = c.read16(0, 2048);
+        ASSERT_TRUE(r.good()) << r;
+        EXPECT_TRUE(same_bytes(r.data, first));
+    }
     ASSERT_TRUE(tgtd_->delete_lun(1, 1).ok());
     EXPECT_TRUE(same_bytes(read_backing(disk_, 0, first.size()), first));
 }
