@@ -135,23 +135,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "compare_backends: interrupted" >&2; exit 130' INT TERM
 
-# run_child OUT ERR CMD...: runs CMD with stdout and stderr to the files OUT and
-# ERR (- keeps ours), in the background so that a signal reaches this shell while
-# it runs (and the trap's message is not redirected with it), and waits for it.
-run_child() {
-  local o=$1 e=$2
-  shift 2
-  (
-    if [ "$o" != - ]; then exec >"$o"; fi
-    if [ "$e" != - ]; then exec 2>"$e"; fi
-    exec "$@"
-  ) &
-  child=$!
-  wait "$child"
-  local rc=$?
-  child=""
-  return $rc
-}
+# shellcheck source=lib_backends.sh
+source "$src/bench/lib_backends.sh"  # run_child, export_backends
 
 log() { echo "compare_backends: $*" >&2; }
 
@@ -201,8 +186,6 @@ log "tgtd pid $TGTD_PID, portal 127.0.0.1:$TGTD_PORT, control port $TGTD_CTL"
 
 declare -A url
 overlay_file="$work/bench.ovl"
-# shellcheck source=lib_backends.sh
-source "$src/bench/lib_backends.sh"
 export_backends bench || die "exporting the LUNs failed"
 
 clk_tck=$(getconf CLK_TCK)

@@ -1,4 +1,10 @@
-# Shared by the bench scripts (source it after scripts/lib/tgtd.sh and tgtd_start):
+# Shared by the bench scripts. Sourcing only defines functions.
+#   run_child OUT ERR CMD...  runs CMD with stdout and stderr to the files OUT and
+#                            ERR (- keeps ours), in the background so that a
+#                            signal reaches the calling shell while it runs (and
+#                            its trap's message is not redirected with it); the
+#                            PID is in $child meanwhile.
+# After scripts/lib/tgtd.sh and tgtd_start:
 #   export_backends PREFIX   one target per bstype in $bstypes, LUN 1 of block
 #                            size 4096 over $backing (null: no file), --bsopts
 #                            $icbd_bsopts for icbd; "overlay" is icbd with a client
@@ -23,4 +29,19 @@ export_backends() {
     tgtd_adm --op bind --mode target --tid "$tid" -I ALL || { echo "cannot bind target $iqn" >&2; return 1; }
     url[$b]="iscsi://127.0.0.1:$TGTD_PORT/$iqn/1"
   done
+}
+
+run_child() {
+  local o=$1 e=$2
+  shift 2
+  (
+    if [ "$o" != - ]; then exec >"$o"; fi
+    if [ "$e" != - ]; then exec 2>"$e"; fi
+    exec "$@"
+  ) &
+  child=$!
+  wait "$child"
+  local rc=$?
+  child=""
+  return $rc
 }

@@ -86,20 +86,8 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'echo "profile_backends: interrupted" >&2; exit 130' INT TERM
-run_child() {  # OUT ERR CMD...: as in compare_backends.sh
-  local o=$1 e=$2
-  shift 2
-  (
-    if [ "$o" != - ]; then exec >"$o"; fi
-    if [ "$e" != - ]; then exec 2>"$e"; fi
-    exec "$@"
-  ) &
-  child=$!
-  wait "$child"
-  local rc=$?
-  child=""
-  return $rc
-}
+# shellcheck source=lib_backends.sh
+source "$src/bench/lib_backends.sh"  # run_child, export_backends
 
 case "$size" in
   *G) mib=$(( ${size%G} * 1024 )) ;;
@@ -118,8 +106,6 @@ source "$src/scripts/lib/tgtd.sh"
 TGTD_LOG="$work/tgtd.log"
 tgtd_start || die "tgtd did not start"
 declare -A url
-# shellcheck source=lib_backends.sh
-source "$src/bench/lib_backends.sh"
 export_backends profile || die "exporting the LUNs failed"
 
 # System calls worth naming; raw_syscalls:sys_enter counts them all.

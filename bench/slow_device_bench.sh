@@ -190,22 +190,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo "slow_device_bench: interrupted" >&2; exit 130' INT TERM
 
-# run_child OUT ERR CMD...: as in compare_backends.sh, in the background so that a
-# signal reaches this shell while it runs.
-run_child() {
-  local o=$1 e=$2
-  shift 2
-  (
-    if [ "$o" != - ]; then exec >"$o"; fi
-    if [ "$e" != - ]; then exec 2>"$e"; fi
-    exec "$@"
-  ) &
-  child=$!
-  wait "$child"
-  local rc=$?
-  child=""
-  return $rc
-}
+# shellcheck source=lib_backends.sh
+source "$src/bench/lib_backends.sh"  # run_child, export_backends
 log() { echo "slow_device_bench: $*" >&2; }
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.1f", b - a}'; }
@@ -253,8 +239,6 @@ fi
 log "throttle: $throttle_desc"
 
 declare -A url
-# shellcheck source=lib_backends.sh
-source "$src/bench/lib_backends.sh"
 plain=""
 for b in $bstypes; do [ "$b" != icbd+cache ] && plain+="$b "; done
 icbd_bsopts=""
