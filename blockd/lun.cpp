@@ -96,9 +96,8 @@ Result<uint64_t> Lun::open_overlay(const std::string& golden_path) {
     readonly_ = opts_.readonly;
     overlay_ = std::move(*overlay);
     if (!opts_.cache.empty()) {
-        auto info = read_overlay_info(opts_.overlay);
-        if (!info) return info.status();
-        if (Status s = open_cache("overlay " + uuid_to_string(info->overlay_uuid), overlay_->size()); !s) return s;
+        if (Status s = open_cache("overlay " + uuid_to_string(overlay_->info().overlay_uuid), overlay_->size()); !s)
+            return s;
     }
     runner_ = std::make_unique<CommandRunner>(*engine_, host_, overlay_->fd(), -1, false, false, opts_.overlay,
                                               overlay_.get(), cache_.get());

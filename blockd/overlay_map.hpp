@@ -30,6 +30,7 @@ public:
     uint64_t size() const { return info_.image_size; }
     uint64_t data_offset() const { return info_.data_offset; }
     const std::string& path() const { return path_; }
+    const OverlayInfo& info() const { return info_; }
 
     bool present(uint64_t block) const { return bit(mem_, block); }
     // Calls f(in_overlay, offset, len) for the maximal runs of [offset, offset+len).

@@ -30,12 +30,14 @@ inline constexpr int no_sense = 0x0, not_ready = 0x2, medium_error = 0x3, hardwa
                      unit_attention = 0x6, data_protect = 0x7, miscompare = 0xe;
 }
 namespace asc {
+inline constexpr uint16_t write_error = 0x0c00;
 inline constexpr uint16_t miscompare_during_verify = 0x1d00;
 inline constexpr uint16_t lba_out_of_range = 0x2100;
 inline constexpr uint16_t invalid_field_in_cdb = 0x2400;
 inline constexpr uint16_t write_protected = 0x2700;
 inline constexpr uint16_t space_allocation_failed = 0x2707;
 inline constexpr uint16_t logical_unit_not_supported = 0x2500;
+inline constexpr uint16_t internal_target_failure = 0x4400;
 }  // namespace asc
 }  // namespace scsi
 
