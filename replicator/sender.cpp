@@ -13,6 +13,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -23,6 +24,7 @@
 #include "icbd/replicator/image_path.hpp"
 #include "icbd/replicator/rate_limiter.hpp"
 #include "icbd/replicator/repository.hpp"
+#include "compression_pool.hpp"
 
 namespace icbd::repl {
 
@@ -396,18 +398,22 @@ void negotiate(PushContext& ctx, Session& s) {
     s.report.resume_seq = need->resume_seq;
 }
 
-// Reads and encodes the change frames of a group, once, into its window.
+// Reads and encodes the change frames of a group, once, into its window. The
+// reader keeps the order (the change chain, the window); DATA frames are
+// compressed by a pool of workers meanwhile, a bounded number ahead.
 void run_reader(PushContext& ctx, Group& g) {
     ChangeChain chain(g.start_seq, g.start_chain);
     // Compress only with an algorithm every replica of the group can decompress.
     Compression alg = ctx.opt.compression;
     for (Session* s : g.sessions)
         if ((s->receiver_caps & capability_bit(alg)) != capability_bit(alg)) alg = Compression::none;
-    std::optional<Compressor> comp;
+    std::unique_ptr<CompressionPool> pool;
     if (alg != Compression::none) {
-        auto c = Compressor::create(alg, ctx.opt.compression_level);
-        if (!c) return g.window->finish(c.status());
-        comp.emplace(std::move(c.value()));
+        auto p = CompressionPool::create(alg, ctx.opt.compression_level,
+                                         ctx.opt.compression_workers ? ctx.opt.compression_workers
+                                                                     : default_compression_workers());
+        if (!p) return g.window->finish(p.status());
+        pool = std::move(p.value());
     }
     auto drop = [&](size_t i) {
         Session* s = g.sessions[i];
@@ -421,6 +427,38 @@ void run_reader(PushContext& ctx, Group& g) {
         s->stream.interrupt();
     };
 
+    // Changes encoded but not yet in the window, in seq order; a DATA frame
+    // may still be in the pool. Bounded so that memory stays a few chunks.
+    struct Pending {
+        std::shared_ptr<EncodedChange> item;
+        std::future<Result<Bytes>> frame;
+    };
+    std::deque<Pending> pending;
+    const size_t max_pending = pool ? 2 * pool->workers() + 2 : 1;
+    Status status;
+    bool receivers_left = true;
+    // Moves the oldest pending change into the window (waiting for its frame).
+    auto put_oldest = [&]() -> bool {
+        Pending p = std::move(pending.front());
+        pending.pop_front();
+        auto f = p.frame.get();
+        if (!f) {
+            status = f.status();
+            return false;
+        }
+        p.item->frame = std::move(f.value());
+        if (!g.window->put(std::move(p.item), ctx.opt.max_stall, drop)) {
+            receivers_left = false;  // nobody left to send to
+            return false;
+        }
+        return true;
+    };
+    auto ready = [](Result<Bytes> r) {
+        std::promise<Result<Bytes>> pr;
+        pr.set_value(std::move(r));
+        return pr.get_future();
+    };
+
     std::optional<ChildFileReader> reader;
     uint64_t reader_counted = 0;
     // Readahead: the kernel hears about the next ranges of the file while this
@@ -429,37 +467,36 @@ void run_reader(PushContext& ctx, Group& g) {
     // update in 2000 pieces read at ~70 MB/s from a cold cache).
     constexpr uint64_t readahead_window = 32u << 20;
     uint64_t prefetch_seq = 0, prefetched = 0, consumed = 0;
-    Bytes raw, packed;
-    Status status;
-    for (uint64_t seq = g.start_seq + 1; seq <= g.plan.size(); ++seq) {
+    Bytes raw;  // the chunk being read; handed to the pool, or reused when not compressing
+    for (uint64_t seq = g.start_seq + 1; seq <= g.plan.size() && status && receivers_left; ++seq) {
         const PlannedChange& pc = g.plan[seq - 1];
         auto item = std::make_shared<EncodedChange>();
         item->seq = seq;
-        Result<Bytes> frame = Bytes();
+        std::optional<std::future<Result<Bytes>>> frame;
         Status added;
         switch (pc.type) {
         case FrameType::del: {
             Delete m{seq, pc.path};
-            frame = make_frame(m);
-            if (frame) added = chain.add(m);
+            frame = ready(make_frame(m));
+            added = chain.add(m);
             break;
         }
         case FrameType::truncate: {
             Truncate m{seq, pc.length, pc.path};
-            frame = make_frame(m);
-            if (frame) added = chain.add(m);
+            frame = ready(make_frame(m));
+            added = chain.add(m);
             break;
         }
         case FrameType::hole: {
             Hole m{seq, pc.offset, pc.length, pc.path};
-            frame = make_frame(m);
-            if (frame) added = chain.add(m);
+            frame = ready(make_frame(m));
+            added = chain.add(m);
             break;
         }
         case FrameType::file: {
             FileEntry m{seq, pc.path, pc.attrs};
-            frame = make_frame(m);
-            if (frame) added = chain.add(m);
+            frame = ready(make_frame(m));
+            added = chain.add(m);
             break;
         }
         case FrameType::data: {
@@ -467,7 +504,7 @@ void run_reader(PushContext& ctx, Group& g) {
                 if (reader) reader_counted = 0;
                 auto r = ChildFileReader::open(ctx.version_dir, pc.path);
                 if (!r) {
-                    frame = r.status();
+                    added = r.status();
                     break;
                 }
                 reader.emplace(std::move(r.value()));
@@ -485,9 +522,10 @@ void run_reader(PushContext& ctx, Group& g) {
                 prefetched += ahead.length;
             }
             consumed += pc.length;
-            raw.resize(pc.length);
+            if (pool) raw = pool->take_buffer(pc.length);
+            else raw.resize(pc.length);
             if (Status rs = reader->read_at(pc.offset, raw); !rs) {
-                frame = rs;
+                added = rs;
                 break;
             }
             g.bytes_read += reader->bytes_read() - reader_counted;
@@ -498,36 +536,30 @@ void run_reader(PushContext& ctx, Group& g) {
             m.length = static_cast<uint32_t>(pc.length);
             m.path = pc.path;
             m.bytes = raw;
-            if (comp) {
-                auto paid = comp->compress(raw, packed);
-                if (!paid) {
-                    frame = paid.status();
-                    break;
-                }
-                if (*paid) {
-                    m.compression = alg;
-                    m.bytes = packed;
-                }
-            }
-            frame = make_frame(m);
-            if (frame) added = chain.add(m, xxh3_64(raw.data(), raw.size()));
+            // The chain hashes the uncompressed bytes: how a chunk travels does not change it.
+            added = chain.add(m, xxh3_64(raw.data(), raw.size()));
+            if (!added) break;
+            if (pool) frame = pool->encode(std::move(m), std::move(raw));
+            else frame = ready(make_frame(m));
             item->data_bytes = pc.length;
             break;
         }
-        default: frame = Status::error(EINVAL, "internal: bad planned frame type");
-        }
-        if (!frame) {
-            status = frame.status();
-            break;
+        default: added = Status::error(EINVAL, "internal: bad planned frame type");
         }
         if (!added) {
             status = added;
             break;
         }
         item->chain_after = chain.value();
-        item->frame = std::move(frame.value());
-        if (!g.window->put(std::move(item), ctx.opt.max_stall, drop)) break;  // nobody left to send to
+        pending.push_back(Pending{std::move(item), std::move(*frame)});
+        while (status && receivers_left &&
+               (pending.size() >= max_pending ||
+                (!pending.empty() &&
+                 pending.front().frame.wait_for(std::chrono::seconds(0)) == std::future_status::ready)))
+            put_oldest();
     }
+    while (status && receivers_left && !pending.empty()) put_oldest();
+    pending.clear();  // after a failure: the pool finishes what it holds; nobody reads it
     g.window->finish(std::move(status));
 }
 

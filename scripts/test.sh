@@ -26,8 +26,8 @@ cmake --build --preset debug-asan --target bsopts_test checksum_test io_engine_t
   cache_format_test cache_map_test cache_recovery_test cache_lun_test
 ctest --test-dir build/debug-asan --output-on-failure -j2 -L unit
 # The replication codecs and path checks, which parse what a peer sends.
-cmake --build --preset debug-asan --target wire_format_test compression_test image_path_test
-ctest --test-dir build/debug-asan --output-on-failure -j2 -R 'replicator\.(wire_format|compression|image_path)_test'
+cmake --build --preset debug-asan --target wire_format_test compression_test compression_pool_test image_path_test
+ctest --test-dir build/debug-asan --output-on-failure -j2 -R 'replicator\.(wire_format|compression|compression_pool|image_path)_test'
 
 # Fuzzing, time-bounded: the bsopts parser, a LUN's SCSI command execution and
 # the replication frame decoder

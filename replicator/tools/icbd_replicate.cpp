@@ -40,7 +40,8 @@ const char* kUsage =
     "                       [--allow-peer NAME]... [--name NODE] [--insecure-plaintext] [--once]\n"
     "  icbd-replicate push --root DIR --image NAME --version N --to HOST:PORT [--to ...]\n"
     "                      --ca F --cert F --key F [--allow-peer NAME]... [--name NODE]\n"
-    "                      [--compress zstd|lz4|none] [--bwlimit RATE] [--checkpoint-interval BYTES]\n"
+    "                      [--compress zstd|lz4|none] [--compress-level N] [--compress-threads N]\n"
+    "                      [--bwlimit RATE] [--checkpoint-interval BYTES]\n"
     "                      [--json] [--insecure-plaintext]\n"
     "  icbd-replicate commit --root DIR --image NAME --version N --from DIR\n"
     "  icbd-replicate list --root DIR [--json]\n"
@@ -105,17 +106,27 @@ uint64_t parse_version_arg(const std::string& s) {
     return *v;
 }
 
-uint64_t parse_rate(const std::string& s) {
+uint64_t parse_rate(const std::string& option, const std::string& s) {
     size_t i = 0;
     while (i < s.size() && std::isdigit(static_cast<unsigned char>(s[i]))) ++i;
-    if (i == 0 || i > 15) throw UsageError{"--bwlimit '" + s + "' is not a rate (e.g. 50M)"};
+    if (i == 0 || i > 15) throw UsageError{option + " '" + s + "' is not a size (e.g. 50M)"};
     uint64_t v = std::stoull(s.substr(0, i));
     std::string unit = s.substr(i);
     if (unit == "" || unit == "B") return v;
     if (unit == "K" || unit == "k" || unit == "KiB") return v << 10;
     if (unit == "M" || unit == "MiB") return v << 20;
     if (unit == "G" || unit == "GiB") return v << 30;
-    throw UsageError{"--bwlimit '" + s + "': unknown unit '" + unit + "' (K, M or G)"};
+    throw UsageError{option + " '" + s + "': unknown unit '" + unit + "' (K, M or G)"};
+}
+
+int parse_int_arg(const std::string& option, const std::string& s, int lo, int hi) {
+    size_t i = s.size() > 1 && s[0] == '-' ? 1 : 0;
+    bool digits = i < s.size() && s.size() - i <= 6;
+    for (size_t k = i; k < s.size(); ++k) digits = digits && std::isdigit(static_cast<unsigned char>(s[k]));
+    int v = digits ? std::stoi(s) : lo - 1;
+    if (v < lo || v > hi)
+        throw UsageError{option + " '" + s + "' is not a number in " + std::to_string(lo) + ".." + std::to_string(hi)};
+    return v;
 }
 
 TlsConfig tls_from(const Args& a) {
@@ -202,8 +213,14 @@ int cmd_serve(int argc, char** argv) {
     std::fflush(stdout);
     Status s = rx.serve(*listener, a.has("--once"));
     pthread_kill(signals.native_handle(), SIGUSR1);
-    if (!s) std::fprintf(stderr, "icbd-replicate serve: %s\n", s.message().c_str());
-    return any_failed ? kExitFailed : kExitOk;
+    if (!s) {
+        std::fprintf(stderr, "icbd-replicate serve: %s\n", s.message().c_str());
+        return kExitFailed;
+    }
+    // --once reports how its one push went; a long-running server stopped by
+    // a signal has done its job (a failed push was logged and is retried by
+    // the master), so a service manager must not see a failure.
+    return a.has("--once") && any_failed ? kExitFailed : kExitOk;
 }
 
 // ---- push ----
@@ -211,7 +228,7 @@ int cmd_serve(int argc, char** argv) {
 int cmd_push(int argc, char** argv) {
     Args a(argc, argv, 2,
            {"--root", "--image", "--version", "--to", "--ca", "--cert", "--key", "--allow-peer", "--compress",
-            "--bwlimit", "--name", "--checkpoint-interval"},
+            "--compress-level", "--compress-threads", "--bwlimit", "--name", "--checkpoint-interval"},
            {"--json", "--insecure-plaintext"});
     PushOptions o;
     o.root = a.need("--root");
@@ -232,9 +249,18 @@ int cmd_push(int argc, char** argv) {
         if (!alg) throw UsageError{"--compress: " + alg.status().message()};
         o.compression = *alg;
     }
-    if (auto r = a.get("--bwlimit")) o.bandwidth_limit = parse_rate(*r);
+    if (auto l = a.get("--compress-level")) {
+        if (o.compression == Compression::none) throw UsageError{"--compress-level needs --compress zstd or lz4"};
+        o.compression_level = parse_int_arg("--compress-level", *l, -1000000, 1000000);
+        // The same check the compressors make, here, before anything connects.
+        if (auto c = Compressor::create(o.compression, o.compression_level); !c)
+            throw UsageError{"--compress-level: " + c.status().message()};
+    }
+    if (auto t = a.get("--compress-threads"))
+        o.compression_workers = static_cast<unsigned>(parse_int_arg("--compress-threads", *t, 1, 64));
+    if (auto r = a.get("--bwlimit")) o.bandwidth_limit = parse_rate("--bwlimit", *r);
     if (auto c = a.get("--checkpoint-interval")) {  // explicit: by bytes only
-        o.checkpoint_interval = std::max<uint64_t>(parse_rate(*c), 1);
+        o.checkpoint_interval = std::max<uint64_t>(parse_rate("--checkpoint-interval", *c), 1);
         o.checkpoint_min_period = std::chrono::milliseconds(0);
     }
     const bool json = a.has("--json");
