@@ -19,6 +19,7 @@
 #include <fstream>
 #include <iostream>
 #include <random>
+#include <regex>
 #include <sstream>
 #include <thread>
 
@@ -921,6 +922,7 @@ TEST_F(ReplicationTest, ToolPushPrintsJsonAndExitCodes) {
     EXPECT_EQ(res.exit_code, 0) << res.describe();
     EXPECT_NE(res.output.find("\"kind\":\"full\""), std::string::npos) << res.output;
     EXPECT_NE(res.output.find("\"result\":\"ok\""), std::string::npos) << res.output;
+    EXPECT_EQ(res.output.find('\r'), std::string::npos) << "no progress line without a terminal: " << res.output;
     EXPECT_EQ(srv.wait(), 0) << srv.stderr_text();
     EXPECT_TRUE(same_tree(fsys / "repo/images/vm/1", master_version(1)));
 
@@ -936,6 +938,56 @@ TEST_F(ReplicationTest, ToolPushPrintsJsonAndExitCodes) {
     auto list = test::run_command({tool, "list", "--root", (fsys / "repo").string(), "--json"});
     EXPECT_EQ(list.exit_code, 0);
     EXPECT_NE(list.output.find("{\"image\":\"vm\",\"versions\":[1]}"), std::string::npos) << list.output;
+}
+
+// On a terminal, push keeps one line per push up to date: each replica's
+// state, bytes sent of the total, rate and ETA (redrawn with \r).
+TEST_F(ReplicationTest, ToolPushShowsProgressOnATerminal) {
+    make_master(256 * MiB);
+    build_v1(work());
+    commit(1);
+    LoopFs fsys(LoopFs::Type::ext4, 128 * MiB);
+    ToolServer srv(fsys / "repo", replica_tls(1));
+    auto tls = certs_->config("good", "master");
+    // `script` gives the push a pseudo-terminal as stderr; the bandwidth limit
+    // stretches the ~5 MiB push over a few seconds of progress updates.
+    std::string cmd = ToolServer::tool().string() + " push --root " + master_root_.string() +
+                      " --image vm --version 1 --to 127.0.0.1:" + std::to_string(srv.port) + " --ca " + tls.ca_file +
+                      " --cert " + tls.cert_file + " --key " + tls.key_file + " --compress none --bwlimit 2M";
+    auto res = test::run_command({"script", "-qfec", cmd, "/dev/null"});
+    EXPECT_EQ(res.exit_code, 0) << res.describe();
+    EXPECT_EQ(srv.wait(), 0) << srv.stderr_text();
+    std::vector<std::string> lines;
+    std::string cur;
+    for (char c : res.output) {
+        if (c == '\r' || c == '\n') {
+            if (!cur.empty()) lines.push_back(cur);
+            cur.clear();
+        } else {
+            cur += c;
+        }
+    }
+    size_t streaming_with_eta = 0;
+    for (const auto& l : lines)
+        if (l.find("streaming") != std::string::npos && l.find("/s") != std::string::npos &&
+            l.find(" ETA ") != std::string::npos)
+            ++streaming_with_eta;
+    EXPECT_GE(streaming_with_eta, 3u) << "expected several redrawn progress lines with rate and ETA:\n" << res.output;
+    // The last state of the line says the push is over, with all bytes sent.
+    auto done = std::find_if(lines.rbegin(), lines.rend(), [](const std::string& l) { return l.find(" done ") != std::string::npos; });
+    ASSERT_NE(done, lines.rend()) << res.output;
+    EXPECT_NE(done->find("127.0.0.1"), std::string::npos) << *done;
+    std::smatch m;
+    ASSERT_TRUE(std::regex_search(*done, m, std::regex(R"(done (\S+ \S+)/(\S+ \S+) )"))) << *done;
+    EXPECT_EQ(m[1].str(), m[2].str()) << *done;
+    EXPECT_TRUE(same_tree(fsys / "repo/images/vm/1", master_version(1)));
+
+    // A level zstd does not have is bad usage, refused before connecting.
+    auto again = test::run_command({ToolServer::tool().string(), "push", "--root", master_root_.string(), "--image",
+                                    "vm", "--version", "1", "--to", "127.0.0.1:1", "--ca", tls.ca_file, "--cert",
+                                    tls.cert_file, "--key", tls.key_file, "--compress-level", "99"});
+    EXPECT_EQ(again.exit_code, 2) << again.describe();
+    EXPECT_NE(again.output.find("--compress-level: zstd level 99"), std::string::npos) << again.output;
 }
 
 }  // namespace
