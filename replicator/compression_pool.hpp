@@ -60,8 +60,9 @@ private:
     std::vector<std::thread> threads_;
 };
 
-// The number of compression workers for this machine: one per online CPU, at
-// most 8 (beyond that the reader and the network are the limit).
+// The number of compression workers for this machine: one per online CPU but
+// one, at least 1 and at most 8 (beyond that the reader and the network are
+// the limit).
 unsigned default_compression_workers();
 
 }  // namespace icbd::repl

@@ -106,7 +106,7 @@ struct PushOptions {
     std::string node_name;  // our HELLO name; empty: the host name
     Compression compression = Compression::zstd;
     std::optional<int> compression_level;
-    // Threads that compress DATA chunks; 0: one per online CPU (at most 8).
+    // Threads that compress DATA chunks; 0: one per online CPU but one (1..8).
     unsigned compression_workers = 0;
     uint64_t bandwidth_limit = 0;  // bytes/s over all replicas together; 0: unlimited
     // Bytes of frames between two checkpoints: what a cut can cost at most
