@@ -19,7 +19,7 @@
 #include "icbd/replicator/compression.hpp"
 #include "icbd/replicator/image_path.hpp"
 #include "icbd/replicator/repository.hpp"
-#include "icbd/replicator/sender.hpp"  // manifest_of_tree
+#include "icbd/replicator/tree_manifest.hpp"
 
 namespace icbd::repl {
 

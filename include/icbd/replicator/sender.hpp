@@ -14,22 +14,11 @@
 #include "icbd/replicator/compression.hpp"
 #include "icbd/replicator/snapshot_diff.hpp"
 #include "icbd/replicator/transport.hpp"
+#include "icbd/replicator/tree_manifest.hpp"
 #include "icbd/replicator/wire_format.hpp"
 #include "icbd/status.hpp"
 
 namespace icbd::repl {
-
-// The metadata summary of a version tree (section 8.2): what OFFER and END
-// carry. Only lstat/readlink of each entry; no file data is read. Shared by
-// the sender (source version) and the receiver (staged tree).
-struct TreeManifest {
-    uint64_t entry_count = 0;
-    uint64_t hash = 0;        // M
-    uint64_t total_size = 0;  // sum of the regular files' sizes
-};
-// `dir_fd` is the version root; `what` names it in errors. Symlinks are never
-// followed; special files are ENOTSUP naming the path.
-Result<TreeManifest> manifest_of_tree(int dir_fd, std::string_view what);
 
 // "host:port" or "[v6addr]:port" -> host and port; EINVAL with the text otherwise.
 struct HostPort {
