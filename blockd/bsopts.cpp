@@ -74,9 +74,15 @@ Result<LunOptions> parse_bsopts(std::string_view text) {
                 (n << shift) < (1u << 20))
                 return bad_value(key, value, "a size of at least 1M, e.g. 512M or 4G");
             o.cache_size = n << shift;
+        } else if (key == "cache_idle") {
+            uint32_t ms = 0;
+            auto [p, ec] = std::from_chars(value.data(), value.data() + value.size(), ms);
+            if (ec != std::errc() || p != value.data() + value.size() || ms > 3600000)
+                return bad_value(key, value, "milliseconds from 0 (never) to 3600000");
+            o.cache_idle_ms = ms;
         } else {
             return Status::error(ENOENT, "bsopts: unknown option '" + std::string(key) +
-                                             "' (known: readonly, direct, queue_depth, engine, overlay, cache, cache_size)");
+                                             "' (known: readonly, direct, queue_depth, engine, overlay, cache, cache_size, cache_idle)");
         }
     }
     return o;

@@ -113,6 +113,9 @@ void CommandRunner::submit(const LunCommand& cmd) {
 }
 
 void CommandRunner::submit_inner(const LunCommand& cmd) {
+    host_active_ = true;
+    idle_ = false;  // the host is back: idle write-back stops after its round
+    if (idle_timer_fd_ >= 0 && !idle_timer_armed_) arm_idle_timer();
     Task& t = alloc_task();
     t.cmd = cmd;
     ++active_;

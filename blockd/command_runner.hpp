@@ -39,6 +39,13 @@ public:
     // Completes everything in flight and writes the write-back cache down
     // (blocking, with progress in the log); used before closing the file.
     void drain();
+    // Idle write-back: `timer_fd` (a timerfd the host watches) is armed for
+    // `idle_ms` when commands arrive; when it expires after a period without
+    // any, the cache is committed and written back completely, so that a LUN
+    // that went quiet (a desktop shut down) holds no dirty data and closes
+    // fast. Host commands stop it after the round under way.
+    void set_idle_timer(int timer_fd, uint32_t idle_ms);
+    void on_idle_timer();
 
 private:
     void submit_inner(const LunCommand& cmd);
@@ -194,6 +201,13 @@ private:
     std::deque<uint32_t> cache_waiters_;    // writes waiting for free cache slots
     bool flusher_running_ = false;
     bool draining_ = false;
+    void arm_idle_timer();
+    bool cache_has_work() const;
+    int idle_timer_fd_ = -1;
+    uint32_t idle_ms_ = 0;
+    bool idle_timer_armed_ = false;
+    bool host_active_ = false;  // a command arrived since the timer was armed
+    bool idle_ = false;         // no command for idle_ms_: write everything back
     bool lower_dirty_ = false;  // UNMAP went below the cache: SYNCHRONIZE CACHE syncs below too
     size_t internal_active_ = 0;
     std::string flush_error_;   // the last write-back failure, for parked writers and drain

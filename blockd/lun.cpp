@@ -5,6 +5,8 @@
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -24,7 +26,10 @@ Result<std::unique_ptr<Lun>> Lun::create(const LunOptions& opts, const LunHost& 
     if (!why.empty())
         log(LogLevel::warning, (name.empty() ? std::string("LUN") : name) + ": io_uring unavailable (" + why +
                                    "); serving this LUN with the libaio engine");
-    return std::unique_ptr<Lun>(new Lun(opts, host, std::move(*engine)));
+    std::unique_ptr<Lun> lun(new Lun(opts, host, std::move(*engine)));
+    lun->timer_fd_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+    if (!lun->timer_fd_.valid()) return Status::from_errno(errno, "timerfd_create");
+    return lun;
 }
 
 Lun::Lun(const LunOptions& opts, const LunHost& host, std::unique_ptr<IoEngine> engine)
@@ -80,6 +85,7 @@ Result<uint64_t> Lun::open(const std::string& path, int extra_oflags) {
     }
     runner_ = std::make_unique<CommandRunner>(*engine_, host_, fd_.get(), write_fd_.get(), opts_.direct,
                                               direct_writes, path, nullptr, cache_.get());
+    runner_->set_idle_timer(timer_fd_.get(), opts_.cache_idle_ms);
     return size;
 }
 
@@ -101,6 +107,7 @@ Result<uint64_t> Lun::open_overlay(const std::string& golden_path) {
     }
     runner_ = std::make_unique<CommandRunner>(*engine_, host_, overlay_->fd(), -1, false, false, opts_.overlay,
                                               overlay_.get(), cache_.get());
+    runner_->set_idle_timer(timer_fd_.get(), opts_.cache_idle_ms);
     return overlay_->size();
 }
 
@@ -130,6 +137,11 @@ void Lun::close() {
 void Lun::submit(const LunCommand& cmd) { runner_->submit(cmd); }
 void Lun::submit_batch() {
     if (runner_) runner_->submit_batch();
+}
+void Lun::on_timer() {
+    uint64_t expirations;
+    if (::read(timer_fd_.get(), &expirations, sizeof expirations) < 0) return;  // EAGAIN: not expired
+    if (runner_) runner_->on_idle_timer();
 }
 void Lun::process_completions() {
     engine_->acknowledge_event();

@@ -70,6 +70,8 @@ void icbd_lun_destroy(icbd_lun* lun) { delete lun; }
 
 const char* icbd_lun_engine_name(const icbd_lun* lun) { return lun->lun->engine_name(); }
 int icbd_lun_event_fd(const icbd_lun* lun) { return lun->lun->event_fd(); }
+int icbd_lun_timer_fd(const icbd_lun* lun) { return lun->lun->timer_fd(); }
+void icbd_lun_timer(icbd_lun* lun) { lun->lun->on_timer(); }
 
 int icbd_lun_open(icbd_lun* lun, const char* path, int extra_oflags, int* fd, uint64_t* size, int* readonly,
                   char* err, size_t errlen) try {

@@ -1,6 +1,8 @@
 // The write-back cache in the data path: reads and writes through cache slots,
 // commits, and the background flusher (docs/write-back-cache.md, "In bs_icbd's
 // data path"). Members of CommandRunner (command_runner.hpp).
+#include <sys/timerfd.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -188,6 +190,41 @@ void CommandRunner::cache_changed() {
     kick_background();
 }
 
+// ---- idle write-back ----
+// One timerfd per LUN, armed at most once per idle period (a command while it
+// runs only sets a flag), so a busy LUN costs one timerfd_settime a period.
+
+void CommandRunner::set_idle_timer(int timer_fd, uint32_t idle_ms) {
+    idle_timer_fd_ = idle_ms && cache_ ? timer_fd : -1;
+    idle_ms_ = idle_ms;
+}
+
+bool CommandRunner::cache_has_work() const {
+    const CacheMap& m = cache_->map();
+    return m.counts().dirty > 0 || m.needs_commit() || m.free_entries_pending();
+}
+
+void CommandRunner::arm_idle_timer() {
+    itimerspec its{};
+    its.it_value.tv_sec = idle_ms_ / 1000;
+    its.it_value.tv_nsec = static_cast<long>(idle_ms_ % 1000) * 1000000;
+    if (::timerfd_settime(idle_timer_fd_, 0, &its, nullptr) == 0) idle_timer_armed_ = true;
+    else log(LogLevel::warning, "cache '" + cache_->path() + "': idle timer: " + std::strerror(errno));
+}
+
+void CommandRunner::on_idle_timer() {
+    idle_timer_armed_ = false;
+    if (idle_timer_fd_ < 0 || cache_->failed) return;
+    if (host_active_) {  // not idle yet: look again one period after the last look
+        host_active_ = false;
+        if (cache_has_work()) arm_idle_timer();
+        return;
+    }
+    if (!cache_has_work()) return;
+    idle_ = true;
+    kick_background();
+}
+
 // The flusher: one internal task at a time, started when the cache is above
 // its low watermark, when writes wait for slots, or when draining. Each round:
 // commit what is committable, write a batch of committed dirty blocks below in
@@ -198,7 +235,7 @@ void CommandRunner::kick_background() {
     // written back when the LUN closes.
     if (!cache_ || flusher_running_ || (cache_->failed && !draining_)) return;
     CacheMap& m = cache_->map();
-    const bool want = draining_ || !cache_waiters_.empty() || m.free_entries_pending() ||
+    const bool want = draining_ || idle_ || !cache_waiters_.empty() || m.free_entries_pending() ||
                       m.urgency(cache_->watermarks) != FlushUrgency::none;
     if (!want) return;
     // After a failed round, only a write waiting for room starts another (it
@@ -246,7 +283,7 @@ void CommandRunner::flush_step(Task& t) {
         case 1: {
             // Below the low watermark only FREE entries are written (a round
             // may start just for them): write-back waits for need or close.
-            const bool write_back = draining_ || !cache_waiters_.empty() ||
+            const bool write_back = draining_ || idle_ || !cache_waiters_.empty() ||
                                     m.urgency(cache_->watermarks) != FlushUrgency::none;
             t.batch = write_back ? m.select_flush(batch_bytes) : FlushBatch{};
             if (t.batch.empty()) {
@@ -338,12 +375,14 @@ void CommandRunner::flush_step(Task& t) {
             // what it waits for is in flight, and its completion kicks again.
             const bool did_io = t.phase == 8 || t.cursor;
             const bool more = !cache_waiters_.empty() || m.urgency(cache_->watermarks) != FlushUrgency::none ||
-                              (draining_ && m.counts().used() > 0) || m.free_entries_pending();
+                              (draining_ && m.counts().used() > 0) || (idle_ && m.counts().dirty > 0) ||
+                              m.free_entries_pending();
             if (did_io && more) {
                 t.phase = 0;
                 return flush_step(t);
             }
             flusher_running_ = false;
+            if (idle_ && !cache_has_work()) idle_ = false;  // clean: nothing until the next command
             finish(t);
             if (did_io) cache_changed();
         }

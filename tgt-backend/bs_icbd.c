@@ -25,6 +25,7 @@ struct bs_icbd_info {
 	struct icbd_lun *lun;
 	struct event_data submit_ev;
 	int efd;
+	int tfd;	/* idle write-back timer */
 };
 
 static inline struct bs_icbd_info *BS_ICBD_I(struct scsi_lu *lu)
@@ -74,6 +75,13 @@ static void icbd_completion_handler(int fd, int events, void *data)
 	struct bs_icbd_info *info = data;
 
 	icbd_lun_process_completions(info->lun);
+}
+
+static void icbd_timer_handler(int fd, int events, void *data)
+{
+	struct bs_icbd_info *info = data;
+
+	icbd_lun_timer(info->lun);
 }
 
 static int bs_icbd_cmd_submit(struct scsi_cmd *cmd)
@@ -178,6 +186,17 @@ static tgtadm_err bs_icbd_init(struct scsi_lu *lu, char *bsopts)
 		info->efd = -1;
 		return TGTADM_UNKNOWN_ERR;
 	}
+	info->tfd = icbd_lun_timer_fd(info->lun);
+	ret = tgt_event_add(info->tfd, EPOLLIN, icbd_timer_handler, info);
+	if (ret) {
+		eprintf("bs_icbd: tgt %d lun %" PRIu64 ": cannot watch timerfd\n",
+			lu->tgt->tid, lu->lun);
+		tgt_event_del(info->efd);
+		icbd_lun_destroy(info->lun);
+		info->lun = NULL;
+		info->efd = -1;
+		return TGTADM_UNKNOWN_ERR;
+	}
 	dprintf("bs_icbd: tgt %d lun %" PRIu64 ": engine %s\n",
 		lu->tgt->tid, lu->lun, icbd_lun_engine_name(info->lun));
 	return TGTADM_SUCCESS;
@@ -190,6 +209,7 @@ static void bs_icbd_exit(struct scsi_lu *lu)
 	if (!info->lun)
 		return;
 	tgt_remove_sched_event(&info->submit_ev);
+	tgt_event_del(info->tfd);
 	tgt_event_del(info->efd);
 	icbd_lun_destroy(info->lun);
 	info->lun = NULL;

@@ -22,6 +22,9 @@ struct LunOptions {
     // its size limit. docs/write-back-cache.md.
     std::string cache;
     uint64_t cache_size = 1ull << 30;
+    // After this long without a command, commit the cache and write all of it
+    // back (0: only under pressure and at close). docs/write-back-cache.md.
+    uint32_t cache_idle_ms = 1000;
 };
 
 // Status codes: EINVAL for a bad value, ENOENT for an unknown option name.

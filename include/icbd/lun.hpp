@@ -56,6 +56,10 @@ public:
     const LunOptions& options() const { return opts_; }
     const char* engine_name() const { return engine_->name(); }
     int event_fd() const { return engine_->event_fd(); }
+    // A timerfd the host watches for readability, then calls on_timer()
+    // (idle write-back of the cache; it never fires without one).
+    int timer_fd() const { return timer_fd_.get(); }
+    void on_timer();
 
     // Opens the backing file per the options; falls back to read-only where the
     // file or filesystem refuses writing. Returns the size in bytes.
@@ -87,6 +91,7 @@ private:
     std::unique_ptr<WriteBackCache> cache_;
     bool readonly_ = false;
     std::unique_ptr<CommandRunner> runner_;
+    UniqueFd timer_fd_;
 };
 
 }  // namespace icbd

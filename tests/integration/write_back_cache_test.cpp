@@ -10,6 +10,7 @@
 #include <fstream>
 #include <memory>
 #include <random>
+#include <thread>
 
 #include "integration_test.hpp"
 #include "iscsi_client.hpp"
@@ -49,8 +50,8 @@ protected:
         small_.reset();
         dir_.reset();
     }
-    LunSpec cached_lun(const fs::path& cache, const std::string& size = "256M") const {
-        return {1, 1, disk_, "cache=" + cache.string() + ";cache_size=" + size, "thin_provisioning=1"};
+    LunSpec cached_lun(const fs::path& cache, const std::string& size = "256M", const std::string& more = "") const {
+        return {1, 1, disk_, "cache=" + cache.string() + ";cache_size=" + size + more, "thin_provisioning=1"};
     }
 
     std::unique_ptr<TempDir> dir_;
@@ -75,7 +76,7 @@ TEST_F(WriteBackCache, ReportsAVolatileWriteCache) {
 
 TEST_F(WriteBackCache, RemovingTheLunWritesEverythingBackWithProgress) {
     const fs::path cache = *dir_ / "lun.cache";
-    tgtd_->add_lun(cached_lun(cache));
+    tgtd_->add_lun(cached_lun(cache, "256M", ";cache_idle=0"));  // nothing written back before the removal
     auto data = random_bytes(32 << 20, 3);
     {
         IscsiClient c(tgtd_->url(1, 1));
@@ -91,6 +92,37 @@ TEST_F(WriteBackCache, RemovingTheLunWritesEverythingBackWithProgress) {
     EXPECT_TRUE(contains(log, "writing back 8192 blocks (32 MiB)")) << log;
     EXPECT_TRUE(contains(log, "written back in")) << log;
     EXPECT_TRUE(same_bytes(read_backing(disk_, 8 << 20, data.size()), data));
+}
+
+// A desktop that shut down leaves its LUN quiet: after cache_idle the cache
+// is committed and written back by itself (no SYNCHRONIZE CACHE needed), so
+// the removal at logoff, which blocks tgtd while it writes back, has nothing
+// left to do.
+TEST_F(WriteBackCache, AQuietLunIsWrittenBackBeforeItIsRemoved) {
+    tgtd_->add_lun(cached_lun(*dir_ / "lun.cache", "256M", ";cache_idle=300"));
+    auto data = random_bytes(8 << 20, 5);
+    {
+        IscsiClient c(tgtd_->url(1, 1));
+        for (size_t off = 0; off < data.size(); off += 1 << 20)
+            ASSERT_TRUE(c.write16((4 << 20) / kBlock + off / kBlock, {data.data() + off, 1 << 20}).good());
+        EXPECT_FALSE(same_bytes(read_backing(disk_, 4 << 20, 1 << 20), {data.data(), 1 << 20}))
+            << "8 MiB in a 256 MiB cache is below the watermark: written back only when idle";
+        // The session stays logged in, just quiet.
+        bool below = false;
+        for (int i = 0; i < 100 && !below; ++i) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            below = same_bytes(read_backing(disk_, 4 << 20, data.size()), data);
+        }
+        EXPECT_TRUE(below) << "5 s after the last command the data is still only in the cache";
+        // The LUN serves the same data afterwards.
+        auto r = c.read16((4 << 20) / kBlock, 2048);
+        ASSERT_TRUE(r.good()) << r;
+        EXPECT_TRUE(same_bytes(r.data, {data.data(), 1 << 20}));
+    }
+    const size_t log_at = tgtd_->log().size();
+    ASSERT_TRUE(tgtd_->delete_lun(1, 1).ok());
+    const std::string log = tgtd_->log_since(log_at);
+    EXPECT_FALSE(contains(log, "writing back")) << "the removal still had to write back:\n" << log;
 }
 
 TEST_F(WriteBackCache, StoppingTgtdWritesEverythingBack) {

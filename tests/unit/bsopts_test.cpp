@@ -54,8 +54,12 @@ TEST(Bsopts, OverlayAndCache) {
     EXPECT_EQ(o->cache_size, 512ull << 20);
     EXPECT_EQ(parse_bsopts("cache=/c;cache_size=4G")->cache_size, 4ull << 30);
     EXPECT_EQ(parse_bsopts("cache=/c")->cache_size, 1ull << 30);
+    EXPECT_EQ(parse_bsopts("cache=/c")->cache_idle_ms, 1000u);
+    EXPECT_EQ(parse_bsopts("cache=/c;cache_idle=0")->cache_idle_ms, 0u);
+    EXPECT_EQ(parse_bsopts("cache=/c;cache_idle=3600000")->cache_idle_ms, 3600000u);
     for (const char* bad : {"overlay=rel.ovl", "cache=", "cache_size=0", "cache_size=12X", "cache_size=100K",
-                            "cache_size=99999999999999G"}) {
+                            "cache_size=99999999999999G", "cache_idle=-1", "cache_idle=1s", "cache_idle=3600001",
+                            "cache_idle="}) {
         auto b = parse_bsopts(bad);
         ASSERT_FALSE(b) << bad;
         EXPECT_EQ(b.status().code(), EINVAL) << bad;

@@ -2,6 +2,8 @@
 // model while the cache is smaller than the working set (writes park, the
 // flusher writes down in the background), durability bookkeeping (FUA and
 // SYNCHRONIZE CACHE commit), write-back on close, and the open-time errors.
+#include <poll.h>
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -56,9 +58,9 @@ protected:
         for (auto& b : data_) b = static_cast<uint8_t>(rng());
         std::ofstream(backing_, std::ios::binary).write(reinterpret_cast<const char*>(data_.data()), size);
     }
-    Status attach(const std::string& cache_size = "2M") {
+    Status attach(const std::string& cache_size = "2M", const std::string& more = "") {
         lun_.reset();
-        std::string o = "cache=" + cache_.string() + ";cache_size=" + cache_size;
+        std::string o = "cache=" + cache_.string() + ";cache_size=" + cache_size + more;
         if (GetParam().overlay) o += ";overlay=" + overlay_.string();
         auto opts = parse_bsopts(o);
         if (!opts) return opts.status();
@@ -159,6 +161,56 @@ TEST_P(CacheLunTest, WritesStayInTheCacheUntilTheFlusherNeedsRoom) {
     lun_.reset();
     auto all = below();
     EXPECT_EQ(0, std::memcmp(all.data() + 2048 * kSector, d.data(), d.size())) << "close writes back";
+}
+
+// Plays the host's event loop for `ms`: the timer when it is readable, and
+// whatever I/O that starts.
+void run_loop(Lun& lun, int ms) {
+    auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+    while (std::chrono::steady_clock::now() < end) {
+        pollfd p{lun.timer_fd(), POLLIN, 0};
+        if (::poll(&p, 1, 5) == 1) lun.on_timer();
+        lun.submit_batch();
+        lun.process_completions();
+    }
+}
+
+// True when `file` holds `pattern` somewhere (a block's bytes in an overlay
+// or a raw file, wherever the format puts them).
+bool file_holds(const fs::path& file, const std::vector<uint8_t>& pattern) {
+    auto bytes = read_file(file);
+    return std::search(bytes.begin(), bytes.end(), pattern.begin(), pattern.end()) != bytes.end();
+}
+
+// A LUN that goes quiet writes its cache back by itself (cache_idle), so that
+// closing it later (a desktop logged off) has nothing left to do; a LUN that
+// keeps getting commands does not, and cache_idle=0 never does.
+TEST_P(CacheLunTest, AQuietLunWritesItsCacheBackAfterTheIdlePeriod) {
+    make_backing(8 << 20);
+    const fs::path below_file = GetParam().overlay ? overlay_ : backing_;
+    std::vector<uint8_t> d(64 * 1024);
+    for (size_t i = 0; i < d.size(); ++i) d[i] = static_cast<uint8_t>(i * 7 + 3);
+
+    ASSERT_TRUE(attach("64M", ";cache_idle=0"));  // never
+    write_lun(2048, d);
+    run_loop(*lun_, 300);
+    EXPECT_FALSE(file_holds(below_file, d)) << "cache_idle=0 wrote back";
+
+    ASSERT_TRUE(attach("64M", ";cache_idle=200"));  // (closing wrote d back)
+    for (auto& b : d) b ^= 0x5a;
+    write_lun(2048, d);
+    // Busy: a read every 50 ms keeps the LUN from being idle for 200 ms.
+    for (int i = 0; i < 10; ++i) {
+        read_lun(0, 8);
+        run_loop(*lun_, 50);
+    }
+    EXPECT_FALSE(file_holds(below_file, d)) << "a busy LUN wrote back below the watermark";
+    run_loop(*lun_, 700);  // quiet for more than the period
+    EXPECT_TRUE(file_holds(below_file, d)) << "a quiet LUN kept its dirty data in the cache";
+    EXPECT_EQ(read_lun(2048, 128), d);
+    lun_.reset();
+    auto all = below();
+    EXPECT_EQ(0, std::memcmp(all.data() + 2048 * kSector, d.data(), d.size()));
 }
 
 TEST_P(CacheLunTest, CorruptSuperblocksAndTruncationAreClearErrors) {
