@@ -191,12 +191,12 @@ TEST_P(CacheLunTest, AQuietLunWritesItsCacheBackAfterTheIdlePeriod) {
     std::vector<uint8_t> d(64 * 1024);
     for (size_t i = 0; i < d.size(); ++i) d[i] = static_cast<uint8_t>(i * 7 + 3);
 
-    ASSERT_TRUE(attach("64M", ";cache_idle=0"));  // never
+    ASSERT_TRUE(attach("16M", ";cache_idle=0"));  // never
     write_lun(2048, d);
     run_loop(*lun_, 300);
     EXPECT_FALSE(file_holds(below_file, d)) << "cache_idle=0 wrote back";
 
-    ASSERT_TRUE(attach("64M", ";cache_idle=200"));  // (closing wrote d back)
+    ASSERT_TRUE(attach("16M", ";cache_idle=200"));  // (closing wrote d back)
     for (auto& b : d) b ^= 0x5a;
     write_lun(2048, d);
     // Busy: a read every 50 ms keeps the LUN from being idle for 200 ms.
