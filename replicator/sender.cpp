@@ -383,22 +383,20 @@ void run_reader(PushContext& ctx, Group& g) {
     const size_t max_pending = pool ? 2 * pool->workers() + 2 : 1;
     Status status;
     bool receivers_left = true;
-    // Moves the oldest pending change into the window (waiting for its frame).
-    auto put_oldest = [&]() -> bool {
+    // Moves the oldest pending change into the window (waiting for its frame);
+    // a failure sets `status`, a window nobody reads any more `receivers_left`.
+    auto put_oldest = [&] {
         Pending p = std::move(pending.front());
         pending.pop_front();
         auto f = p.frame.get();
         if (!f) {
             status = f.status();
-            return false;
+            return;
         }
         p.item->frame = std::move(f.value());
-        if (!g.window->put(std::move(p.item), ctx.opt.max_stall, drop)) {
-            receivers_left = false;  // nobody left to send to
-            return false;
-        }
-        return true;
+        if (!g.window->put(std::move(p.item), ctx.opt.max_stall, drop)) receivers_left = false;
     };
+    // A frame built right here, in the same shape as the pool's.
     auto ready = [](Result<Bytes> r) {
         std::promise<Result<Bytes>> pr;
         pr.set_value(std::move(r));
