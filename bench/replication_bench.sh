@@ -15,7 +15,8 @@
 #                    one icbd-replicate row per --compress value, each to its
 #                    own replica (default "zstd"); the first is the one held
 #                    against the targets and used for fan-out; e.g. "zstd lz4
-#                    none" shows what compression costs in wall time
+#                    none" shows what compression costs in wall time, and
+#                    "zstd zstd:5" a zstd level (push --compress-level)
 #     --keep         leave the filesystems mounted and the scratch dir in place
 #                    (their paths are printed) instead of removing them
 #
@@ -101,7 +102,8 @@ esac
 read -r -a icbd_algs <<<"$icbd_compress"
 [ "${#icbd_algs[@]}" -ge 1 ] || die "--icbd-compress needs at least one value"
 for a in "${icbd_algs[@]}"; do
-  case "$a" in zstd|lz4|none) ;; *) die "--icbd-compress: '$a' is not zstd, lz4 or none" ;; esac
+  case "$a" in zstd|lz4|none|zstd:[0-9]|zstd:1[0-9]|lz4:[0-9]*) ;;
+    *) die "--icbd-compress: '$a' is not zstd, lz4 or none (zstd:LEVEL, lz4:ACCEL for a level)" ;; esac
 done
 icbd_main=${icbd_algs[0]}
 icbd_keys=(icbd)           # row keys; icbd-ALG for the extra --compress values
@@ -535,8 +537,10 @@ run_icbd() {  # U icbd|icbd-ALG|fan
   r0=$(dev_read "$mloop")
   for r in "${targets[@]}"; do ws+=("$(dev_written "${fs_loop[$r]}")"); done
   t0=$(now)
+  local level=()
+  [ "${alg#*:}" != "$alg" ] && level=(--compress-level "${alg#*:}")
   "$tool" push --root "$M" --image vm --version "$c" "${to[@]}" --ca "$certs/ca.crt" --cert "$certs/master.crt" \
-    --key "$certs/master.key" --compress "$alg" --json >"$work/push.json" 2>"$work/push.err"
+    --key "$certs/master.key" --compress "${alg%%:*}" "${level[@]}" --json >"$work/push.json" 2>"$work/push.err"
   rc=$?
   t1=$(now)
   rd[$u,$m]=$(( $(dev_read "$mloop") - r0 ))
@@ -587,7 +591,7 @@ label() {
     zstd) echo 'btrfs send -p \| zstd -3 \| zstd -d \| btrfs receive; sync' ;;
     rsync) echo 'rsync --inplace --no-whole-file --ignore-times; sync' ;;
     icbd) echo "icbd-replicate push --compress $icbd_main (TLS 1.3, durable)" ;;
-    icbd-*) echo "icbd-replicate push --compress ${1#icbd-} (TLS 1.3, durable)" ;;
+    icbd-*) echo "icbd-replicate push --compress ${1#icbd-} (TLS 1.3, durable)" | sed 's/ --compress \([a-z0-9]*\):\([0-9]*\)/ --compress \1 --compress-level \2/' ;;
     fan) echo "icbd-replicate push --compress $icbd_main to 3 replicas at once (wire and written: sum of the 3)" ;;
   esac
 }
