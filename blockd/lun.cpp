@@ -27,8 +27,10 @@ Result<std::unique_ptr<Lun>> Lun::create(const LunOptions& opts, const LunHost& 
         log(LogLevel::warning, (name.empty() ? std::string("LUN") : name) + ": io_uring unavailable (" + why +
                                    "); serving this LUN with the libaio engine");
     std::unique_ptr<Lun> lun(new Lun(opts, host, std::move(*engine)));
-    lun->timer_fd_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
-    if (!lun->timer_fd_.valid()) return Status::from_errno(errno, "timerfd_create");
+    if (!opts.cache.empty() && opts.cache_idle_ms) {  // only a cache has idle work
+        lun->timer_fd_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+        if (!lun->timer_fd_.valid()) return Status::from_errno(errno, "timerfd_create");
+    }
     return lun;
 }
 
@@ -140,7 +142,8 @@ void Lun::submit_batch() {
 }
 void Lun::on_timer() {
     uint64_t expirations;
-    if (::read(timer_fd_.get(), &expirations, sizeof expirations) < 0) return;  // EAGAIN: not expired
+    if (!timer_fd_.valid() || ::read(timer_fd_.get(), &expirations, sizeof expirations) < 0)
+        return;  // no timer, or EAGAIN: not expired
     if (runner_) runner_->on_idle_timer();
 }
 void Lun::process_completions() {

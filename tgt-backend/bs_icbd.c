@@ -187,7 +187,8 @@ static tgtadm_err bs_icbd_init(struct scsi_lu *lu, char *bsopts)
 		return TGTADM_UNKNOWN_ERR;
 	}
 	info->tfd = icbd_lun_timer_fd(info->lun);
-	ret = tgt_event_add(info->tfd, EPOLLIN, icbd_timer_handler, info);
+	ret = info->tfd < 0 ? 0 :
+		tgt_event_add(info->tfd, EPOLLIN, icbd_timer_handler, info);
 	if (ret) {
 		eprintf("bs_icbd: tgt %d lun %" PRIu64 ": cannot watch timerfd\n",
 			lu->tgt->tid, lu->lun);
@@ -209,7 +210,8 @@ static void bs_icbd_exit(struct scsi_lu *lu)
 	if (!info->lun)
 		return;
 	tgt_remove_sched_event(&info->submit_ev);
-	tgt_event_del(info->tfd);
+	if (info->tfd >= 0)
+		tgt_event_del(info->tfd);
 	tgt_event_del(info->efd);
 	icbd_lun_destroy(info->lun);
 	info->lun = NULL;

@@ -57,7 +57,8 @@ public:
     const char* engine_name() const { return engine_->name(); }
     int event_fd() const { return engine_->event_fd(); }
     // A timerfd the host watches for readability, then calls on_timer()
-    // (idle write-back of the cache; it never fires without one).
+    // (idle write-back of the cache); -1 for a LUN without a cache or with
+    // cache_idle=0.
     int timer_fd() const { return timer_fd_.get(); }
     void on_timer();
 

@@ -56,8 +56,9 @@ int icbd_lun_create(const char *name, const char *bsopts, const struct icbd_lun_
 void icbd_lun_destroy(struct icbd_lun *lun);
 const char *icbd_lun_engine_name(const struct icbd_lun *lun);
 int icbd_lun_event_fd(const struct icbd_lun *lun);
-/* A timerfd to watch for EPOLLIN as well; call icbd_lun_timer() when it is
- * readable (idle write-back of the cache; may queue I/O and kick). */
+/* A timerfd to watch for EPOLLIN as well (-1: none, the LUN has no cache);
+ * call icbd_lun_timer() when it is readable (idle write-back of the cache;
+ * may queue I/O and kick). */
 int icbd_lun_timer_fd(const struct icbd_lun *lun);
 void icbd_lun_timer(struct icbd_lun *lun);
 
