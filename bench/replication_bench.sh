@@ -496,12 +496,12 @@ run_rsync() {  # U
   fi
   check_copy "$u" rsync "$R/copy/disk.raw"
 }
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+. "$src/scripts/lib/tgtd.sh"  # free_tcp_port
 # start_serve REPLICA N: icbd-replicate serve --once on the replica with the
 # certificate of replicaN; sets serve_port.
 start_serve() {
   local r=$1 n=$2 pid i
-  serve_port=$(free_port)
+  serve_port=$(free_tcp_port)
   "$tool" serve --root "${fs_mnt[$r]}" --listen "127.0.0.1:$serve_port" --ca "$certs/ca.crt" \
     --cert "$certs/replica$n.crt" --key "$certs/replica$n.key" --once >"$work/serve-$r.out" 2>"$work/serve-$r.err" &
   pid=$!

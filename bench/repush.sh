@@ -37,7 +37,8 @@ done
 btrfs -q subvolume sync "$R"
 [ -d "$R/images/vm/$((v - 1))" ] || die "the replica lacks version $((v - 1)); repush it first"
 if [ "$warm" = 0 ]; then sync; echo 3 >/proc/sys/vm/drop_caches; fi
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+. "$here/../scripts/lib/tgtd.sh"  # free_tcp_port
+port=$(free_tcp_port)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 /usr/bin/time -f "%U %S" -o "$out/serve.time" "$bin" serve --root "$R" --listen "127.0.0.1:$port" \

@@ -35,7 +35,8 @@ fi
 # 2. A configuration the way an administrator writes it.
 "$src/scripts/make-certs.sh" "$work/tls" master cache01 >/dev/null
 mkdir -p "$work/replica" "$work/master" "$work/v1"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+. "$src/scripts/lib/tgtd.sh"  # free_tcp_port
+port=$(free_tcp_port)
 # The shipped example with this test's values: the unit and the example must
 # agree on the keys (a key the unit needs and the example lacks fails below).
 sed -e "s|^ICBD_ROOT=.*|ICBD_ROOT=$work/replica|" \

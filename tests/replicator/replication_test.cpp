@@ -283,6 +283,8 @@ private:
 
 // ---- the fixture ----
 
+void build_v1(const fs::path& w);  // the small test image, below
+
 class ReplicationTest : public ::testing::Test {
 protected:
     static void SetUpTestSuite() {
@@ -319,7 +321,7 @@ protected:
         o.image = "vm";
         o.version = version;
         o.targets = std::move(to);
-        o.tls = certs_->config("good", "master");
+        o.tls = master_tls();
         o.node_name = "master";
         return o;
     }
@@ -331,6 +333,13 @@ protected:
         return std::move(r.value());
     }
     TlsConfig replica_tls(int n) const { return certs_->config("good", "replica" + std::to_string(n)); }
+    TlsConfig master_tls() const { return certs_->config("good", "master"); }
+    // A master holding version 1 of the small test image.
+    void master_with_v1() {
+        make_master(256 * MiB);
+        build_v1(work());
+        commit(1);
+    }
 
     static std::unique_ptr<Certs> certs_;
     std::unique_ptr<LoopFs> master_fs_;
@@ -502,6 +511,17 @@ struct ToolServer {
         }
     }
 };
+
+// `icbd-replicate push` of image 'vm' version 1 from `root` to 127.0.0.1:`port`
+// as the cluster's master, then `extra`.
+std::vector<std::string> tool_push(const fs::path& root, uint16_t port, const TlsConfig& tls,
+                                   std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv = {ToolServer::tool().string(), "push", "--root", root.string(), "--image", "vm",
+                                     "--version", "1", "--to", "127.0.0.1:" + std::to_string(port), "--ca",
+                                     tls.ca_file, "--cert", tls.cert_file, "--key", tls.key_file};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return argv;
+}
 
 TEST_F(ReplicationTest, IncrementalPushReadsOnlyTheChangedData) {
     make_master(1024 * MiB);
@@ -909,16 +929,11 @@ TEST_F(ReplicationTest, APeerWithoutAValidCertificateIsRefused) {
 }
 
 TEST_F(ReplicationTest, ToolPushPrintsJsonAndExitCodes) {
-    make_master(256 * MiB);
-    build_v1(work());
-    commit(1);
+    master_with_v1();
     LoopFs fsys(LoopFs::Type::ext4, 128 * MiB);
     ToolServer srv(fsys / "repo", replica_tls(1));
-    auto tls = certs_->config("good", "master");
     auto tool = ToolServer::tool().string();
-    auto res = test::run_command({tool, "push", "--root", master_root_.string(), "--image", "vm", "--version", "1",
-                                  "--to", "127.0.0.1:" + std::to_string(srv.port), "--ca", tls.ca_file, "--cert",
-                                  tls.cert_file, "--key", tls.key_file, "--json"});
+    auto res = test::run_command(tool_push(master_root_, srv.port, master_tls(), {"--json"}));
     EXPECT_EQ(res.exit_code, 0) << res.describe();
     EXPECT_NE(res.output.find("\"kind\":\"full\""), std::string::npos) << res.output;
     EXPECT_NE(res.output.find("\"result\":\"ok\""), std::string::npos) << res.output;
@@ -930,9 +945,7 @@ TEST_F(ReplicationTest, ToolPushPrintsJsonAndExitCodes) {
     EXPECT_EQ(bad.exit_code, 2);
     EXPECT_NE(bad.output.find("--bogus"), std::string::npos) << bad.output;
     // Nobody listens there: exit 1, the message names image, version and peer.
-    auto down = test::run_command({tool, "push", "--root", master_root_.string(), "--image", "vm", "--version", "1",
-                                   "--to", "127.0.0.1:1", "--ca", tls.ca_file, "--cert", tls.cert_file, "--key",
-                                   tls.key_file});
+    auto down = test::run_command(tool_push(master_root_, 1, master_tls()));
     EXPECT_EQ(down.exit_code, 1) << down.describe();
     EXPECT_NE(down.output.find("image 'vm' version 1 to replica 127.0.0.1:1"), std::string::npos) << down.output;
     auto list = test::run_command({tool, "list", "--root", (fsys / "repo").string(), "--json"});
@@ -943,17 +956,15 @@ TEST_F(ReplicationTest, ToolPushPrintsJsonAndExitCodes) {
 // On a terminal, push keeps one line per push up to date: each replica's
 // state, bytes sent of the total, rate and ETA (redrawn with \r).
 TEST_F(ReplicationTest, ToolPushShowsProgressOnATerminal) {
-    make_master(256 * MiB);
-    build_v1(work());
-    commit(1);
+    master_with_v1();
     LoopFs fsys(LoopFs::Type::ext4, 128 * MiB);
     ToolServer srv(fsys / "repo", replica_tls(1));
-    auto tls = certs_->config("good", "master");
     // `script` gives the push a pseudo-terminal as stderr; the bandwidth limit
-    // stretches the ~5 MiB push over a few seconds of progress updates.
-    std::string cmd = ToolServer::tool().string() + " push --root " + master_root_.string() +
-                      " --image vm --version 1 --to 127.0.0.1:" + std::to_string(srv.port) + " --ca " + tls.ca_file +
-                      " --cert " + tls.cert_file + " --key " + tls.key_file + " --compress none --bwlimit 2M";
+    // stretches the ~5 MiB push over a few seconds of progress updates. (The
+    // paths have no spaces: joined, the words stay words.)
+    std::string cmd;
+    for (const auto& a : tool_push(master_root_, srv.port, master_tls(), {"--compress", "none", "--bwlimit", "2M"}))
+        cmd += (cmd.empty() ? "" : " ") + a;
     auto res = test::run_command({"script", "-qfec", cmd, "/dev/null"});
     EXPECT_EQ(res.exit_code, 0) << res.describe();
     EXPECT_EQ(srv.wait(), 0) << srv.stderr_text();
@@ -983,9 +994,7 @@ TEST_F(ReplicationTest, ToolPushShowsProgressOnATerminal) {
     EXPECT_TRUE(same_tree(fsys / "repo/images/vm/1", master_version(1)));
 
     // A level zstd does not have is bad usage, refused before connecting.
-    auto again = test::run_command({ToolServer::tool().string(), "push", "--root", master_root_.string(), "--image",
-                                    "vm", "--version", "1", "--to", "127.0.0.1:1", "--ca", tls.ca_file, "--cert",
-                                    tls.cert_file, "--key", tls.key_file, "--compress-level", "99"});
+    auto again = test::run_command(tool_push(master_root_, 1, master_tls(), {"--compress-level", "99"}));
     EXPECT_EQ(again.exit_code, 2) << again.describe();
     EXPECT_NE(again.output.find("--compress-level: zstd level 99"), std::string::npos) << again.output;
 }
