@@ -44,8 +44,8 @@ uint64_t now_ns() {
 Status write_new_overlay(int fd, const OverlayInfo& info, const std::string& name) {
     uint8_t header[overlay_header_size];
     encode_overlay_header(info, header);
-    if (pwrite(fd, header, sizeof header, 0) != static_cast<ssize_t>(sizeof header))
-        return Status::from_errno(errno ? errno : EIO, "overlay '" + name + "': writing the header");
+    if (Status s = full_pwrite(fd, header, sizeof header, 0, "overlay '" + name + "': writing the header"); !s)
+        return s;
     if (ftruncate(fd, static_cast<off_t>(info.data_offset + info.image_size)) < 0)
         return Status::from_errno(errno, "overlay '" + name + "': setting its size");
     if (fsync(fd) < 0) return Status::from_errno(errno, "overlay '" + name + "': fsync");
@@ -204,9 +204,10 @@ Result<uint64_t> count_overlay_blocks(const std::string& path) {
     UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
     if (!fd.valid()) return Status::from_errno(errno, "overlay '" + path + "': open");
     std::vector<uint8_t> map(info->map_length);
-    if (pread(fd.get(), map.data(), map.size(), static_cast<off_t>(info->map_offset)) !=
-        static_cast<ssize_t>(map.size()))
-        return Status::error(EIO, "overlay '" + path + "': reading the allocation map");
+    if (Status s = full_pread(fd.get(), map.data(), map.size(), info->map_offset,
+                              "overlay '" + path + "': reading the allocation map");
+        !s)
+        return s;
     uint64_t n = 0;
     for (uint8_t b : map) n += static_cast<uint64_t>(__builtin_popcount(b));
     return n;
