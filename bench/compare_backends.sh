@@ -19,6 +19,10 @@
 #     --out FILE         also write the Markdown report to FILE
 #     --raw FILE         also write one line per run (TSV) to FILE
 #     --no-warmup        skip the 1 s warm-up read per LUN
+#     --page-cache MODE  warm (default): the file is read back into the page
+#                        cache before every run; cold: its pages are dropped
+#                        and not read back (what 4 KiB buffered writes cost
+#                        without readahead's 2 MiB folios; see below)
 #
 # Prints a Markdown report on stdout. Runs are interleaved (run 1 of every
 # workload and backend, then run 2, ...) so that a burst of background load hits
@@ -65,6 +69,7 @@ read_tool=iscsi-perf
 out=""
 raw_out=""
 warmup=1
+page_cache=warm
 use_btrfs=0
 
 die() { echo "compare_backends: $*" >&2; exit 2; }
@@ -83,6 +88,8 @@ while [ $# -gt 0 ]; do
     --out) need_arg "$@"; out=$2; shift 2 ;;
     --raw) need_arg "$@"; raw_out=$2; shift 2 ;;
     --no-warmup) warmup=0; shift ;;
+    --page-cache) need_arg "$@"; page_cache=$2; shift 2
+      case "$page_cache" in warm|cold) ;; *) die "--page-cache must be 'warm' or 'cold', not '$page_cache'" ;; esac ;;
     --btrfs) use_btrfs=1; shift ;;
     -h|--help) sed -n '2,/^set -uo/{/^set -uo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
@@ -172,6 +179,7 @@ warm_cache() {
   fi
   sync "$backing" 2>/dev/null || true
   run_child - - dd if="$backing" iflag=nocache count=0 status=none || true
+  [ "$page_cache" = cold ] && return 0
   run_child - - dd if="$backing" of=/dev/null bs=1M status=none || die "cannot read $backing"
 }
 warm_cache
@@ -286,7 +294,7 @@ report="$work/report.md"
   echo
   echo "- started: $started; host $(hostname), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r)"
   echo "- tgtd: Debian tgt $(dpkg-query -W -f='${Version}' tgt 2>/dev/null), one instance; icbd module from $build/modules; icbd bsopts: '${icbd_bsopts:-(default)}'"
-  echo "- backing file: $size of random data on $(findmnt -n -o FSTYPE -T "$fsdir" 2>/dev/null || echo ?)$( [ "$use_btrfs" = 1 ] && echo " (fresh, on a loop device over a file in $dir)" || echo " ($dir)"), dropped from and read back into the page cache before every run; LUN block size 4096; the null LUN has no file (1 TiB)"
+  echo "- backing file: $size of random data on $(findmnt -n -o FSTYPE -T "$fsdir" 2>/dev/null || echo ?)$( [ "$use_btrfs" = 1 ] && echo " (fresh, on a loop device over a file in $dir)" || echo " ($dir)"), $( [ "$page_cache" = cold ] && echo "its cached pages dropped (and not read back) before every run" || echo "dropped from and read back into the page cache before every run"); LUN block size 4096; the null LUN has no file (1 TiB)"
   echo "- reads: $( [ "$read_tool" = iscsi-perf ] && echo "libiscsi iscsi-perf (IOPS averaged over whole seconds)" || echo "icbd-iscsi-load"); writes: icbd-iscsi-load (no FUA)"
   echo "- $runs runs x $seconds s per workload and backend, interleaved; tgtd CPU = utime+stime of the whole process / ops"
   echo "- load before: \`${uptime_before# }\`"

@@ -14,6 +14,8 @@
 #     --size SIZE        backing file, for dd (default 1G)
 #     --dir DIR          where the backing file goes (default /var/tmp)
 #     --icbd-bsopts STR  --bsopts for the icbd LUN
+#     --page-cache MODE  warm (default: the file is read back into the page cache
+#                        before each backend) or cold (its pages dropped, not read back)
 #     --record DIR       also `perf record -g` each run into DIR/perf-BSTYPE.data
 #                        and print its top symbols
 #
@@ -34,6 +36,7 @@ size=1G
 dir=/var/tmp
 icbd_bsopts=""
 record=""
+page_cache=warm
 
 die() { echo "profile_backends: $*" >&2; exit 2; }
 log() { echo "profile_backends: $*" >&2; }
@@ -48,6 +51,8 @@ while [ $# -gt 0 ]; do
     --dir) need_arg "$@"; dir=$2; shift 2 ;;
     --icbd-bsopts) need_arg "$@"; icbd_bsopts=$2; shift 2 ;;
     --record) need_arg "$@"; record=$2; shift 2 ;;
+    --page-cache) need_arg "$@"; page_cache=$2; shift 2
+      case "$page_cache" in warm|cold) ;; *) die "--page-cache must be 'warm' or 'cold', not '$page_cache'" ;; esac ;;
     -h|--help) sed -n '2,/^set -uo/{/^set -uo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
@@ -118,7 +123,7 @@ for b in $bstypes; do
   if [ "$b" != null ]; then  # same page cache for every backend, as in compare_backends.sh
     sync "$backing"
     run_child - - dd if="$backing" iflag=nocache count=0 status=none
-    run_child - - dd if="$backing" of=/dev/null bs=1M status=none
+    [ "$page_cache" = cold ] || run_child - - dd if="$backing" of=/dev/null bs=1M status=none
   fi
   log "$b: $workload for $seconds s"
   perf stat -x, -e "$events" -p "$TGTD_PID" -o "$work/stat-$b.csv" -- sleep $((seconds + 2)) &

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "file_io.hpp"
 #include "icbd/log.hpp"
 #include "icbd/scsi.hpp"
 #include "icbd/sense.hpp"
@@ -66,6 +67,7 @@ CommandRunner::CommandRunner(IoEngine& engine, const LunHost& host, int fd, int 
       write_fd_(write_fd),
       direct_reads_(direct_reads),
       direct_writes_(direct_writes),
+      write_align_(write_fd >= 0 ? dio_offset_alignment(write_fd) : static_cast<uint32_t>(dio_align)),
       name_(std::move(name)),
       overlay_(overlay),
       cache_(cache) {}
@@ -241,8 +243,17 @@ void CommandRunner::start(Task& t) {
 void CommandRunner::issue(Task& t, IoOp op, uint8_t* buf, uint64_t len, uint64_t offset, bool dsync, int fd,
                           bool overlay_data, int32_t cache_run) {
     if (fd < 0) fd = fd_for(op);
+    bool direct = needs_alignment(op);
+    if (fd == write_fd_ && write_fd_ >= 0 && ((len | offset) & (write_align_ - 1))) {
+        // direct=writes: O_DIRECT takes whole blocks only. A data-out that is
+        // not (an iSCSI underflow: fewer bytes than the CDB's blocks) goes
+        // through the page cache; the kernel writes those pages back before a
+        // later direct write of the range and drops them after it.
+        fd = fd_;
+        direct = false;
+    }
     SubOp s{op, dsync, overlay_data, cache_run, fd, offset, buf, len, offset, buf, nullptr, 0};
-    if (needs_alignment(op) && ((reinterpret_cast<uintptr_t>(buf) | len | offset) & (dio_align - 1))) {
+    if (direct && ((reinterpret_cast<uintptr_t>(buf) | len | offset) & (dio_align - 1))) {
         // O_DIRECT needs aligned memory; tgtd's buffers usually are, this is the rare path.
         uint8_t* b = t.bounce.reserve(len);
         if (!b) {

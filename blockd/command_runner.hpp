@@ -189,6 +189,7 @@ private:
     int write_fd_;
     bool direct_reads_;
     bool direct_writes_;
+    uint32_t write_align_;  // O_DIRECT offset/length alignment of write_fd_
     int fd_for(IoOp op) const { return op == IoOp::write && write_fd_ >= 0 ? write_fd_ : fd_; }
     bool needs_alignment(IoOp op) const {
         return (op == IoOp::read && direct_reads_) || (op == IoOp::write && direct_writes_);

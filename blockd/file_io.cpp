@@ -1,6 +1,8 @@
-// full_pread / full_pwrite (blockd/file_io.hpp).
+// full_pread / full_pwrite and O_DIRECT alignment (blockd/file_io.hpp).
 #include "file_io.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -34,6 +36,14 @@ Status full_pwrite(int fd, const uint8_t* buf, size_t len, uint64_t off, const s
         off += static_cast<uint64_t>(n);
     }
     return Status::ok();
+}
+
+uint32_t dio_offset_alignment(int fd) {
+    struct statx sx {};
+    if (::statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN) &&
+        sx.stx_dio_offset_align >= 1 && (sx.stx_dio_offset_align & (sx.stx_dio_offset_align - 1)) == 0)
+        return sx.stx_dio_offset_align;
+    return 512;
 }
 
 }  // namespace icbd

@@ -16,4 +16,9 @@ Status full_pread(int fd, uint8_t* buf, size_t len, uint64_t off, const std::str
 // Writes exactly `len` bytes at `off`. Retries EINTR.
 Status full_pwrite(int fd, const uint8_t* buf, size_t len, uint64_t off, const std::string& what);
 
+// The file offset (and length) alignment O_DIRECT needs on `fd`, from
+// statx(STATX_DIOALIGN); 512 where the filesystem does not say (BTRFS, kernels
+// before 6.1: BTRFS itself falls back to buffered I/O for what is unaligned).
+uint32_t dio_offset_alignment(int fd);
+
 }  // namespace icbd

@@ -85,6 +85,30 @@ TEST_P(LunTest, WriteThenReadAtOddSizes) {
     }
 }
 
+// iSCSI lets an initiator send fewer data-out bytes than the CDB's blocks
+// (libiscsi's iSCSIResiduals.Write* do): the bytes that arrived are written.
+// direct=writes sends them through the page cache (O_DIRECT takes whole
+// blocks); direct=1 has no buffered descriptor and refuses, writing nothing.
+TEST_P(LunTest, ADataOutShorterThanItsBlocksWritesWhatArrived) {
+    const auto before = file_bytes(0, 8 * kBlock);
+    Cmd w = make(scsi::op::write_16, 3, 2);
+    w.out = pattern(700, 9);
+    ScsiResult r = run(w);
+    auto expect = before;
+    const bool refuses = GetParam().find("direct=1") != std::string::npos;
+    if (!refuses) std::copy(w.out.begin(), w.out.end(), expect.begin() + 3 * kBlock);
+    EXPECT_EQ(r.status, refuses ? scsi::status_check_condition : scsi::status_good);
+    EXPECT_EQ(file_bytes(0, 8 * kBlock), expect);
+    // Whole blocks on either side still go direct and read back.
+    Cmd full = make(scsi::op::write_16, 2, 4);
+    full.out = pattern(4 * kBlock, 5);
+    EXPECT_EQ(run(full).status, scsi::status_good);
+    Cmd rd = make(scsi::op::read_16, 2, 4);
+    rd.in.resize(4 * kBlock);
+    EXPECT_EQ(run(rd).status, scsi::status_good);
+    EXPECT_EQ(rd.in, full.out);
+}
+
 TEST_P(LunTest, CompareAndWriteHitAndMissWithOffset) {
     auto old = pattern(2 * kBlock, 1);
     ASSERT_EQ(pwrite(raw_, old.data(), old.size(), 10 * kBlock), static_cast<ssize_t>(old.size()));
