@@ -12,7 +12,8 @@
 #                        file in --dir), as golden images are; removed at exit
 #     --bstypes "LIST"   backends to compare (default "null rdwr aio icbd"); "overlay"
 #                        is icbd serving a client overlay over the backing file
-#                        (the backing file is the golden file; overlay under --dir)
+#                        (the backing file is the golden file; overlay under --dir);
+#                        "icbd-dw" is icbd with --bsopts direct=writes
 #     --workloads "LIST" subset of: rr4k-qd1 rr4k-qd8 rr4k-qd32 sr128k-qd8 rw4k-qd32 sw128k-qd8
 #     --icbd-bsopts STR  --bsopts for the icbd LUN (default none: engine=auto)
 #     --read-tool T      iscsi-perf (default) or load (our icbd-iscsi-load) for reads
@@ -103,7 +104,7 @@ for w in $workloads; do
   [[ " $all_workloads " == *" $w "* ]] || die "unknown workload '$w' (known: $all_workloads)"
 done
 for b in $bstypes; do
-  case "$b" in null|rdwr|aio|icbd|overlay) ;; *) die "unknown bstype '$b' (known: null rdwr aio icbd overlay)" ;; esac
+  case "$b" in null|rdwr|aio|icbd|overlay|icbd-dw) ;; *) die "unknown bstype '$b' (known: null rdwr aio icbd overlay icbd-dw)" ;; esac
 done
 [ "$(id -u)" -eq 0 ] || die "needs root (tgtd)"
 build=$(cd "$build" 2>/dev/null && pwd) || die "build dir not found (build first: cmake --preset release && cmake --build --preset release)"
@@ -324,7 +325,8 @@ def ratio(a, b): return f"{a / b:.2f}x" if a and b else "n/a"
 def failed(w, b): return sum(1 for r in rows if r["workload"] == w and r["bstype"] == b and r["ops"] == "FAILED")
 
 print("### Summary: median IOPS\n")
-hdr = ["workload"] + bstypes + [c for c in ("icbd/null", "icbd/rdwr", "icbd/aio", "overlay/icbd")
+hdr = ["workload"] + bstypes + [c for c in ("icbd/null", "icbd/rdwr", "icbd/aio", "overlay/icbd",
+                                            "icbd-dw/rdwr", "icbd-dw/aio", "icbd-dw/icbd")
                                 if all(x in bstypes for x in c.split("/"))]
 print("| " + " | ".join(hdr) + " |")
 print("|" + "|".join(["---"] + ["---:"] * (len(hdr) - 1)) + "|")

@@ -9,7 +9,8 @@
 #                            size 4096 over $backing (null: no file), --bsopts
 #                            $icbd_bsopts for icbd; "overlay" is icbd with a client
 #                            overlay ($overlay_file) over $backing as its golden
-#                            file; fills the associative array
+#                            file; "icbd-dw" is icbd with direct=writes;
+#                            fills the associative array
 #                            url[bstype] (declare -A url first). Returns 1 with a
 #                            message naming the step that failed.
 export_backends() {
@@ -20,11 +21,12 @@ export_backends() {
     iqn="iqn.2024-01.org.icbd:$prefix-$b"
     tgtd_adm --op new --mode target --tid "$tid" -T "$iqn" || { echo "cannot create target $iqn" >&2; return 1; }
     local bstype=$b
-    [ "$b" = overlay ] && bstype=icbd
+    case "$b" in overlay|icbd-dw) bstype=icbd ;; esac
     args=(--op new --mode logicalunit --tid "$tid" --lun 1 --bstype "$bstype" --blocksize 4096)
     if [ "$b" = null ]; then args+=(--backing-store None); else args+=(--backing-store "$backing"); fi
     if [ "$b" = icbd ] && [ -n "${icbd_bsopts:-}" ]; then args+=(--bsopts "$icbd_bsopts"); fi
     if [ "$b" = overlay ]; then args+=(--bsopts "overlay=$overlay_file${icbd_bsopts:+;$icbd_bsopts}"); fi
+    if [ "$b" = icbd-dw ]; then args+=(--bsopts "direct=writes${icbd_bsopts:+;$icbd_bsopts}"); fi
     tgtd_adm "${args[@]}" || { echo "cannot add a LUN of bstype $b (see $TGTD_LOG)" >&2; return 1; }
     tgtd_adm --op bind --mode target --tid "$tid" -I ALL || { echo "cannot bind target $iqn" >&2; return 1; }
     url[$b]="iscsi://127.0.0.1:$TGTD_PORT/$iqn/1"

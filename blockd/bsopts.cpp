@@ -42,15 +42,16 @@ Result<LunOptions> parse_bsopts(std::string_view text) {
         std::string_view key = trim(item.substr(0, eq));
         std::string_view value = trim(item.substr(eq + 1));
 
-        if (key == "direct" && value == "writes") {
+        if (key == "direct" && (value == "writes" || value == "auto")) {
             o.direct = false;
-            o.direct_writes = true;
+            o.direct_writes = value == "writes";
+            o.direct_auto = value == "auto";
         } else if (key == "readonly" || key == "direct") {
             bool b;
             if (!parse_bool(value, &b))
-                return bad_value(key, value, key == "direct" ? "0, 1 or writes" : "0 or 1");
+                return bad_value(key, value, key == "direct" ? "0, 1, writes or auto" : "0 or 1");
             if (key == "readonly") o.readonly = b;
-            else o.direct = b, o.direct_writes = false;
+            else o.direct = b, o.direct_writes = false, o.direct_auto = false;
         } else if (key == "queue_depth") {
             unsigned qd = 0;
             auto [p, ec] = std::from_chars(value.data(), value.data() + value.size(), qd);

@@ -14,6 +14,9 @@ struct LunOptions {
     bool readonly = false;  // refuse every write (golden images)
     bool direct = false;    // O_DIRECT: bypass the page cache
     bool direct_writes = false;  // only writes bypass it (a second, O_DIRECT fd); reads stay cached
+    // direct=auto (the default, no direct= given): direct_writes for a raw,
+    // writable LUN without a cache whose file is on BTRFS, else buffered.
+    bool direct_auto = true;
     EngineOptions engine;
     // Per-client copy-on-write overlay over the backing file (the golden
     // file); created when missing. docs/overlay-format.md.

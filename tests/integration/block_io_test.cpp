@@ -3,9 +3,11 @@
 // engine=aio and direct=1, driven by libiscsi. Every SCSI command the module
 // executes is checked for its effect on the data (read back through iSCSI and,
 // where it matters, in the backing file itself: holes, offsets).
+#include <fcntl.h>
 #include <sys/vfs.h>
 
 #include <algorithm>
+#include <fstream>
 #include <map>
 #include <memory>
 
@@ -138,6 +140,37 @@ protected:
     std::string creation_log_;
     std::unique_ptr<IscsiClient> client_;
 };
+
+// Which of tgtd's descriptors of the backing file bypass the page cache
+// (O_DIRECT in /proc/PID/fdinfo), as "direct,buffered" counts.
+std::string descriptor_modes(pid_t pid, const std::filesystem::path& file) {
+    int direct = 0, buffered = 0;
+    const std::string proc = "/proc/" + std::to_string(pid);
+    for (const auto& e : std::filesystem::directory_iterator(proc + "/fd")) {
+        std::error_code ec;
+        if (std::filesystem::read_symlink(e.path(), ec) != file) continue;
+        std::ifstream info(proc + "/fdinfo/" + e.path().filename().string());
+        std::string key, flags;
+        while (info >> key >> flags && key != "flags:") {}
+        (std::stoul(flags, nullptr, 8) & O_DIRECT ? direct : buffered) += 1;
+    }
+    return std::to_string(direct) + "," + std::to_string(buffered);
+}
+
+// direct=auto (no direct= given) sends writes O_DIRECT on BTRFS only, through
+// a second descriptor; direct=0 and direct=writes say so explicitly everywhere.
+TEST_P(BlockIo, WritesBypassThePageCacheWhereTheModeSays) {
+    const std::string o = GetParam().bsopts, fs = GetParam().fs;
+    std::string want = "0,1";                                   // buffered
+    if (o.find("direct=1") != std::string::npos) want = "1,0";  // everything direct
+    else if (o.find("direct=writes") != std::string::npos ||
+             (o.find("direct=") == std::string::npos && fs == "btrfs"))
+        want = "1,1";  // cached reads, direct writes
+    EXPECT_EQ(descriptor_modes(g_world->tgtd->pid(), file_), want) << "bsopts '" << o << "' on " << fs;
+    EXPECT_EQ(creation_log_.find("writes go O_DIRECT (direct=auto") != std::string::npos,
+              want == "1,1" && o.find("direct=writes") == std::string::npos)
+        << creation_log_;
+}
 
 // Sizes from one block to 1 MiB, at LBAs aligned to 1 MiB, to 4 KiB and to
 // nothing, through WRITE/READ(10) and (16); every result is checked against a
@@ -535,7 +568,8 @@ INSTANTIATE_TEST_SUITE_P(Backends, BlockIo,
                                            Param{"btrfs", "", "btrfs_default"},
                                            Param{"btrfs", "engine=aio", "btrfs_aio"},
                                            Param{"btrfs", "direct=1", "btrfs_direct"},
-                                           Param{"btrfs", "direct=writes", "btrfs_direct_writes"}),
+                                           Param{"btrfs", "direct=writes", "btrfs_direct_writes"},
+                                           Param{"btrfs", "direct=0", "btrfs_buffered"}),
                          [](const ::testing::TestParamInfo<Param>& i) { return std::string(i.param.name); });
 
 }  // namespace

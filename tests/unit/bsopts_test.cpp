@@ -31,12 +31,27 @@ TEST(Bsopts, DirectWritesKeepsReadsCached) {
     ASSERT_TRUE(o) << o.status().message();
     EXPECT_FALSE(o->direct);
     EXPECT_TRUE(o->direct_writes);
+    EXPECT_FALSE(o->direct_auto);
     auto later = parse_bsopts("direct=writes;direct=0");  // the last one wins
     ASSERT_TRUE(later);
     EXPECT_FALSE(later->direct_writes);
+    EXPECT_FALSE(later->direct_auto);
     auto bad = parse_bsopts("direct=reads");
     ASSERT_FALSE(bad);
-    EXPECT_NE(bad.status().message().find("0, 1 or writes"), std::string::npos) << bad.status().message();
+    EXPECT_NE(bad.status().message().find("0, 1, writes or auto"), std::string::npos) << bad.status().message();
+}
+
+// Without direct=, the LUN decides at open (BTRFS: direct writes); any explicit
+// value, buffered included, overrides that.
+TEST(Bsopts, DirectIsAutomaticUntilSet) {
+    EXPECT_TRUE(parse_bsopts("")->direct_auto);
+    EXPECT_TRUE(parse_bsopts("direct=1;direct=auto")->direct_auto);
+    EXPECT_FALSE(parse_bsopts("direct=auto;direct=1")->direct_auto);
+    auto off = parse_bsopts("direct=0");
+    ASSERT_TRUE(off);
+    EXPECT_FALSE(off->direct_auto);
+    EXPECT_FALSE(off->direct);
+    EXPECT_FALSE(off->direct_writes);
 }
 
 TEST(Bsopts, UnknownOptionIsNamed) {
