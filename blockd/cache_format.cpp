@@ -1,7 +1,6 @@
 // Encoding and validation of the write-back cache superblock and entries, and
 // the O(1) format of a new cache file. Byte tables: docs/write-back-cache.md.
 #include "cache_format.hpp"
-#include "file_io.hpp"
 
 #include <fcntl.h>
 #include <linux/fs.h>
@@ -15,6 +14,7 @@
 #include <vector>
 
 #include "icbd/checksum.hpp"
+#include "icbd/file_io.hpp"
 
 namespace icbd {
 namespace {

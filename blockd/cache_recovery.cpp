@@ -1,7 +1,6 @@
 // Open-time recovery of the write-back cache with synchronous preads: bounded by
 // the metadata area (32 bytes per block); no data block is read.
 #include "cache_recovery.hpp"
-#include "file_io.hpp"
 
 #include <unistd.h>
 
@@ -12,6 +11,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "icbd/file_io.hpp"
 #include "icbd/log.hpp"
 
 namespace icbd {

@@ -8,7 +8,7 @@
 #include <chrono>
 #include <cstring>
 
-#include "file_io.hpp"
+#include "icbd/file_io.hpp"
 #include "icbd/log.hpp"
 #include "icbd/scsi.hpp"
 #include "icbd/sense.hpp"

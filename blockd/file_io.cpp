@@ -1,5 +1,5 @@
-// full_pread / full_pwrite and O_DIRECT alignment (blockd/file_io.hpp).
-#include "file_io.hpp"
+// full_pread / full_pwrite and O_DIRECT alignment (include/icbd/file_io.hpp).
+#include "icbd/file_io.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>

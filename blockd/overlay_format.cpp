@@ -11,8 +11,8 @@
 #include <filesystem>
 #include <vector>
 
-#include "file_io.hpp"
 #include "icbd/checksum.hpp"
+#include "icbd/file_io.hpp"
 #include "icbd/overlay.hpp"
 #include "icbd/unique_fd.hpp"
 

@@ -1,8 +1,6 @@
 // OverlayMap: attach (identity check, map read) and the two-map bookkeeping.
 #include "overlay_map.hpp"
 
-#include "file_io.hpp"
-
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -10,6 +8,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+
+#include "icbd/file_io.hpp"
 
 namespace icbd {
 

@@ -19,6 +19,7 @@
 #include "btrfs_subvolume.hpp"
 #include "fiemap.hpp"
 #include "icbd/checksum.hpp"
+#include "icbd/file_io.hpp"
 #include "icbd/replicator/image_path.hpp"
 
 namespace icbd::repl {
@@ -234,14 +235,8 @@ Result<std::vector<uint8_t>> read_checkpoint(int area_fd, const std::string& wha
     if (size < kCheckpointHeader + 4 || size > kCheckpointHeader + 4 + Staging::kMaxCheckpointBytes)
         return corrupt("size " + std::to_string(size));
     std::vector<uint8_t> buf(size);
-    size_t done = 0;
-    while (done < size) {
-        ssize_t n = ::pread(fd.get(), buf.data() + done, size - done, static_cast<off_t>(done));
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return sys_error(errno, what, "read checkpoint");
-        if (n == 0) return corrupt("short read");
-        done += static_cast<size_t>(n);
-    }
+    if (Status s = full_pread(fd.get(), buf.data(), size, 0, what); !s)
+        return s.code() == ENODATA ? corrupt("short read") : sys_error(s.code(), what, "read checkpoint");
     if (std::memcmp(buf.data(), kCheckpointMagic, 8) != 0) return corrupt("bad magic");
     uint16_t format = static_cast<uint16_t>(buf[8] | buf[9] << 8);
     if (format != kCheckpointFormat) return corrupt("format " + std::to_string(format));
@@ -278,13 +273,7 @@ Status Staging::write_checkpoint(std::span<const uint8_t> bytes) {
 
     UniqueFd fd(::openat(area_fd_.get(), kCheckpointTmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
     if (!fd.valid()) return fail(errno, "create checkpoint");
-    size_t done = 0;
-    while (done < buf.size()) {
-        ssize_t n = ::write(fd.get(), buf.data() + done, buf.size() - done);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return fail(errno, "write checkpoint");
-        done += static_cast<size_t>(n);
-    }
+    if (Status s = full_pwrite(fd.get(), buf.data(), buf.size(), 0, what_); !s) return fail(s.code(), "write checkpoint");
     if (::fsync(fd.get()) < 0) return fail(errno, "fsync checkpoint");
     if (::renameat(area_fd_.get(), kCheckpointTmp, area_fd_.get(), kCheckpoint) < 0)
         return fail(errno, "rename checkpoint");

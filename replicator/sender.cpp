@@ -418,31 +418,15 @@ void run_reader(PushContext& ctx, Group& g) {
         item->seq = seq;
         std::optional<std::future<Result<Bytes>>> frame;
         Status added;
+        auto emit = [&](const auto& m) {  // a frame without data: encoded here, chained
+            frame = ready(make_frame(m));
+            added = chain.add(m);
+        };
         switch (pc.type) {
-        case FrameType::del: {
-            Delete m{seq, pc.path};
-            frame = ready(make_frame(m));
-            added = chain.add(m);
-            break;
-        }
-        case FrameType::truncate: {
-            Truncate m{seq, pc.length, pc.path};
-            frame = ready(make_frame(m));
-            added = chain.add(m);
-            break;
-        }
-        case FrameType::hole: {
-            Hole m{seq, pc.offset, pc.length, pc.path};
-            frame = ready(make_frame(m));
-            added = chain.add(m);
-            break;
-        }
-        case FrameType::file: {
-            FileEntry m{seq, pc.path, pc.attrs};
-            frame = ready(make_frame(m));
-            added = chain.add(m);
-            break;
-        }
+        case FrameType::del: emit(Delete{seq, pc.path}); break;
+        case FrameType::truncate: emit(Truncate{seq, pc.length, pc.path}); break;
+        case FrameType::hole: emit(Hole{seq, pc.offset, pc.length, pc.path}); break;
+        case FrameType::file: emit(FileEntry{seq, pc.path, pc.attrs}); break;
         case FrameType::data: {
             if (!reader || reader->path() != (ctx.version_dir.string() + "/" + pc.path)) {
                 if (reader) reader_counted = 0;

@@ -22,6 +22,7 @@
 
 #include "fiemap.hpp"
 #include "hash_diff.hpp"
+#include "icbd/file_io.hpp"
 #include "icbd/replicator/image_path.hpp"
 
 namespace icbd::repl {
@@ -287,20 +288,11 @@ Result<ChildFileReader> ChildFileReader::open(const std::filesystem::path& versi
 }
 
 Status ChildFileReader::read_at(uint64_t offset, std::span<uint8_t> buf) const {
-    size_t done = 0;
-    while (done < buf.size()) {
-        ssize_t n = ::pread(fd_.get(), buf.data() + done, buf.size() - done, static_cast<off_t>(offset + done));
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return Status::from_errno(errno, "'" + path_ + "': read at offset " + std::to_string(offset + done));
-        }
-        if (n == 0)
-            return Status::error(EIO, "'" + path_ + "': unexpected end of file at offset " +
-                                          std::to_string(offset + done) + " (was the version modified?)");
-        done += static_cast<size_t>(n);
-        bytes_read_ += static_cast<uint64_t>(n);
-    }
-    return Status::ok();
+    const std::string what = "'" + path_ + "': read at offset " + std::to_string(offset);
+    Status s = full_pread(fd_.get(), buf.data(), buf.size(), offset, what);
+    if (s.code() == ENODATA) return Status::error(EIO, s.message() + " (was the version modified?)");
+    if (s) bytes_read_ += buf.size();
+    return s;
 }
 
 Status ChildFileReader::for_each_chunk(std::span<const ByteRange> ranges, size_t chunk, const Sink& sink) {

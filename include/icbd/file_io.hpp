@@ -1,5 +1,6 @@
-// Synchronous whole-buffer file I/O for open-time work (formatting, recovery,
-// headers): never in the data path, which is asynchronous.
+// Synchronous whole-buffer file I/O: blockd's open-time work (formatting,
+// recovery, headers; never its data path, which is asynchronous) and the
+// replicator's reader and checkpoint threads.
 #pragma once
 
 #include <cstddef>
