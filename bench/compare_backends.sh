@@ -303,53 +303,29 @@ report="$work/report.md"
   echo "- command: \`bench/compare_backends.sh${orig_args:+ $orig_args}\`"
   echo
 } >"$report"
-python3 - "$raw" "$bstypes" >>"$report" <<'PY'
-import csv, statistics, sys
-raw, bstypes = sys.argv[1], sys.argv[2].split()
-rows = list(csv.DictReader(open(raw), delimiter="\t"))
+python3 - "$here" "$raw" "$bstypes" >>"$report" <<'PY'
+import sys
+sys.path.insert(0, sys.argv[1])
+from runs_report import Runs, fmt, med, median_iops_table
+runs, bstypes = Runs(sys.argv[2]), sys.argv[3].split()
 names = {"rr4k-qd1": "4K rand read qd1", "rr4k-qd8": "4K rand read qd8", "rr4k-qd32": "4K rand read qd32",
          "sr128k-qd8": "128K seq read qd8", "rw4k-qd32": "4K rand write qd32", "sw128k-qd8": "128K seq write qd8"}
-workloads = list(dict.fromkeys(r["workload"] for r in rows))
-def vals(w, b, key):
-    out = []
-    for r in rows:
-        if r["workload"] == w and r["bstype"] == b and r["ops"] != "FAILED":
-            try: out.append(float(r[key]))
-            except ValueError: pass
-    return out
-def med(v): return statistics.median(v) if v else None
-def fmt(x, nd=0):
-    if x is None: return "n/a"
-    return f"{x:,.{nd}f}" if nd else f"{x:,.0f}"
-def ratio(a, b): return f"{a / b:.2f}x" if a and b else "n/a"
-def failed(w, b): return sum(1 for r in rows if r["workload"] == w and r["bstype"] == b and r["ops"] == "FAILED")
 
 print("### Summary: median IOPS\n")
-hdr = ["workload"] + bstypes + [c for c in ("icbd/null", "icbd/rdwr", "icbd/aio", "overlay/icbd",
-                                            "icbd-dw/rdwr", "icbd-dw/aio", "icbd-dw/icbd")
-                                if all(x in bstypes for x in c.split("/"))]
-print("| " + " | ".join(hdr) + " |")
-print("|" + "|".join(["---"] + ["---:"] * (len(hdr) - 1)) + "|")
-for w in workloads:
-    m = {b: med(vals(w, b, "iops")) for b in bstypes}
-    cells = [names.get(w, w)] + [fmt(m[b]) + (f" ({failed(w, b)} failed)" if failed(w, b) else "") for b in bstypes]
-    for c in hdr[len(bstypes) + 1:]:
-        a, b = c.split("/")
-        cells.append(ratio(m[a], m[b]))
-    print("| " + " | ".join(cells) + " |")
+median_iops_table(runs, bstypes, names, ("icbd/null", "icbd/rdwr", "icbd/aio", "overlay/icbd",
+                                         "icbd-dw/rdwr", "icbd-dw/aio", "icbd-dw/icbd"))
 
 print("\n### Detail: min / median / max of the runs\n")
 print("| workload | bstype | IOPS | MB/s | tgtd CPU µs/op | p50 / p99 latency µs (median run) |")
 print("|---|---|---:|---:|---:|---:|")
-for w in workloads:
+for w in runs.workloads:
     for b in bstypes:
-        i, mb, c = vals(w, b, "iops"), vals(w, b, "mbps"), vals(w, b, "cpu_us_per_op")
-        p50, p99 = vals(w, b, "p50_us"), vals(w, b, "p99_us")
+        i, mb, c = runs.vals(w, b, "iops"), runs.vals(w, b, "mbps"), runs.vals(w, b, "cpu_us_per_op")
+        p50, p99 = runs.vals(w, b, "p50_us"), runs.vals(w, b, "p99_us")
         def mmm(v, nd=0):
             return "n/a" if not v else f"{fmt(min(v), nd)} / **{fmt(med(v), nd)}** / {fmt(max(v), nd)}"
         lat = f"{med(p50):.0f} / {med(p99):.0f}" if p50 and p99 else "–"
-        extra = f" ({failed(w, b)} failed)" if failed(w, b) else ""
-        print(f"| {names.get(w, w)} | {b}{extra} | {mmm(i)} | {mmm(mb, 1)} | {mmm(c, 2)} | {lat} |")
+        print(f"| {names.get(w, w)} | {b}{runs.failed_note(w, b)} | {mmm(i)} | {mmm(mb, 1)} | {mmm(c, 2)} | {lat} |")
 PY
 cat "$report"
 [ -n "$out" ] && cp "$report" "$out"

@@ -363,50 +363,28 @@ report="$work/report.md"
   echo "- command: \`bench/slow_device_bench.sh${orig_args:+ $orig_args}\`"
   echo
 } >"$report"
-python3 - "$raw" "$bstypes" "$iops_limit" >>"$report" <<'PY'
-import csv, statistics, sys
-raw, bstypes, limit = sys.argv[1], sys.argv[2].split(), int(sys.argv[3])
-rows = list(csv.DictReader(open(raw), delimiter="\t"))
+python3 - "$here" "$raw" "$bstypes" "$iops_limit" >>"$report" <<'PY'
+import sys
+sys.path.insert(0, sys.argv[1])
+from runs_report import Runs, fmt, med, median_iops_table
+runs, bstypes, limit = Runs(sys.argv[2]), sys.argv[3].split(), int(sys.argv[4])
 names = {"nosync": "4K rand write qd32, no flushes", "smalldirty": "same, small dirty limit",
          "sync": "same, SYNC CACHE every N writes"}
-workloads = list(dict.fromkeys(r["workload"] for r in rows))
-def vals(w, b, key):
-    out = []
-    for r in rows:
-        if r["workload"] == w and r["bstype"] == b and r["ops"] != "FAILED":
-            try: out.append(float(r[key]))
-            except ValueError: pass
-    return out
-def med(v): return statistics.median(v) if v else None
-def fmt(x, nd=0): return "n/a" if x is None else f"{x:,.{nd}f}"
-def ratio(a, b): return f"{a / b:.1f}x" if a and b else "n/a"
-def failed(w, b): return sum(1 for r in rows if r["workload"] == w and r["bstype"] == b and r["ops"] == "FAILED")
 
 print(f"#### Median IOPS (device limit {limit:,} IOPS)\n")
-hdr = ["workload"] + bstypes + [c for c in ("icbd+cache / aio", "icbd+cache / rdwr")
-                                if all(x in bstypes for x in c.split(" / "))]
-print("| " + " | ".join(hdr) + " |")
-print("|" + "|".join(["---"] + ["---:"] * (len(hdr) - 1)) + "|")
-for w in workloads:
-    m = {b: med(vals(w, b, "iops")) for b in bstypes}
-    cells = [names.get(w, w)] + [fmt(m[b]) + (f" ({failed(w, b)} failed)" if failed(w, b) else "") for b in bstypes]
-    for c in hdr[len(bstypes) + 1:]:
-        a, b = c.split(" / ")
-        cells.append(ratio(m[a], m[b]))
-    print("| " + " | ".join(cells) + " |")
+median_iops_table(runs, bstypes, names, ("icbd+cache / aio", "icbd+cache / rdwr"), sep=" / ", nd=1)
 
 print("\n#### Detail (median run unless noted)\n")
 print("| workload | backend | IOPS min / med / max | write latency p50 / p99 / p99.9 µs | SYNC p50 / p99 µs | tgtd CPU µs/op | MB to device during run | write-back after s |")
 print("|---|---|---:|---:|---:|---:|---:|---:|")
-for w in workloads:
+for w in runs.workloads:
     for b in bstypes:
-        i = vals(w, b, "iops")
+        i = runs.vals(w, b, "iops")
         if not i:
             print(f"| {names.get(w, w)} | {b} | failed | | | | | |"); continue
-        def m(k, nd=0): return fmt(med(vals(w, b, k)), nd)
-        sync = f"{m('sync_p50_us')} / {m('sync_p99_us')}" if med(vals(w, b, "syncs")) else "–"
-        extra = f" ({failed(w, b)} failed)" if failed(w, b) else ""
-        print(f"| {names.get(w, w)} | {b}{extra} | {fmt(min(i))} / **{fmt(med(i))}** / {fmt(max(i))} | "
+        def m(k, nd=0): return fmt(med(runs.vals(w, b, k)), nd)
+        sync = f"{m('sync_p50_us')} / {m('sync_p99_us')}" if med(runs.vals(w, b, "syncs")) else "–"
+        print(f"| {names.get(w, w)} | {b}{runs.failed_note(w, b)} | {fmt(min(i))} / **{fmt(med(i))}** / {fmt(max(i))} | "
               f"{m('p50_us')} / {m('p99_us')} / {m('p999_us')} | {sync} | {m('cpu_us_per_op', 1)} | "
               f"{m('dev_mb_during')} | {m('writeback_s', 1)} |")
 PY
