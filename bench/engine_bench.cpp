@@ -12,6 +12,10 @@
 //                       process_completions() until every command completed through
 //                       a dummy LunHost (the path bs_icbd.so takes per command)
 //   BM_LunWrite16       the same with WRITE(16)
+//   BM_UnmapPlanWholeDisk  finding the cached blocks of an UNMAP of a whole
+//                       100 GiB disk behind a full 1 GiB write-back cache:
+//                       per-block lookups (walk=1, the planner before) or
+//                       CacheMap::cached_lbas (walk=0); on tgtd's thread
 // All on a page-cached file (64 MiB, filled and read once before the runs), at
 // random 4 KiB-aligned offsets. items_per_second is operations (commands) per
 // second of wall time on one thread.
@@ -33,9 +37,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
+#include "cache_map.hpp"
 #include "icbd/io_engine.hpp"
 #include "icbd/lun.hpp"
 #include "icbd/scsi.hpp"
@@ -329,6 +335,32 @@ void BM_LunRead16(benchmark::State& state) { lun_bench(state, false); }
 void BM_LunWrite16(benchmark::State& state) { lun_bench(state, true); }
 BENCHMARK(BM_LunRead16)->ArgNames({"aio", "batch"})->ArgsProduct({{0, 1}, {1, 8, 32}});
 BENCHMARK(BM_LunWrite16)->ArgNames({"aio", "batch"})->ArgsProduct({{0, 1}, {1, 32}});
+
+void BM_UnmapPlanWholeDisk(benchmark::State& state) {
+    const bool walk = state.range(0) != 0;
+    const uint64_t device_blocks = (100ull << 30) / icbd::kCacheBlockSize;
+    icbd::CacheSuperblock sb;
+    sb.geometry.nr_blocks = (1ull << 30) / icbd::kCacheBlockSize;
+    sb.generation = 1;
+    sb.device = {device_blocks * icbd::kCacheBlockSize, "bench"};
+    icbd::CacheMap map(sb);
+    std::mt19937_64 rng(1);
+    for (uint64_t i = 0; i < sb.geometry.nr_blocks; ++i) {
+        auto a = map.allocate(rng() % device_blocks);
+        if (!a) break;
+        map.mark_written(a->slot);
+    }
+    uint64_t found = 0;
+    for (auto _ : state) {
+        if (walk) {
+            for (uint64_t lba = 0; lba < device_blocks; ++lba) found += map.lookup(lba).has_value();
+        } else {
+            found += map.cached_lbas(0, device_blocks).size();
+        }
+    }
+    benchmark::DoNotOptimize(found);
+}
+BENCHMARK(BM_UnmapPlanWholeDisk)->ArgName("walk")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

@@ -148,6 +148,20 @@ std::optional<uint32_t> CacheMap::lookup(uint64_t lba) const {
     return std::nullopt;
 }
 
+std::vector<uint64_t> CacheMap::cached_lbas(uint64_t first, uint64_t last) const {
+    std::vector<uint64_t> out;
+    if (last <= first) return out;
+    if (last - first <= newest_.size()) {
+        for (uint64_t lba = first; lba < last; ++lba)
+            if (lookup(lba)) out.push_back(lba);
+        return out;
+    }
+    for (const auto& [lba, slot] : newest_)
+        if (lba >= first && lba < last && lookup(lba)) out.push_back(lba);
+    std::sort(out.begin(), out.end());
+    return out;
+}
+
 std::optional<uint32_t> CacheMap::acquire_read(uint64_t lba) {
     auto slot = lookup(lba);
     if (slot) ++slots_[*slot].pins;

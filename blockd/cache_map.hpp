@@ -108,6 +108,10 @@ public:
     std::optional<uint32_t> acquire_read(uint64_t lba);
     void release_read(uint32_t slot);
     std::optional<uint32_t> lookup(uint64_t lba) const;  // same choice, unpinned
+    // The LBAs in [first, last) that lookup() finds, ascending. Costs
+    // O(min(last - first, blocks in the cache)): an UNMAP of a whole disk
+    // never walks it block by block.
+    std::vector<uint64_t> cached_lbas(uint64_t first, uint64_t last) const;
 
     // --- commit (one at a time): wait until committable_seq() >= the barrier,
     // begin_commit, fdatasync, write ticket.superblock, fdatasync, commit_done.

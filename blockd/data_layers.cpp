@@ -179,11 +179,17 @@ void CommandRunner::plan_cached_unmap(Task& t, uint64_t offset, uint64_t len) {
     const uint64_t end = offset + len;
     const uint64_t a = std::min(end, (offset + bs - 1) / bs * bs), b = std::max(a, end / bs * bs);
     if (offset < a) t.pieces.push_back({false, offset, a - offset});
+    const std::vector<uint64_t> cached = cache_->map().cached_lbas(a / bs, b / bs);
+    size_t i = 0;
     for (uint64_t o = a; o < b;) {
-        const bool cached = cache_->map().lookup(o / bs).has_value();
-        uint64_t e = o + bs;
-        while (e < b && cache_->map().lookup(e / bs).has_value() == cached && (!cached || e - o < zero_chunk)) e += bs;
-        t.pieces.push_back({!cached, o, e - o});
+        uint64_t e;
+        if (i < cached.size() && cached[i] * bs == o) {  // cached: zeros, in chunks the zero buffer covers
+            for (e = o + bs, ++i; i < cached.size() && cached[i] * bs == e && e - o < zero_chunk; ++i) e += bs;
+            t.pieces.push_back({false, o, e - o});
+        } else {  // up to the next cached block: deallocated below
+            e = i < cached.size() ? cached[i] * bs : b;
+            t.pieces.push_back({true, o, e - o});
+        }
         o = e;
     }
     if (b < end && b >= a) t.pieces.push_back({false, b, end - b});

@@ -146,6 +146,30 @@ TEST_P(CacheLunTest, MatchesModelWithACacheSmallerThanTheWorkingSet) {
     EXPECT_EQ(read_lun(0, static_cast<uint32_t>(sectors)), model);
 }
 
+// An UNMAP larger than the cache (a guest trimming its whole disk): the cached
+// blocks in the range get zeros in the cache, the rest is deallocated below,
+// and the planner finds the cached ones without walking every block.
+TEST_P(CacheLunTest, AnUnmapLargerThanTheCacheReadsAsZerosEverywhere) {
+    const uint64_t size = 8 << 20;
+    make_backing(size);
+    ASSERT_TRUE(attach());
+    std::mt19937_64 rng(3);
+    for (int i = 0; i < 200; ++i) {  // scattered 4 KiB writes, most still in the 2 MiB cache
+        uint64_t lba = (rng() % (size / 4096)) * 8;
+        write_lun(lba, std::vector<uint8_t>(4096, static_cast<uint8_t>(1 + i % 250)));
+    }
+    const uint64_t sectors = size / kSector;
+    unmap_lun(8, static_cast<uint32_t>(sectors - 16));  // all but the first and last 4 KiB
+    std::vector<uint8_t> model = data_;
+    auto got = read_lun(0, static_cast<uint32_t>(sectors));
+    std::fill(model.begin() + 4096, model.end() - 4096, 0);
+    std::copy(got.begin(), got.begin() + 4096, model.begin());
+    std::copy(got.end() - 4096, got.end(), model.end() - 4096);
+    EXPECT_TRUE(got == model) << "every unmapped block must read as zeros";
+    lun_.reset();  // close: write back
+    EXPECT_TRUE(below() == model);
+}
+
 TEST_P(CacheLunTest, WritesStayInTheCacheUntilTheFlusherNeedsRoom) {
     make_backing(8 << 20);
     ASSERT_TRUE(attach("64M"));  // far below the low watermark: nothing is written back
