@@ -12,7 +12,9 @@
 // drop everything the filesystem had not written yet: the backing files live
 // on an ext4 loop filesystem that is shut down without flushing (the xfstests
 // "godown" way) right after the kill, then mounted again (journal replay).
-// Those modes run 50 iterations; ICBD_CRASH_ITERATIONS sets another count
+// Those modes run 50 iterations; kill9_btrfs puts the file on a BTRFS loop
+// filesystem, where LUNs write O_DIRECT by default (BTRFS has no shutdown
+// ioctl to cut power with). ICBD_CRASH_ITERATIONS sets another count
 // (scripts/crash-soak.sh runs 1000).
 #include <chrono>
 #include <cstdlib>
@@ -274,6 +276,7 @@ struct CrashMode {
     bool power_cut;
     bool overlay;  // the backing file is the golden file: written with "write #0" sectors
     int iterations;
+    bool btrfs = false;  // the backing file on a BTRFS loop filesystem (kill -9 only)
 };
 
 int iterations_for(const CrashMode& m) {
@@ -292,6 +295,7 @@ TEST_P(CrashTest, AcknowledgedDurableWritesSurviveKill9) {
     const CrashMode& mode = GetParam();
     ICBD_REQUIRE(TgtdInstance::unavailable());
     if (mode.power_cut) ICBD_REQUIRE(LoopFs::unavailable(LoopFs::Type::ext4));
+    if (mode.btrfs) ICBD_REQUIRE(LoopFs::unavailable(LoopFs::Type::btrfs));
     const uint64_t seed = crash_seed();
     const int iterations = iterations_for(mode);
     std::cout << "crash_test seed " << seed << " (ICBD_CRASH_SEED=" << seed << " replays it), mode " << mode.name
@@ -301,8 +305,9 @@ TEST_P(CrashTest, AcknowledgedDurableWritesSurviveKill9) {
     TempDir dir("/var/tmp", "icbd-crash-");
     std::unique_ptr<LoopFs> fs;
     std::filesystem::path base = dir.path();
-    if (mode.power_cut) {
-        fs = std::make_unique<LoopFs>(LoopFs::Type::ext4, 256ull << 20);
+    if (mode.power_cut || mode.btrfs) {
+        fs = std::make_unique<LoopFs>(mode.btrfs ? LoopFs::Type::btrfs : LoopFs::Type::ext4,
+                                      mode.btrfs ? 512ull << 20 : 256ull << 20);
         base = fs->mount_point();
     }
     const auto file = base / "disk.img";
@@ -318,6 +323,9 @@ TEST_P(CrashTest, AcknowledgedDurableWritesSurviveKill9) {
     TgtdInstance tgtd;
     tgtd.add_target(1, "iqn.2026-01.org.icbd.test:crash");
     tgtd.add_lun({1, 1, file, expand(mode.bsopts, base)});
+    if (mode.btrfs && !*mode.bsopts) {  // the default on BTRFS: O_DIRECT writes beside cached reads
+        ASSERT_NE(tgtd.log().find("writes go O_DIRECT (direct=auto"), std::string::npos) << tgtd.log();
+    }
     auto kill = [&] {
         tgtd.kill9();
         if (mode.power_cut) fs->power_cut();
@@ -409,6 +417,7 @@ INSTANTIATE_TEST_SUITE_P(Modes, CrashTest,
                                            CrashMode{"kill9_direct", "direct=1", false, false, 6},
                                            CrashMode{"kill9_direct_writes", "direct=writes", false, false, 6},
                                            CrashMode{"kill9_aio", "engine=aio", false, false, 6},
+                                           CrashMode{"kill9_btrfs", "", false, false, 6, true},
                                            CrashMode{"power_cut", "", true, false, 50},
                                            CrashMode{"power_cut_overlay", "overlay={dir}/client.ovl", true, true, 50},
                                            // A write-back cache smaller than the working set (8 MiB): the
