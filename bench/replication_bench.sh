@@ -17,6 +17,12 @@
 #                    against the targets and used for fan-out; e.g. "zstd lz4
 #                    none" shows what compression costs in wall time, and
 #                    "zstd zstd:5" a zstd level (push --compress-level)
+#     --runs N       measure every method but rsync N times per update and
+#                    report the median wall time, the runs in brackets
+#                    (default 1); between runs the new version is deleted on
+#                    the replica (and the BTRFS cleaner waited for), outside
+#                    the measured time. rsync runs once: a second run would
+#                    find the file already up to date.
 #     --keep         leave the filesystems mounted and the scratch dir in place
 #                    (their paths are printed) instead of removing them
 #
@@ -76,6 +82,7 @@ size=4G
 dir=/var/tmp
 out=""
 keep=0
+runs=1
 icbd_compress=zstd
 
 die() { echo "replication_bench: $*" >&2; exit 2; }
@@ -89,6 +96,8 @@ while [ $# -gt 0 ]; do
     --out) need_arg "$@"; out=$2; shift 2 ;;
     --icbd-compress) need_arg "$@"; icbd_compress=$2; shift 2 ;;
     --keep) keep=1; shift ;;
+    --runs) need_arg "$@"; runs=$2; shift 2
+      [[ "$runs" =~ ^[1-9][0-9]?$ ]] || die "--runs must be a number from 1 to 99, not '$runs'" ;;
     -h|--help) sed -n '2,/^set -uo/{/^set -uo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
@@ -558,25 +567,49 @@ run_icbd() {  # U icbd|icbd-ALG|fan
   for r in "${targets[@]}"; do check_copy "$u" "$m" "${fs_mnt[$r]}/images/vm/$c/disk.raw"; done
 }
 
+# forget_child U METHOD: deletes the version update U published on the
+# replica(s) of METHOD, and waits for BTRFS to clean it up, so that the next
+# run starts from a replica that holds exactly the parent again.
+forget_child() {
+  local u=$1 m=$2 r c=${upd_child[$1]}
+  local targets=("$m")
+  [ "$m" = fan ] && targets=(fan1 fan2 fan3)
+  for r in "${targets[@]}"; do
+    btrfs -q subvolume delete -c "${fs_mnt[$r]}/images/vm/$c" >/dev/null 2>&1 ||
+      die "cannot delete ${fs_mnt[$r]}/images/vm/$c for the next run"
+    btrfs -q subvolume sync "${fs_mnt[$r]}" >/dev/null 2>&1 || true
+  done
+}
+# measure U METHOD RUN: one run; the wall times of all runs collect in walls[].
+declare -A walls
+measure() {
+  local u=$1 m=$2 run=$3
+  [ "$run" -gt 1 ] && forget_child "$u" "$m"
+  case "$m" in
+    send|zstd) run_send "$u" "$m" ;;
+    *) run_icbd "$u" "$m" ;;
+  esac
+  walls[$u,$m]="${walls[$u,$m]:-}${walls[$u,$m]:+ }${wall[$u,$m]}"
+  log "  run $run: ${wall[$u,$m]} s ${note[$u,$m]:-}"
+}
+median() { tr ' ' '\n' <<<"$1" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : sprintf("%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+
 for u in 1 2; do
-  log "update ${upd_parent[$u]} -> ${upd_child[$u]}: btrfs send -p | btrfs receive"
-  run_send "$u" send
-  log "  ${wall[$u,send]} s"
-  log "update ${upd_parent[$u]} -> ${upd_child[$u]}: btrfs send -p | zstd -3 | zstd -d | btrfs receive"
-  run_send "$u" zstd
-  log "  ${wall[$u,zstd]} s"
-  log "update ${upd_parent[$u]} -> ${upd_child[$u]}: rsync --inplace --no-whole-file"
-  run_rsync "$u"
-  log "  ${wall[$u,rsync]} s"
-  if [ -n "$tool" ]; then
-    for k in "${icbd_keys[@]}"; do
-      log "update ${upd_parent[$u]} -> ${upd_child[$u]}: icbd-replicate push ($k)"
-      run_icbd "$u" "$k"
-      log "  ${wall[$u,$k]} s ${note[$u,$k]:-}"
+  methods=(send zstd)
+  [ -n "$tool" ] && methods+=("${icbd_keys[@]}" fan)
+  for run in $(seq "$runs"); do
+    for m in "${methods[@]}"; do
+      log "update ${upd_parent[$u]} -> ${upd_child[$u]}: $(label "$m" | sed 's/\\|/|/g')"
+      measure "$u" "$m" "$run"
     done
-    log "update ${upd_parent[$u]} -> ${upd_child[$u]}: icbd-replicate push to 3 replicas"
-    run_icbd "$u" fan
-    log "  ${wall[$u,fan]} s ${note[$u,fan]:-}"
+    if [ "$run" = 1 ]; then
+      log "update ${upd_parent[$u]} -> ${upd_child[$u]}: rsync --inplace --no-whole-file"
+      run_rsync "$u"
+      log "  ${wall[$u,rsync]} s"
+    fi
+  done
+  if [ "$runs" -gt 1 ]; then
+    for m in "${methods[@]}"; do wall[$u,$m]=$(median "${walls[$u,$m]}"); done
   fi
 done
 uptime_after=$(uptime)
@@ -604,7 +637,7 @@ report="$work/report.md"
   echo "- tools: $(btrfs --version | head -1), rsync $(rsync --version | head -1 | awk '{print $3}'), zstd $(zstd --version | grep -o 'v[0-9.]*'), $(openssl version | cut -d' ' -f1-2), icbd-replicate: $( [ -n "$tool" ] && echo "$tool (tree at $tool_rev)" || echo "not built")"
   echo "- filesystems: BTRFS on loop devices over sparse files in $dir ($(findmnt -n -o FSTYPE -T "$dir")), loop direct I/O $( [ "$(cat "/sys/block/${mloop#/dev/}/loop/dio" 2>/dev/null)" = 1 ] && echo on || echo off); master and each replica on its own filesystem"
   echo "- image: images/vm/N/disk.raw, a sparse $size raw disk with ext4 holding $fill_files real files from ${donors[*]} ($(mib "$guest_used") used in the guest)"
-  echo "- page cache dropped (sync; echo 3 > drop_caches) before every run; one run per method; wall time includes making the result durable"
+  echo "- page cache dropped (sync; echo 3 > drop_caches) before every run; $( [ "$runs" -gt 1 ] && echo "$runs runs per method (rsync: 1), interleaved; wall s is the median, the runs in brackets; bytes from the last run" || echo "one run per method"); wall time includes making the result durable"
   echo "- load before: \`${uptime_before# }\`"
   echo "- load after: \`${uptime_after# }\`"
   echo "- command: \`bench/replication_bench.sh${orig_args:+ $orig_args}\`"
@@ -615,7 +648,7 @@ report="$work/report.md"
     echo
     echo "Written in the guest: $(mib "$(sed -n 's/.*written_bytes=\([0-9]*\).*/\1/p' <<<"${upd_info[$u]}")") (\`${upd_info[$u]}\`); 4 KiB blocks of disk.raw that differ: $(mib "${upd_blocks[$u]}") ($(awk -v b="${upd_blocks[$u]}" -v m="$img_mib" 'BEGIN{printf "%.2f", 100*b/(m*1048576)}') % of the image); \`btrfs send -p\` stream: $(mib "${upd_stream[$u]}"), zstd -3: $(mib "${upd_zstd[$u]}")."
     echo
-    echo "| method | wall s | bytes on the wire | bytes read on source | bytes written on replica(s) | wall vs btrfs send+sync |"
+    echo "| method | wall s$( [ "$runs" -gt 1 ] && echo " (median)") | bytes on the wire | bytes read on source | bytes written on replica(s) | wall vs btrfs send+sync |"
     echo "|---|---:|---:|---:|---:|---:|"
     for m in send zstd rsync "${icbd_keys[@]}" fan; do
       if [ -z "$tool" ] && [ "$m" != send ] && [ "$m" != zstd ] && [ "$m" != rsync ]; then
@@ -627,7 +660,9 @@ report="$work/report.md"
       if [ -n "${kind[$u,$m]:-}" ] && [ "${kind[$u,$m]}" != - ]; then
         extra="$extra (${kind[$u,$m]//,/, }; the tool counts $(mib "${srd[$u,$m]}") read)"
       fi
-      echo "| $(label "$m")$extra | ${wall[$u,$m]} | $(mib "${wire[$u,$m]}") | $(mib "${rd[$u,$m]}") | $(mib "${wr[$u,$m]}") | $(ratio "${wall[$u,$m]}" "${wall[$u,send]}") |"
+      w=${wall[$u,$m]}
+      [ "$runs" -gt 1 ] && [ -n "${walls[$u,$m]:-}" ] && w="$w (${walls[$u,$m]// /, })"
+      echo "| $(label "$m")$extra | $w | $(mib "${wire[$u,$m]}") | $(mib "${rd[$u,$m]}") | $(mib "${wr[$u,$m]}") | $(ratio "${wall[$u,$m]}" "${wall[$u,send]}") |"
     done
     echo
     if [ -n "$tool" ]; then
