@@ -567,6 +567,17 @@ run_icbd() {  # U icbd|icbd-ALG|fan
   for r in "${targets[@]}"; do check_copy "$u" "$m" "${fs_mnt[$r]}/images/vm/$c/disk.raw"; done
 }
 
+# label METHOD: the method as the report and the log name it.
+label() {
+  case "$1" in
+    send) echo 'btrfs send -p \| btrfs receive; sync' ;;
+    zstd) echo 'btrfs send -p \| zstd -3 \| zstd -d \| btrfs receive; sync' ;;
+    rsync) echo 'rsync --inplace --no-whole-file --ignore-times; sync' ;;
+    icbd) echo "icbd-replicate push --compress $icbd_main (TLS 1.3, durable)" ;;
+    icbd-*) echo "icbd-replicate push --compress ${1#icbd-} (TLS 1.3, durable)" | sed 's/ --compress \([a-z0-9]*\):\([0-9]*\)/ --compress \1 --compress-level \2/' ;;
+    fan) echo "icbd-replicate push --compress $icbd_main to 3 replicas at once (wire and written: sum of the 3)" ;;
+  esac
+}
 # forget_child U METHOD: deletes the version update U published on the
 # replica(s) of METHOD, and waits for BTRFS to clean it up, so that the next
 # run starts from a replica that holds exactly the parent again.
@@ -618,16 +629,6 @@ uptime_after=$(uptime)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "-" || b + 0 == 0) print "–"; else printf "%.2fx", a / b }'; }
 le() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a != "" && a != "-" && b != "" && a + 0 <= b + 0) }'; }
 metif() { if "$@"; then echo "**met**"; else echo "**not met**"; fi; }
-label() {
-  case "$1" in
-    send) echo 'btrfs send -p \| btrfs receive; sync' ;;
-    zstd) echo 'btrfs send -p \| zstd -3 \| zstd -d \| btrfs receive; sync' ;;
-    rsync) echo 'rsync --inplace --no-whole-file --ignore-times; sync' ;;
-    icbd) echo "icbd-replicate push --compress $icbd_main (TLS 1.3, durable)" ;;
-    icbd-*) echo "icbd-replicate push --compress ${1#icbd-} (TLS 1.3, durable)" | sed 's/ --compress \([a-z0-9]*\):\([0-9]*\)/ --compress \1 --compress-level \2/' ;;
-    fan) echo "icbd-replicate push --compress $icbd_main to 3 replicas at once (wire and written: sum of the 3)" ;;
-  esac
-}
 tool_rev=$(git -C "$src" log -1 --format='%h %cs' 2>/dev/null)
 report="$work/report.md"
 {
