@@ -154,7 +154,7 @@ static tgtadm_err bs_icbd_init(struct scsi_lu *lu, char *bsopts)
 
 	memset(info, 0, sizeof(*info));
 	info->lu = lu;
-	info->efd = -1;
+	info->efd = info->tfd = -1;
 	tgt_init_sched_event(&info->submit_ev, icbd_submit_handler, info);
 
 	snprintf(name, sizeof(name), "tgt %d lun %" PRIu64, lu->tgt->tid, lu->lun);
@@ -176,31 +176,28 @@ static tgtadm_err bs_icbd_init(struct scsi_lu *lu, char *bsopts)
 	lu->dev_type_template.ops[COMPARE_AND_WRITE] = lu->dev_type_template.ops[WRITE_16];
 
 	info->efd = icbd_lun_event_fd(info->lun);
-	ret = tgt_event_add(info->efd, EPOLLIN,
-			    icbd_completion_handler, info);
-	if (ret) {
+	if (tgt_event_add(info->efd, EPOLLIN, icbd_completion_handler, info)) {
 		eprintf("bs_icbd: tgt %d lun %" PRIu64 ": cannot watch eventfd\n",
 			lu->tgt->tid, lu->lun);
-		icbd_lun_destroy(info->lun);
-		info->lun = NULL;
-		info->efd = -1;
-		return TGTADM_UNKNOWN_ERR;
+		goto destroy;
 	}
 	info->tfd = icbd_lun_timer_fd(info->lun);
-	ret = info->tfd < 0 ? 0 :
-		tgt_event_add(info->tfd, EPOLLIN, icbd_timer_handler, info);
-	if (ret) {
+	if (info->tfd >= 0 &&
+	    tgt_event_add(info->tfd, EPOLLIN, icbd_timer_handler, info)) {
 		eprintf("bs_icbd: tgt %d lun %" PRIu64 ": cannot watch timerfd\n",
 			lu->tgt->tid, lu->lun);
 		tgt_event_del(info->efd);
-		icbd_lun_destroy(info->lun);
-		info->lun = NULL;
-		info->efd = -1;
-		return TGTADM_UNKNOWN_ERR;
+		goto destroy;
 	}
 	dprintf("bs_icbd: tgt %d lun %" PRIu64 ": engine %s\n",
 		lu->tgt->tid, lu->lun, icbd_lun_engine_name(info->lun));
 	return TGTADM_SUCCESS;
+
+destroy:
+	icbd_lun_destroy(info->lun);
+	info->lun = NULL;
+	info->efd = info->tfd = -1;
+	return TGTADM_UNKNOWN_ERR;
 }
 
 static void bs_icbd_exit(struct scsi_lu *lu)
