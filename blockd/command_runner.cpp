@@ -60,13 +60,13 @@ ScsiResult miscompare_at(uint64_t offset) {
 }  // namespace
 
 CommandRunner::CommandRunner(IoEngine& engine, const LunHost& host, int fd, int write_fd, bool direct_reads,
-                             bool direct_writes, std::string name, OverlayMap* overlay, WriteBackCache* cache)
+                             std::string name, OverlayMap* overlay, WriteBackCache* cache)
     : engine_(engine),
       host_(host),
       fd_(fd),
       write_fd_(write_fd),
       direct_reads_(direct_reads),
-      direct_writes_(direct_writes),
+      direct_writes_(direct_reads || write_fd >= 0),
       write_align_(write_fd >= 0 ? dio_offset_alignment(write_fd) : static_cast<uint32_t>(dio_align)),
       name_(std::move(name)),
       overlay_(overlay),

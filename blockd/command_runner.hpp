@@ -22,14 +22,14 @@ namespace icbd {
 class CommandRunner {
 public:
     // `fd` serves everything; writes go to `write_fd` instead when it is open
-    // (O_DIRECT writes beside cached reads). direct_reads/direct_writes: which
-    // of them bypass the page cache, so need aligned buffers.
+    // (O_DIRECT writes beside cached reads). direct_reads: `fd` itself is
+    // O_DIRECT (so are writes, then); direct I/O needs aligned buffers.
     // With `overlay`, `fd` is the overlay file; reads of blocks the client
     // never wrote go to the overlay's golden file (docs/overlay-format.md).
     // With `cache`, writes land in the write-back cache and a background
     // flusher writes them down (docs/write-back-cache.md).
-    CommandRunner(IoEngine& engine, const LunHost& host, int fd, int write_fd, bool direct_reads, bool direct_writes,
-                  std::string name, OverlayMap* overlay = nullptr, WriteBackCache* cache = nullptr);
+    CommandRunner(IoEngine& engine, const LunHost& host, int fd, int write_fd, bool direct_reads, std::string name,
+                  OverlayMap* overlay = nullptr, WriteBackCache* cache = nullptr);
     ~CommandRunner();
 
     void submit(const LunCommand& cmd);

@@ -84,16 +84,14 @@ Result<uint64_t> Lun::open(const std::string& path, int extra_oflags) {
     // direct=auto picks it on BTRFS, where buffered 4 KiB random writes run at
     // half the speed of direct ones (bench/RESULTS.md); on ext4 buffered wins.
     UniqueFd write_fd;
-    bool direct_writes = opts_.direct;
-    bool want_direct_writes = opts_.direct_writes;
+    bool want_direct_writes = opts_.direct_writes && !readonly_;
     if (opts_.direct_auto && opts_.cache.empty() && !readonly_ && on_btrfs(fd)) {
         want_direct_writes = true;
         log(LogLevel::info, "backing file '" + path + "' is on BTRFS: writes go O_DIRECT (direct=auto; direct=0 keeps them buffered)");
     }
-    if (want_direct_writes && !readonly_) {
+    if (want_direct_writes) {
         write_fd.reset(::open(path.c_str(), (base | O_RDWR | O_DIRECT)));
-        if (write_fd.valid()) direct_writes = true;
-        else
+        if (!write_fd.valid())
             log(LogLevel::warning, "backing file '" + path + "': O_DIRECT refused (" + std::strerror(errno) +
                                        "); writes stay buffered");
     }
@@ -102,8 +100,8 @@ Result<uint64_t> Lun::open(const std::string& path, int extra_oflags) {
     if (!opts_.cache.empty()) {
         if (Status s = open_cache("raw " + path, size); !s) return s;
     }
-    runner_ = std::make_unique<CommandRunner>(*engine_, host_, fd_.get(), write_fd_.get(), opts_.direct,
-                                              direct_writes, path, nullptr, cache_.get());
+    runner_ = std::make_unique<CommandRunner>(*engine_, host_, fd_.get(), write_fd_.get(), opts_.direct, path,
+                                              nullptr, cache_.get());
     runner_->set_idle_timer(timer_fd_.get(), opts_.cache_idle_ms);
     return size;
 }
@@ -124,7 +122,7 @@ Result<uint64_t> Lun::open_overlay(const std::string& golden_path) {
         if (Status s = open_cache("overlay " + uuid_to_string(overlay_->info().overlay_uuid), overlay_->size()); !s)
             return s;
     }
-    runner_ = std::make_unique<CommandRunner>(*engine_, host_, overlay_->fd(), -1, false, false, opts_.overlay,
+    runner_ = std::make_unique<CommandRunner>(*engine_, host_, overlay_->fd(), -1, false, opts_.overlay,
                                               overlay_.get(), cache_.get());
     runner_->set_idle_timer(timer_fd_.get(), opts_.cache_idle_ms);
     return overlay_->size();
