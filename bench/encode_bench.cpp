@@ -55,7 +55,7 @@ uint64_t encode_all(CompressionPool& pool, const std::vector<Chunk>& chunks) {
         Bytes raw = pool.take_buffer(c.bytes.size());
         std::copy(c.bytes.begin(), c.bytes.end(), raw.begin());
         inflight.push_back(pool.encode(std::move(m), std::move(raw)));
-        if (inflight.size() >= 2 * pool.workers() + 2) {  // the sender's bound
+        if (inflight.size() >= pool.max_in_flight()) {  // the sender's bound
             out += inflight.front().get()->size();
             inflight.pop_front();
         }

@@ -61,7 +61,7 @@ Bytes CompressionPool::take_buffer(size_t size) {
 void CompressionPool::give_back(Bytes&& b) {
     std::lock_guard lk(mu_);
     // Enough for every chunk in flight (the reader bounds them); more is garbage.
-    if (spare_.size() < 4 * workers_.size() + 4) spare_.push_back(std::move(b));
+    if (spare_.size() < max_in_flight()) spare_.push_back(std::move(b));
 }
 
 std::future<Result<Bytes>> CompressionPool::encode(Data m, Bytes raw) {

@@ -42,6 +42,10 @@ public:
     Bytes take_buffer(size_t size);
 
     unsigned workers() const { return static_cast<unsigned>(threads_.size()); }
+    // How many chunks a caller should keep submitted and not yet collected:
+    // enough that no worker waits, few enough to bound memory (and the spare
+    // buffers kept for take_buffer).
+    size_t max_in_flight() const { return 2 * workers_.size() + 2; }
 
 private:
     struct Worker {

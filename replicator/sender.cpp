@@ -4,7 +4,6 @@
 // replica that streams it with checkpoints, END and RESULT.
 #include "icbd/replicator/sender.hpp"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -380,7 +379,7 @@ void run_reader(PushContext& ctx, Group& g) {
         std::future<Result<Bytes>> frame;
     };
     std::deque<Pending> pending;
-    const size_t max_pending = pool ? 2 * pool->workers() + 2 : 1;
+    const size_t max_pending = pool ? pool->max_in_flight() : 1;
     Status status;
     bool receivers_left = true;
     // Moves the oldest pending change into the window (waiting for its frame);
@@ -404,7 +403,6 @@ void run_reader(PushContext& ctx, Group& g) {
     };
 
     std::optional<ChildFileReader> reader;
-    uint64_t reader_counted = 0;
     // Readahead: the kernel hears about the next ranges of the file while this
     // one is compressed and sent, so a scattered update is read with many
     // requests in flight instead of one pread at a time (regression: a 60 MiB
@@ -417,10 +415,10 @@ void run_reader(PushContext& ctx, Group& g) {
         auto item = std::make_shared<EncodedChange>();
         item->seq = seq;
         std::optional<std::future<Result<Bytes>>> frame;
-        Status added;
+        Status err;  // set: the frame cannot be made
         auto emit = [&](const auto& m) {  // a frame without data: encoded here, chained
             frame = ready(make_frame(m));
-            added = chain.add(m);
+            err = chain.add(m);
         };
         switch (pc.type) {
         case FrameType::del: emit(Delete{seq, pc.path}); break;
@@ -429,10 +427,9 @@ void run_reader(PushContext& ctx, Group& g) {
         case FrameType::file: emit(FileEntry{seq, pc.path, pc.attrs}); break;
         case FrameType::data: {
             if (!reader || reader->path() != (ctx.version_dir.string() + "/" + pc.path)) {
-                if (reader) reader_counted = 0;
                 auto r = ChildFileReader::open(ctx.version_dir, pc.path);
                 if (!r) {
-                    added = r.status();
+                    err = r.status();
                     break;
                 }
                 reader.emplace(std::move(r.value()));
@@ -453,11 +450,10 @@ void run_reader(PushContext& ctx, Group& g) {
             if (pool) raw = pool->take_buffer(pc.length);
             else raw.resize(pc.length);
             if (Status rs = reader->read_at(pc.offset, raw); !rs) {
-                added = rs;
+                err = rs;
                 break;
             }
-            g.bytes_read += reader->bytes_read() - reader_counted;
-            reader_counted = reader->bytes_read();
+            g.bytes_read += pc.length;
             Data m;
             m.seq = seq;
             m.offset = pc.offset;
@@ -465,17 +461,17 @@ void run_reader(PushContext& ctx, Group& g) {
             m.path = pc.path;
             m.bytes = raw;
             // The chain hashes the uncompressed bytes: how a chunk travels does not change it.
-            added = chain.add(m, xxh3_64(raw.data(), raw.size()));
-            if (!added) break;
+            err = chain.add(m, xxh3_64(raw.data(), raw.size()));
+            if (!err) break;
             if (pool) frame = pool->encode(std::move(m), std::move(raw));
             else frame = ready(make_frame(m));
             item->data_bytes = pc.length;
             break;
         }
-        default: added = Status::error(EINVAL, "internal: bad planned frame type");
+        default: err = Status::error(EINVAL, "internal: bad planned frame type");
         }
-        if (!added) {
-            status = added;
+        if (!err) {
+            status = err;
             break;
         }
         item->chain_after = chain.value();

@@ -288,11 +288,13 @@ Result<ChildFileReader> ChildFileReader::open(const std::filesystem::path& versi
 }
 
 Status ChildFileReader::read_at(uint64_t offset, std::span<uint8_t> buf) const {
-    const std::string what = "'" + path_ + "': read at offset " + std::to_string(offset);
-    Status s = full_pread(fd_.get(), buf.data(), buf.size(), offset, what);
+    Status s = full_pread(fd_.get(), buf.data(), buf.size(), offset, quoted_path_);
+    if (s) {
+        bytes_read_ += buf.size();
+        return s;
+    }
     if (s.code() == ENODATA) return Status::error(EIO, s.message() + " (was the version modified?)");
-    if (s) bytes_read_ += buf.size();
-    return s;
+    return Status::error(s.code(), s.message() + " (reading at offset " + std::to_string(offset) + ")");
 }
 
 Status ChildFileReader::for_each_chunk(std::span<const ByteRange> ranges, size_t chunk, const Sink& sink) {

@@ -140,9 +140,11 @@ public:
     uint64_t bytes_read() const { return bytes_read_; }
 
 private:
-    ChildFileReader(UniqueFd fd, std::string path) : fd_(std::move(fd)), path_(std::move(path)) {}
+    ChildFileReader(UniqueFd fd, std::string path)
+        : fd_(std::move(fd)), path_(std::move(path)), quoted_path_("'" + path_ + "'") {}
     UniqueFd fd_;
-    std::string path_;  // for messages: "<version_dir>/<rel>"
+    std::string path_;         // "<version_dir>/<rel>"
+    std::string quoted_path_;  // for messages, made once: read_at runs per chunk
     mutable uint64_t bytes_read_ = 0;
 };
 
