@@ -169,21 +169,17 @@ backing=$(mktemp "$fsdir/icbd-compare.XXXXXX.img") || die "cannot create a file 
 log "filling $backing ($size of random data)"
 run_child - - dd if=/dev/urandom of="$backing" bs=1M count="$mib" iflag=fullblock conv=fsync status=none ||
   die "cannot fill $backing"
-# Resets the file's page cache to the same state before every run: writes back
-# dirty pages, drops this file's cached pages (dd iflag=nocache count=0 is
-# posix_fadvise DONTNEED on the whole file; nothing else is touched) and reads
-# the file again. Sets `cached` to the resident fraction found before.
+# Puts the file's page cache in the same state before every run
+# (reset_page_cache, bench/lib_backends.sh). Sets `cached` to the resident
+# fraction found before.
 cached="?"
-warm_cache() {
+reset_cache() {
   if command -v fincore >/dev/null 2>&1; then
     cached=$(fincore -nb -o RES,SIZE "$backing" 2>/dev/null | awk '{ if ($2 > 0) printf "%.0f%%", 100 * $1 / $2 }')
   fi
-  sync "$backing" 2>/dev/null || true
-  run_child - - dd if="$backing" iflag=nocache count=0 status=none || true
-  [ "$page_cache" = cold ] && return 0
-  run_child - - dd if="$backing" of=/dev/null bs=1M status=none || die "cannot read $backing"
+  reset_page_cache "$backing" "$page_cache" || die "cannot read $backing"
 }
-warm_cache
+reset_cache
 
 # --- tgtd -------------------------------------------------------------------------
 export ICBD_BUILD=$build
@@ -264,7 +260,7 @@ for run in $(seq "$runs"); do
   for w in $workloads; do
     for b in $bstypes; do
       cached="-"
-      [ "$b" != null ] && warm_cache
+      [ "$b" != null ] && reset_cache
       la=$(loadavg)
       t0=$(cpu_ticks)
       if measure "$b" "$w" "$seconds"; then

@@ -13,6 +13,19 @@
 #                            fills the associative array
 #                            url[bstype] (declare -A url first). Returns 1 with a
 #                            message naming the step that failed.
+#   reset_page_cache FILE MODE  writes FILE's dirty pages back, drops its cached
+#                            pages (dd iflag=nocache count=0 is posix_fadvise
+#                            DONTNEED on the whole file; nothing else is
+#                            touched) and, for MODE warm, reads it again (laid
+#                            out as readahead lays it out); cold leaves it out.
+#                            Returns 1 if the read-back fails.
+reset_page_cache() {
+  sync "$1" 2>/dev/null || true
+  run_child - - dd if="$1" iflag=nocache count=0 status=none || true
+  [ "$2" = cold ] && return 0
+  run_child - - dd if="$1" of=/dev/null bs=1M status=none
+}
+
 export_backends() {
   local prefix=$1 tid=0 b iqn
   local -a args

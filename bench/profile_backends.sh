@@ -121,9 +121,7 @@ for c in $calls; do events+=",syscalls:sys_enter_$c"; done
 uptime_before=$(uptime)
 for b in $bstypes; do
   if [ "$b" != null ]; then  # same page cache for every backend, as in compare_backends.sh
-    sync "$backing"
-    run_child - - dd if="$backing" iflag=nocache count=0 status=none
-    [ "$page_cache" = cold ] || run_child - - dd if="$backing" of=/dev/null bs=1M status=none
+    reset_page_cache "$backing" "$page_cache" || die "cannot read $backing"
   fi
   log "$b: $workload for $seconds s"
   perf stat -x, -e "$events" -p "$TGTD_PID" -o "$work/stat-$b.csv" -- sleep $((seconds + 2)) &
