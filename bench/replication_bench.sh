@@ -111,8 +111,9 @@ esac
 read -r -a icbd_algs <<<"$icbd_compress"
 [ "${#icbd_algs[@]}" -ge 1 ] || die "--icbd-compress needs at least one value"
 for a in "${icbd_algs[@]}"; do
-  case "$a" in zstd|lz4|none|zstd:[0-9]|zstd:1[0-9]|lz4:[0-9]*) ;;
-    *) die "--icbd-compress: '$a' is not zstd, lz4 or none (zstd:LEVEL, lz4:ACCEL for a level)" ;; esac
+  # What push --compress-level takes: zstd 1..22 or negative (fast), lz4 acceleration 1..65537.
+  [[ "$a" =~ ^(none|zstd|lz4|zstd:(-?[1-9][0-9]*)|lz4:([1-9][0-9]*))$ ]] ||
+    die "--icbd-compress: '$a' is not zstd, lz4 or none (zstd:LEVEL, lz4:ACCEL for a level; 0 is not a level)"
 done
 icbd_main=${icbd_algs[0]}
 icbd_keys=(icbd)           # row keys; icbd-ALG for the extra --compress values
