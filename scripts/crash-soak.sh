@@ -2,7 +2,7 @@
 # Crash soak, outside the test suite: the power-cut crash test (kill -9 of
 # tgtd + ext4 shutdown without log flush, remount, verify every acknowledged
 # durable write) for many iterations per mode. Prints each iteration's line.
-# Usage: sudo scripts/crash-soak.sh [ITERATIONS=1000] [GTEST_FILTER=*power_cut*]
+# Usage (as root): scripts/crash-soak.sh [ITERATIONS=1000] [GTEST_FILTER=*power_cut*]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 iterations=${1:-1000}
