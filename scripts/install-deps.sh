@@ -28,7 +28,8 @@ PKGS=(
   libgtest-dev libgmock-dev libbenchmark-dev
   btrfs-progs libbtrfsutil-dev
   tgt libiscsi-dev libiscsi-bin
-  e2fsprogs util-linux procps rsync zstd openssl python3
+  libsqlite3-dev libtomlplusplus-dev nlohmann-json3-dev libcli11-dev libsystemd-dev
+  e2fsprogs util-linux procps rsync zstd openssl python3 iproute2
 )
 
 missing=()

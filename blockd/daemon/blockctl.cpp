@@ -1,0 +1,2 @@
+// blockctl: placeholder.
+int main() { return 2; }

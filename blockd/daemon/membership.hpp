@@ -1,0 +1,107 @@
+// Membership (DESIGN "Node daemon"): on the master, the registry of replicas
+// and the keepalive that walks each through alive -> suspect -> dead (and back
+// to alive when it answers again; never forgotten silently); on a replica, the
+// link that registers with the master and answers its keepalives.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "icbd/replicator/transport.hpp"
+#include "icbd/status.hpp"
+#include "peer_protocol.hpp"
+#include "store.hpp"
+
+namespace icbd::node {
+
+// Master side.
+class Membership {
+public:
+    struct Options {
+        std::string node_name;  // ours
+        repl::TlsConfig tls;    // client side, for pings
+        std::chrono::milliseconds keepalive_interval{10'000};
+        unsigned keepalive_tries = 3;
+    };
+    // catalog(): what every ping carries. on_change(name): called (from the
+    // keepalive thread or the registering peer's thread) after a replica
+    // registered, changed state or reported new versions; the push scheduler
+    // listens to it.
+    Membership(Options options, Registry& registry, std::function<Catalog()> catalog,
+               std::function<void(const std::string& replica)> on_change);
+    ~Membership();  // stop()
+
+    // A "register" request from an authenticated peer. Refused (error answer)
+    // when the request's node name is not the peer's certificate name.
+    nlohmann::json handle_register(const repl::PeerIdentity& peer, const nlohmann::json& request);
+
+    void start();  // the keepalive thread
+    void stop();
+    void ping_all_now();  // wakes the keepalive thread (tests, commits)
+
+    // State rules, public for tests: after an answer -> alive, missed 0; after a
+    // miss -> missed+1, suspect while missed < tries, dead at missed >= tries.
+    static Liveness next_state(Liveness current, bool answered, unsigned missed_after, unsigned tries);
+
+private:
+    void run();
+    void ping_one(const ReplicaRecord& r);
+
+    Options opt_;
+    Registry& registry_;
+    std::function<Catalog()> catalog_;
+    std::function<void(const std::string&)> on_change_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    bool stopping_ = false;
+    bool wake_ = false;
+    std::thread thread_;
+};
+
+// Replica side.
+class MasterLink {
+public:
+    struct Options {
+        std::string node_name;
+        std::string master_address;  // host:port of the master's peer listener
+        repl::TlsConfig tls;         // allowed_peer_names = {master_name}
+        std::string peer_address;         // ours, as the master should reach it
+        std::string replication_address;  // ours
+        std::vector<std::string> subscribe;
+        // Re-register when no ping came for this long (the master restarted
+        // and lost nothing, but a replica that came back announces itself at once).
+        std::chrono::milliseconds reregister_after{30'000};
+    };
+    // versions(): what we hold now; on_ping(ping) -> pong: the node answers
+    // (stores the catalog, reports clients' versions).
+    MasterLink(Options options, std::function<std::map<std::string, std::vector<uint64_t>>()> versions,
+               std::function<PongReply(const PingRequest&)> on_ping);
+    ~MasterLink();
+
+    // A "ping" request from an authenticated peer (must be the master).
+    nlohmann::json handle_ping(const repl::PeerIdentity& peer, const nlohmann::json& request);
+
+    void start();  // registers now, and again when pings stop coming
+    void stop();
+    bool registered() const;
+    std::string last_error() const;
+
+private:
+    void run();
+    Options opt_;
+    std::function<std::map<std::string, std::vector<uint64_t>>()> versions_;
+    std::function<PongReply(const PingRequest&)> on_ping_;
+    mutable std::mutex mu_;
+    std::condition_variable cv_;
+    bool stopping_ = false;
+    bool registered_ = false;
+    std::string last_error_;
+    std::chrono::steady_clock::time_point last_ping_{};
+    std::thread thread_;
+};
+
+}  // namespace icbd::node

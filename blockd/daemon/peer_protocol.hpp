@@ -1,0 +1,71 @@
+// The node-to-node control protocol between blockd processes, over the
+// replicator's mutual-TLS streams (docs/blockd.md, "Peer protocol", version 1):
+// each message is a 4-byte big-endian length then that many bytes of UTF-8
+// JSON (an object with "type"), at most kMaxPeerMessage bytes. A connection
+// carries one request and its answer.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "icbd/replicator/transport.hpp"
+#include "icbd/status.hpp"
+
+namespace icbd::node {
+
+inline constexpr uint32_t kPeerProtocolVersion = 1;
+inline constexpr uint32_t kMaxPeerMessage = 1u << 20;
+
+// Framing. read fails with EBADMSG (length 0 or too large, not JSON, not an
+// object, no string "type"), ECONNRESET at an early end; the message names the peer.
+Status write_peer_message(repl::Stream& s, const nlohmann::json& msg);
+Result<nlohmann::json> read_peer_message(repl::Stream& s);
+// The same on bytes (fuzzing, tests): decodes one whole frame.
+Result<nlohmann::json> decode_peer_frame(const uint8_t* data, size_t size);
+std::vector<uint8_t> encode_peer_frame(const nlohmann::json& msg);
+
+// What one image looks like in the master's catalog (sent in every ping).
+struct CatalogImage {
+    std::vector<uint64_t> versions;  // published on the master, ascending
+    uint64_t production = 0;
+    uint64_t test = 0;
+    std::string disk;  // file name of the LUN disk inside a version ("disk.raw")
+};
+using Catalog = std::map<std::string, CatalogImage>;
+
+// replica -> master
+struct RegisterRequest {
+    std::string node;  // must equal the TLS identity (checked by the master)
+    std::string peer_address;
+    std::string replication_address;
+    std::vector<std::string> subscribe;
+    std::map<std::string, std::vector<uint64_t>> versions;
+};
+// master -> replica (keepalive)
+struct PingRequest {
+    std::string master;
+    Catalog catalog;
+};
+struct PongReply {
+    std::string node;
+    std::vector<std::string> subscribe;
+    std::map<std::string, std::vector<uint64_t>> versions;
+    // Versions the replica's clients use (the master keeps them as bases).
+    std::map<std::string, std::vector<uint64_t>> in_use;
+};
+
+// Validating conversions: from_json errors are EBADMSG naming the field.
+nlohmann::json to_json(const RegisterRequest& r);
+nlohmann::json to_json(const PingRequest& r);
+nlohmann::json to_json(const PongReply& r);
+Result<RegisterRequest> register_from_json(const nlohmann::json& j);
+Result<PingRequest> ping_from_json(const nlohmann::json& j);
+Result<PongReply> pong_from_json(const nlohmann::json& j);
+// {"type":"error","message":...}
+nlohmann::json error_message(const std::string& message);
+
+}  // namespace icbd::node

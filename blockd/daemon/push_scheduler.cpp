@@ -1,0 +1,1 @@
+// Placeholder: being written (see push_scheduler.hpp).

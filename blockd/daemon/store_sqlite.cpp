@@ -1,0 +1,1 @@
+// Placeholder: being written (see store_sqlite.hpp).

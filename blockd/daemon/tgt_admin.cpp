@@ -1,0 +1,1 @@
+// Placeholder: being written (see tgt_admin.hpp).
