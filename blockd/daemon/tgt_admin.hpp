@@ -17,7 +17,8 @@ struct TgtLun {
     int lun = 0;
     std::string backing_store;  // path ("None" for LUN 0 is skipped)
     std::string bstype;         // "icbd", "rdwr", ...
-    std::string bsopts;
+    std::string bsopts;         // empty: tgt 1.0.85's show does not print --bsopts
+    std::string bsoflags;       // "Backing store flags" (--bsoflags: "sync", "direct")
 };
 
 struct TgtTarget {
@@ -57,6 +58,8 @@ public:
     Status unbind_chap(int tid, const std::string& user);
     // Deletes an account (after unbinding it everywhere).
     Status delete_account(const std::string& user);
+    // Every CHAP account tgtd knows (bound or not).
+    Result<std::vector<std::string>> accounts() const;
 
     int control_port() const { return control_port_; }
 
