@@ -1,5 +1,5 @@
 // The node-to-node control protocol between blockd processes, over the
-// replicator's mutual-TLS streams (docs/blockd.md, "Peer protocol", version 1):
+// replicator's mutual-TLS streams (docs/blockd-peer-protocol.md, "Peer protocol", version 1):
 // each message is a 4-byte big-endian length then that many bytes of UTF-8
 // JSON (an object with "type"), at most kMaxPeerMessage bytes. A connection
 // carries one request and its answer.
@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -65,7 +67,27 @@ nlohmann::json to_json(const PongReply& r);
 Result<RegisterRequest> register_from_json(const nlohmann::json& j);
 Result<PingRequest> ping_from_json(const nlohmann::json& j);
 Result<PongReply> pong_from_json(const nlohmann::json& j);
-// {"type":"error","message":...}
+// {"type":"error","proto":1,"message":...}
 nlohmann::json error_message(const std::string& message);
+
+// master -> replica, the answer to "register".
+struct RegisteredReply {
+    std::string master;
+    uint64_t keepalive_interval_ms = 0;
+};
+nlohmann::json to_json(const RegisteredReply& r);
+Result<RegisteredReply> registered_from_json(const nlohmann::json& j);
+
+// "proto" present and spoken here: EBADMSG when missing or mistyped,
+// EPROTONOSUPPORT naming the supported versions otherwise.
+Status check_peer_version(const nlohmann::json& msg);
+// The error answer for a version check failure ("supported": [1] when it is a mismatch).
+nlohmann::json version_error_message(const Status& version_error);
+
+// Names in messages (docs/blockd-peer-protocol.md, "Field types"): node names
+// are certificate CNs, 1-64 characters of [A-Za-z0-9._-] not starting with '.'.
+Status validate_node_name(std::string_view name);
+// "host:port" or "[v6]:port" -> host (without brackets) and port (1-65535).
+Result<std::pair<std::string, uint16_t>> parse_peer_address(std::string_view address);
 
 }  // namespace icbd::node

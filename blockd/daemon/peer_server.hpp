@@ -31,14 +31,24 @@ public:
     uint16_t port() const;
 
 private:
+    // One accepted connection: its thread, and its stream while it is in use
+    // so that stop() can interrupt a peer that went silent.
+    struct Session {
+        std::thread thread;
+        repl::Stream* stream = nullptr;  // guarded by mu_
+        bool done = false;               // guarded by mu_
+    };
     PeerServer() = default;
     void accept_loop();
+    void serve(std::list<Session>::iterator self, repl::PendingConnection pending);
+    void reap_finished();
     repl::Listener listener_;
+    repl::TlsConfig tls_;
     PeerHandler handler_;
     std::atomic<bool> stopping_{false};
     std::thread thread_;
     std::mutex mu_;
-    std::list<std::thread> sessions_;
+    std::list<Session> sessions_;
 };
 
 // One request/answer exchange with a peer: connect (TLS), send, read the
