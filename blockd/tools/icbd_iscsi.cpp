@@ -27,7 +27,9 @@ const char* kUsage =
     "  write URL -i FILE [--lba N] [--fua]\n"
     "                                     write FILE (a multiple of the block size) at LBA N\n"
     "  sync URL                           SYNCHRONIZE CACHE(16) of the whole LUN\n"
-    "URL: iscsi://HOST[:PORT]/TARGET-IQN/LUN\n";
+    "  every command: [--initiator IQN]   our initiator name (default iqn.2026-11.org.icbd:icbd-iscsi);\n"
+    "                                     a target with an ACL admits only the names bound to it\n"
+    "URL: iscsi://[USER%SECRET@]HOST[:PORT]/TARGET-IQN/LUN  (USER%SECRET: CHAP)\n";
 
 [[noreturn]] void die(const std::string& msg) {
     std::fprintf(stderr, "icbd-iscsi: %s\n", msg.c_str());
@@ -47,8 +49,8 @@ using Task = std::unique_ptr<scsi_task, TaskDeleter>;
 
 class Lun {
 public:
-    explicit Lun(const std::string& url) : url_(url) {
-        ctx_.reset(iscsi_create_context("iqn.2026-11.org.icbd:icbd-iscsi"));
+    Lun(const std::string& url, const std::string& initiator) : url_(url) {
+        ctx_.reset(iscsi_create_context(initiator.c_str()));
         if (!ctx_) die(url + ": cannot create an iSCSI context");
         std::unique_ptr<iscsi_url, void (*)(iscsi_url*)> u(iscsi_parse_full_url(ctx_.get(), url.c_str()),
                                                              iscsi_destroy_url);
@@ -56,6 +58,7 @@ public:
         iscsi_set_session_type(ctx_.get(), ISCSI_SESSION_NORMAL);
         iscsi_set_header_digest(ctx_.get(), ISCSI_HEADER_DIGEST_NONE_CRC32C);
         iscsi_set_targetname(ctx_.get(), u->target);
+        if (u->user[0] != '\0') iscsi_set_initiator_username_pwd(ctx_.get(), u->user, u->passwd);
         if (iscsi_full_connect_sync(ctx_.get(), u->portal, u->lun) != 0)
             die(url + ": cannot log in: " + iscsi_get_error(ctx_.get()));
         lun_ = u->lun;
@@ -124,6 +127,7 @@ int main(int argc, char** argv) {
     std::optional<uint64_t> lba, count;
     std::string in, out;
     bool fua = false;
+    std::string initiator = "iqn.2026-11.org.icbd:icbd-iscsi";
     for (int i = 3; i < argc; ++i) {
         std::string a = argv[i];
         auto value = [&]() -> const char* {
@@ -135,12 +139,13 @@ int main(int argc, char** argv) {
         else if (a == "-o") out = value();
         else if (a == "-i") in = value();
         else if (a == "--fua") fua = true;
+        else if (a == "--initiator") initiator = value();
         else die("unknown option '" + a + "'\n" + kUsage);
     }
     if (cmd != "capacity" && cmd != "read" && cmd != "write" && cmd != "sync")
         die("unknown command '" + cmd + "'\n" + kUsage);
 
-    Lun lun(url);
+    Lun lun(url, initiator);
     if (cmd == "capacity") {
         std::printf("block_size %u blocks %llu bytes %llu\n", lun.block_size(),
                     static_cast<unsigned long long>(lun.blocks()),
