@@ -1,0 +1,268 @@
+// The system as an operator runs it: a master and replicas, each its own
+// blockd process with its own BTRFS repository, ports and tgtd, driven only
+// through blockctl. Replication on commit, catch-up after a crash, membership
+// states, client LUNs served to a real libiscsi initiator.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <random>
+
+#include "blockd_cluster.hpp"
+#include "iscsi_client.hpp"
+
+namespace icbd::test {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+bool skips_forbidden() {
+    const char* v = std::getenv("ICBD_FORBID_SKIP");
+    return v && *v && std::string(v) != "0";
+}
+
+#define REQUIRE_SYSTEM()                                                                         \
+    do {                                                                                         \
+        std::optional<std::string> why = LoopFs::unavailable(LoopFs::Type::btrfs);               \
+        if (!why) why = TgtdInstance::unavailable();                                             \
+        if (why) {                                                                               \
+            if (skips_forbidden()) FAIL() << "prerequisite missing: " << *why;                   \
+            GTEST_SKIP() << *why;                                                                \
+        }                                                                                        \
+    } while (0)
+
+constexpr const char* kFastKeepalive = "[membership]\nkeepalive_interval = \"1s\"\nkeepalive_tries = 3\n";
+
+// A raw disk of `mib` MiB with pseudo-random content (incompressible enough
+// that replication moves real bytes) and a hole in the middle.
+void make_disk(const fs::path& file, unsigned mib, unsigned seed) {
+    std::ofstream out(file, std::ios::binary);
+    std::mt19937_64 rng(seed);
+    std::vector<uint64_t> buf(1 << 17);  // 1 MiB
+    for (unsigned i = 0; i < mib; ++i) {
+        if (i == mib / 2) {
+            out.seekp(1 << 20, std::ios::cur);
+            continue;
+        }
+        for (auto& w : buf) w = rng();
+        out.write(reinterpret_cast<const char*>(buf.data()), buf.size() * 8);
+    }
+    out.flush();
+    fs::resize_file(file, uint64_t(mib) << 20);
+}
+
+// Overwrites 1 MiB at `offset_mib` of the checkout's disk.raw with `byte`.
+void edit_disk(const fs::path& checkout, unsigned offset_mib, char byte) {
+    std::fstream f(checkout / "disk.raw", std::ios::binary | std::ios::in | std::ios::out);
+    std::string mib(1 << 20, byte);
+    f.seekp(std::streamoff(offset_mib) << 20);
+    f.write(mib.data(), mib.size());
+}
+
+uint64_t newest_on(const BlockdNode& master, const std::string& replica, const std::string& image) {
+    for (const json& n : master.ctl_ok({"node", "list"})) {
+        if (n["name"] == replica && n["images"].contains(image)) return n["images"][image]["newest"].get<uint64_t>();
+    }
+    return 0;
+}
+
+std::string state_of(const BlockdNode& master, const std::string& replica) {
+    for (const json& n : master.ctl_ok({"node", "list"})) {
+        if (n["name"] == replica) return n["state"].get<std::string>();
+    }
+    return "";
+}
+
+uint64_t commit_edit(const BlockdNode& master, const std::string& image, unsigned offset_mib, char byte) {
+    json co = master.ctl_ok({"image", "checkout", image});
+    edit_disk(co["path"].get<std::string>(), offset_mib, byte);
+    json v = master.ctl_ok({"image", "commit", image, "--message", "edit at " + std::to_string(offset_mib) + " MiB"});
+    return v["version"].get<uint64_t>();
+}
+
+class SystemTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        certs_ = std::make_unique<TempDir>("/tmp", "icbd-certs-");
+        make_certs(certs_->path(), {"master", "r1", "r2", "r3"});
+    }
+    std::unique_ptr<TempDir> certs_;
+};
+
+// A master and three replicas: import and two commits reach all three byte
+// for byte; a replica killed -9 is seen suspect then dead, misses two commits,
+// and when it comes back catches up with one incremental push.
+TEST_F(SystemTest, ThreeReplicasReplicateAndOneCatchesUpAfterKill9) {
+    REQUIRE_SYSTEM();
+    BlockdNode master(BlockdNode::Role::master, "master", certs_->path());
+    master.set_extra_config(kFastKeepalive);
+    master.start();
+    std::vector<std::unique_ptr<BlockdNode>> replicas;
+    for (const char* name : {"r1", "r2", "r3"}) {
+        replicas.push_back(std::make_unique<BlockdNode>(BlockdNode::Role::replica, name, certs_->path()));
+        replicas.back()->set_master(master);
+        replicas.back()->start();
+    }
+    ASSERT_TRUE(eventually([&] { return master.ctl_ok({"node", "list"}).size() == 3; }, std::chrono::seconds(20)))
+        << master.ctl({"node", "list"}).output;
+
+    TempDir src("/var/tmp", "icbd-src-");
+    make_disk(src / "disk.raw", 48, 1);
+    json v1 = master.ctl_ok({"image", "import", "win10", "--from", (src / "disk.raw").string()});
+    EXPECT_EQ(v1["version"], 1);
+    for (auto& r : replicas) {
+        ASSERT_TRUE(eventually([&] { return newest_on(master, r->name(), "win10") == 1; }, std::chrono::seconds(60)))
+            << r->name() << ": " << master.ctl({"node", "list"}).output << "\nreplica log:\n" << r->log();
+        EXPECT_EQ(sha256_of(r->version_file("win10", 1)), sha256_of(master.version_file("win10", 1)));
+    }
+
+    // r3 dies without a word.
+    replicas[2]->kill9();
+    ASSERT_TRUE(eventually([&] { return state_of(master, "r3") == "suspect"; }, std::chrono::seconds(15)));
+    ASSERT_TRUE(eventually([&] { return state_of(master, "r3") == "dead"; }, std::chrono::seconds(20)));
+    EXPECT_EQ(state_of(master, "r1"), "alive");
+
+    EXPECT_EQ(commit_edit(master, "win10", 3, 'a'), 2u);
+    EXPECT_EQ(commit_edit(master, "win10", 30, 'b'), 3u);
+    for (int i : {0, 1}) {
+        auto& r = replicas[i];
+        ASSERT_TRUE(eventually([&] { return newest_on(master, r->name(), "win10") == 3; }, std::chrono::seconds(60)))
+            << master.ctl({"node", "list"}).output;
+        EXPECT_EQ(sha256_of(r->version_file("win10", 3)), sha256_of(master.version_file("win10", 3)));
+    }
+    // Still dead, still listed, behind by two versions.
+    json r3 = master.ctl_ok({"node", "show", "r3"});
+    EXPECT_EQ(r3["state"], "dead");
+    EXPECT_EQ(r3["images"]["win10"]["lag_versions"], 2);
+    EXPECT_GT(r3["images"]["win10"]["lag_bytes"].get<uint64_t>(), 0u);
+
+    replicas[2]->start();
+    ASSERT_TRUE(eventually([&] { return newest_on(master, "r3", "win10") == 3; }, std::chrono::seconds(60)))
+        << master.ctl({"node", "list"}).output << "\nr3 log:\n" << replicas[2]->log();
+    EXPECT_EQ(state_of(master, "r3"), "alive");
+    EXPECT_EQ(sha256_of(replicas[2]->version_file("win10", 3)), sha256_of(master.version_file("win10", 3)));
+    // One incremental: version 2 was skipped, 3 came from 1 (only the changes).
+    EXPECT_FALSE(fs::exists(replicas[2]->version_file("win10", 2)));
+    uint64_t r3_bytes = 0;
+    int r3_pushes_after_restart = 0;
+    for (const json& p : master.ctl_ok({"push", "list", "--limit", "100"})) {
+        if (p["replica"] == "r3" && p["version"] == 3 && p["ok"] == true) {
+            ++r3_pushes_after_restart;
+            r3_bytes = p["payload_bytes"].get<uint64_t>();
+        }
+    }
+    EXPECT_EQ(r3_pushes_after_restart, 1);
+    EXPECT_LE(r3_bytes, 4ull << 20) << "catch-up should send the changed extents only";
+}
+
+// The master killed -9 in the middle of a push finishes it after a restart.
+TEST_F(SystemTest, MasterKilledMidPushFinishesAfterRestart) {
+    REQUIRE_SYSTEM();
+    BlockdNode master(BlockdNode::Role::master, "master", certs_->path());
+    // 4 MiB/s over a 40 MiB image: the push takes ~10 s.
+    master.set_extra_config(std::string(kFastKeepalive) +
+                            "[replication]\nbandwidth_limit = \"4M\"\ncheckpoint_interval = \"1M\"\n");
+    master.start();
+    BlockdNode r1(BlockdNode::Role::replica, "r1", certs_->path());
+    r1.set_master(master);
+    r1.start();
+    ASSERT_TRUE(eventually([&] { return master.ctl_ok({"node", "list"}).size() == 1; }, std::chrono::seconds(20)));
+
+    TempDir src("/var/tmp", "icbd-src-");
+    make_disk(src / "disk.raw", 40, 2);
+    master.ctl_ok({"image", "import", "img", "--from", (src / "disk.raw").string()});
+    ASSERT_TRUE(eventually(
+        [&] {
+            for (const json& n : master.ctl_ok({"node", "list"}))
+                if (!n["push"].is_null() && n["push"]["payload_sent"].get<uint64_t>() > (4u << 20)) return true;
+            return false;
+        },
+        std::chrono::seconds(30)))
+        << master.ctl({"node", "list"}).output;
+    master.kill9();
+    EXPECT_FALSE(fs::exists(r1.version_file("img", 1))) << "nothing may be visible before publish";
+    master.start();
+    ASSERT_TRUE(eventually([&] { return newest_on(master, "r1", "img") == 1; }, std::chrono::seconds(90)))
+        << master.ctl({"node", "list"}).output << "\nr1 log:\n" << r1.log();
+    EXPECT_EQ(sha256_of(r1.version_file("img", 1)), sha256_of(master.version_file("img", 1)));
+}
+
+// A desktop on a cache server: exported by blockctl, read through libiscsi
+// (the version's bytes), written; a new version waits while its session is
+// open and is taken (overlay reset) once the session closes; a persistent
+// desktop stays pinned; a version in use cannot be deleted.
+TEST_F(SystemTest, ClientFollowsItsChannelOnlyBetweenSessions) {
+    REQUIRE_SYSTEM();
+    BlockdNode master(BlockdNode::Role::master, "master", certs_->path());
+    master.set_extra_config(kFastKeepalive);
+    master.start();
+    BlockdNode r1(BlockdNode::Role::replica, "r1", certs_->path());
+    r1.set_master(master);
+    r1.start();
+    TempDir src("/var/tmp", "icbd-src-");
+    make_disk(src / "disk.raw", 16, 3);
+    master.ctl_ok({"image", "import", "win10", "--from", (src / "disk.raw").string()});
+    ASSERT_TRUE(eventually([&] { return newest_on(master, "r1", "win10") == 1; }, std::chrono::seconds(60)));
+    ASSERT_TRUE(eventually([&] { return r1.ctl({"client", "add", "pc01", "--image", "win10", "--initiator",
+                                                "iqn.2026-01.org.icbd:test-initiator-" + std::to_string(getpid())})
+                                             .exit_code == 0; },
+                           std::chrono::seconds(20)))
+        << r1.ctl({"client", "add", "pc01", "--image", "win10", "--initiator", "iqn.2026-01.org.icbd:x"}).output;
+    r1.ctl_ok({"client", "add", "pc02", "--image", "win10", "--initiator", "iqn.2026-01.org.icbd:pc02",
+               "--persistent"});
+    json pc01 = r1.ctl_ok({"client", "show", "pc01"});
+    EXPECT_EQ(pc01["version"], 1);
+    std::string url = "iscsi://127.0.0.1:" + std::to_string(r1.tgtd()->port()) + "/" +
+                      pc01["target"].get<std::string>() + "/1";
+
+    std::ifstream golden1(master.version_file("win10", 1), std::ios::binary);
+    std::vector<uint8_t> first_mib(1 << 20);
+    golden1.read(reinterpret_cast<char*>(first_mib.data()), first_mib.size());
+    {
+        IscsiClient c(url);
+        auto r = c.read16(0, 256);
+        ASSERT_TRUE(r.good()) << r.error;
+        EXPECT_EQ(r.data, first_mib);
+        std::vector<uint8_t> mine(4096, 0x5a);
+        ASSERT_TRUE(c.write16(0, mine).good());
+        // Version 2 is committed and promoted while the session is open.
+        EXPECT_EQ(commit_edit(master, "win10", 0, 'z'), 2u);
+        master.ctl_ok({"image", "promote", "win10", "2"});
+        ASSERT_TRUE(eventually([&] { return newest_on(master, "r1", "win10") == 2; }, std::chrono::seconds(60)));
+        ASSERT_TRUE(eventually([&] { return r1.ctl_ok({"client", "show", "pc01"})["desired_version"] == 2; },
+                               std::chrono::seconds(20)));
+        std::this_thread::sleep_for(std::chrono::seconds(2));  // several reconcile passes
+        json now = r1.ctl_ok({"client", "show", "pc01"});
+        EXPECT_EQ(now["version"], 1) << "a client with a session must not move";
+        EXPECT_EQ(now["sessions"], 1);
+        auto again = c.read16(0, 1);
+        ASSERT_TRUE(again.good());
+        EXPECT_EQ(again.data, mine);
+        // On the replica, the version under a session is in use.
+        auto del = r1.ctl({"image", "delete", "win10", "1"});
+        EXPECT_EQ(del.exit_code, 1);
+        EXPECT_NE(del.output.find("pc01"), std::string::npos) << del.output;
+    }
+    ASSERT_TRUE(eventually([&] { return r1.ctl_ok({"client", "show", "pc01"})["version"] == 2; },
+                           std::chrono::seconds(30)))
+        << r1.ctl({"client", "show", "pc01"}).output << r1.log();
+    {
+        IscsiClient c(url);
+        auto r = c.read16(0, 256);
+        ASSERT_TRUE(r.good());
+        EXPECT_EQ(r.data, std::vector<uint8_t>(1 << 20, 'z')) << "non-persistent overlay reset onto version 2";
+    }
+    json pc02 = r1.ctl_ok({"client", "show", "pc02"});
+    EXPECT_EQ(pc02["version"], 1);
+    EXPECT_EQ(pc02["behind"], true);
+    auto gone = r1.ctl({"image", "delete", "win10", "1"});
+    EXPECT_EQ(gone.exit_code, 1) << "pc02 is pinned to version 1";
+    EXPECT_NE(gone.output.find("pc02"), std::string::npos) << gone.output;
+
+    r1.ctl_ok({"client", "remove", "pc01"});
+    r1.ctl_ok({"client", "remove", "pc02"});
+    EXPECT_EQ(r1.ctl_ok({"client", "list"}).size(), 0u);
+}
+
+}  // namespace
+}  // namespace icbd::test
