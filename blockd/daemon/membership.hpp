@@ -7,9 +7,11 @@
 #include <chrono>
 #include <condition_variable>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "icbd/replicator/transport.hpp"
 #include "icbd/status.hpp"
@@ -47,9 +49,22 @@ public:
     // miss -> missed+1, suspect while missed < tries, dead at missed >= tries.
     static Liveness next_state(Liveness current, bool answered, unsigned missed_after, unsigned tries);
 
+    // Per replica, per image: the versions its clients use, from its last pong
+    // (kept in memory: a restarted master learns them again at the first ping).
+    std::map<std::string, std::map<std::string, std::vector<uint64_t>>> in_use() const;
+
 private:
+    // One keepalive in flight to one replica; pings to different replicas run
+    // in parallel so a dead or hanging one delays nobody else.
+    struct Ping {
+        std::thread thread;
+        bool done = false;  // guarded by mu_
+    };
     void run();
+    void start_pings();
+    void reap_pings(bool all);
     void ping_one(const ReplicaRecord& r);
+    void apply_answer(const std::string& name, const Result<PongReply>& pong);
 
     Options opt_;
     Registry& registry_;
@@ -60,6 +75,12 @@ private:
     bool stopping_ = false;
     bool wake_ = false;
     std::thread thread_;
+    std::map<std::string, Ping> pings_;  // guarded by mu_
+    // Serializes read-modify-write of one replica's record (registration and
+    // ping answers arrive on different threads).
+    std::mutex record_mu_;
+    mutable std::mutex in_use_mu_;
+    std::map<std::string, std::map<std::string, std::vector<uint64_t>>> in_use_;
 };
 
 // Replica side.
