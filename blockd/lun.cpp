@@ -39,7 +39,8 @@ Result<std::unique_ptr<Lun>> Lun::create(const LunOptions& opts, const LunHost& 
     std::unique_ptr<Lun> lun(new Lun(opts, host, std::move(*engine)));
     if (!opts.cache.empty() && opts.cache_idle_ms) {  // only a cache has idle work
         lun->timer_fd_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
-        if (!lun->timer_fd_.valid()) return Status::from_errno(errno, "timerfd_create");
+        if (!lun->timer_fd_.valid())
+            return Status::from_errno(errno, "cache '" + opts.cache + "': idle write-back timer: timerfd_create");
     }
     return lun;
 }

@@ -2,9 +2,12 @@
 // C boundary: allocation failures end up as -ENOMEM.
 #include "icbd/lun_c_api.h"
 
+#include <sys/resource.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <new>
+#include <string>
 
 #include "icbd/log.hpp"
 #include "icbd/lun.hpp"
@@ -16,8 +19,27 @@ struct icbd_lun {
 
 namespace {
 
+// io_uring, its eventfd, the cache's idle timer, the overlay (or backing file)
+// and the cache; the golden file is one for every LUN over it.
+constexpr int kLunDescriptors = 5;
+
+// Out of descriptors is an operator's problem, not the LUN's: say which limit
+// was hit and what to raise, since the failing call alone (an eventfd, a cache
+// file) does not tell that every other LUN holds descriptors too.
+std::string descriptor_hint(int code) {
+    if (code == ENFILE) return " (the system-wide limit of open files, sysctl fs.file-max, is reached)";
+    if (code != EMFILE) return {};
+    rlimit rl{};
+    std::string limit = ::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
+                            ? std::to_string(rl.rlim_cur)
+                            : "?";
+    return " (tgtd has reached its limit of " + limit + " open files, RLIMIT_NOFILE; each icbd LUN holds up to " +
+           std::to_string(kLunDescriptors) + ", each iSCSI session one more: raise LimitNOFILE of tgt.service)";
+}
+
 void copy_error(const icbd::Status& s, char* err, size_t errlen) {
-    if (err && errlen) std::snprintf(err, errlen, "%s", s.message().c_str());
+    if (err && errlen)
+        std::snprintf(err, errlen, "%s%s", s.message().c_str(), descriptor_hint(s.code()).c_str());
 }
 
 void (*g_c_sink)(int, const char*) = nullptr;
