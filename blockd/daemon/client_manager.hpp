@@ -57,9 +57,13 @@ public:
     // golden(image, version): path of the file a LUN serves (ENOENT when the
     // version is not on this node). catalog(): the channels as last heard from
     // the master (may be empty: then clients stay where they are).
+    // local_versions(image) (optional): versions on this node, ascending; picks
+    // the version of a client added while the catalog does not name a local
+    // one. Without it, the newest catalog version present locally is taken.
     ClientManager(Options options, NodeStore& store, TgtAdmin& tgt,
                   std::function<Result<std::filesystem::path>(const std::string&, uint64_t)> golden,
-                  std::function<Catalog()> catalog);
+                  std::function<Catalog()> catalog,
+                  std::function<std::vector<uint64_t>(const std::string&)> local_versions = {});
     ~ClientManager();  // stop()
 
     // Validates (names, initiator syntax, duplicate name or initiator, image
@@ -89,11 +93,28 @@ public:
 
 private:
     void run();
+    // Helpers of the operations; all run under op_mu_.
+    bool have_version(const std::string& image, uint64_t version) const;
+    uint64_t desired_version(const ClientRecord& r, const Catalog& catalog) const;
+    Result<uint64_t> initial_version(const std::string& image, const std::string& channel, const Catalog& catalog) const;
+    std::string bsopts(const ClientRecord& r) const;
+    Status validate(const ClientSpec& spec, const std::string& channel) const;
+    Result<int> pick_tid(const std::vector<ClientRecord>& clients) const;
+    Status ensure_overlay(const ClientRecord& r) const;
+    Status ensure_export(const ClientRecord& r, const std::optional<TgtTarget>& target);
+    Status move(ClientRecord& r, uint64_t to);
+    Status finish_removal(const ClientRecord& r, bool force);
+    Status reconcile_client(ClientRecord& r, const std::optional<TgtTarget>& target, const Catalog& catalog);
+    Status remove_orphans(const std::vector<ClientRecord>& clients, const std::vector<TgtTarget>& targets);
+    ClientStatus status_of(const ClientRecord& r, const Catalog& catalog,
+                           const Result<std::vector<TgtTarget>>& targets) const;
+
     Options opt_;
     NodeStore& store_;
     TgtAdmin& tgt_;
     std::function<Result<std::filesystem::path>(const std::string&, uint64_t)> golden_;
     std::function<Catalog()> catalog_;
+    std::function<std::vector<uint64_t>(const std::string&)> local_versions_;
     std::mutex op_mu_;  // one operation at a time (add/remove/reset/reconcile)
     std::mutex mu_;
     std::condition_variable cv_;
