@@ -17,6 +17,12 @@ constexpr size_t kHeaderSize = 4;
 constexpr size_t kMaxAddressLength = 255;
 constexpr size_t kMaxNodeNameLength = 64;
 
+// A JSON unsigned integer. In-process JSON built from a signed int (json{{"proto", 1}})
+// holds a signed number that the wire would parse as unsigned: both count.
+bool is_u64(const json& v) {
+    return v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0);
+}
+
 Status bad_frame(const std::string& who, const std::string& cause) {
     return Status::error(EBADMSG, who + ": " + cause);
 }
@@ -72,7 +78,7 @@ public:
     Result<uint64_t> u64(const json& obj, const std::string& field, const std::string& path = "") const {
         auto m = member(obj, field, path);
         if (!m) return m.status();
-        if (!(*m)->is_number_unsigned())
+        if (!is_u64(**m))
             return error(join(path, field), std::string("expected an unsigned integer, got ") + describe(**m));
         return (*m)->get<uint64_t>();
     }
@@ -114,7 +120,7 @@ public:
         std::vector<uint64_t> out;
         for (size_t i = 0; i < a.size(); ++i) {
             const std::string f = field + "[" + std::to_string(i) + "]";
-            if (!a[i].is_number_unsigned()) return error(f, "expected an unsigned integer, got " + describe(a[i]));
+            if (!is_u64(a[i])) return error(f, "expected an unsigned integer, got " + describe(a[i]));
             uint64_t v = a[i].get<uint64_t>();
             if (v == 0 || (!out.empty() && v <= out.back()))
                 return error(field, "versions must be >= 1 and strictly ascending");
@@ -153,7 +159,7 @@ private:
         return path.empty() ? field : path + "." + field;
     }
     static std::string describe(const json& v) {
-        if (v.is_number_integer()) return "a negative number";
+        if (v.is_number_integer()) return "a negative number";  // is_u64 took the others
         if (v.is_number_float()) return "a fractional number";
         return v.type_name();
     }
@@ -246,7 +252,7 @@ Status check_peer_version(const json& msg) {
     auto p = msg.find("proto");
     if (p == msg.end())
         return Status::error(EBADMSG, type + ": field 'proto': missing (supported: " + std::to_string(kPeerProtocolVersion) + ")");
-    if (!p->is_number_unsigned())
+    if (!is_u64(*p))
         return Status::error(EBADMSG, type + ": field 'proto': expected an unsigned integer, got " + p->type_name());
     uint64_t v = p->get<uint64_t>();
     if (v != kPeerProtocolVersion)
