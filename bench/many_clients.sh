@@ -32,13 +32,18 @@
 # the uninstalled module (scripts/lib/tgtd.sh), as the tests run it.
 #
 # Measured: creation time (overlays apart; targets + LUNs + ACLs, and each
-# `--op new --mode logicalunit` alone), tgtd's VmRSS, open descriptors (by
-# kind) and threads before and after, then two storms where every desktop at
-# once runs bench's icbd-iscsi-load (one session each, its own initiator name)
-# over the boot region: 4 KiB random reads, then 64 KiB sequential reads, one
-# command in flight per desktop (a booting guest reads mostly one at a time).
-# IOPS and MiB/s are sums over the desktops; latency: the median and the worst
-# of the desktops' own p99. Then the teardown time (each LUN and target).
+# `--op new --mode logicalunit` alone; a new cache is formatted and fsynced),
+# tgtd's VmRSS, open descriptors (by kind) and threads before and after, then
+# two storms where every desktop at once runs bench's icbd-iscsi-load (one
+# session each, its own initiator name) over the boot region: 4 KiB random
+# reads, then 64 KiB sequential reads, one command in flight per desktop (a
+# booting guest reads mostly one at a time). IOPS and MiB/s: the sum of the
+# desktops' own rates, and all their commands over the storm's wall time
+# (launch to last exit, logins included); latency: the median and the worst
+# of the desktops' own p99; tgtd's peak descriptors (one socket per session)
+# and its CPU time. Then the teardown time (each LUN and target), and
+# the time to export all of them again over the existing overlays and caches
+# (recovered, not formatted: what blockd does when tgtd restarts).
 #
 # Figures are figures: the exit status is 0 unless setup failed or a reader
 # failed (SCSI error, lost session), which is a bug to look at.
@@ -220,9 +225,29 @@ rss1=$(rss_kib); fds1=$(nfds); thr1=$(threads); kinds1=$(fd_kinds)
 log "$created desktops exported in $(elapsed "$t0" "$t_created") s; tgtd RSS $((rss1 / 1024)) MiB, $fds1 descriptors, $thr1 threads"
 
 # --- read storms ----------------------------------------------------------------------
-storm() {  # name bs pattern; sets storm_failed storm_fds storm_thr storm_rss
-  local name=$1 bs=$2 pattern=$3 i n p rc
-  storm_failed=0
+clk_tck=$(getconf CLK_TCK)
+tgtd_cpu_ticks() {  # utime + stime of tgtd (all its threads)
+  local stat
+  stat=$(cat "/proc/$TGTD_PID/stat" 2>/dev/null) || { echo 0; return; }
+  stat=${stat##*) }
+  # shellcheck disable=SC2086  # split into fields on purpose
+  set -- $stat
+  echo $(( ${12} + ${13} ))
+}
+running() {  # how many background jobs other than tgtd still run (the readers)
+  local p c=0
+  for p in $(jobs -rp); do [ "$p" = "$TGTD_PID" ] || c=$((c + 1)); done
+  echo "$c"
+}
+# One storm: every desktop's reader starts at once. Sets storm_failed, the
+# wall time from launch to the last exit, tgtd's CPU over it, and the sample
+# with the most tgtd descriptors (most sessions logged in at once: each one
+# is a socket), taken every half second.
+storm() {  # name bs pattern
+  local name=$1 bs=$2 pattern=$3 i n p rc f cpu0 a
+  storm_failed=0; storm_fds=0; storm_thr=0; storm_rss=0
+  cpu0=$(tgtd_cpu_ticks)
+  a=$(now)
   pids=()
   for i in $(seq "$created"); do
     n=$(name_of "$i")
@@ -231,9 +256,11 @@ storm() {  # name bs pattern; sets storm_failed storm_fds storm_thr storm_rss
       >"$work/$name-$n.json" 2>"$work/$name-$n.err" &
     pids+=($!)
   done
-  # Sampled while the storm runs: sessions add a socket and may add io_uring workers.
-  sleep "$(awk -v s="$seconds" 'BEGIN{print s / 2}')"
-  storm_fds=$(nfds); storm_thr=$(threads); storm_rss=$(rss_kib)
+  while [ "$(running)" -gt 0 ]; do
+    f=$(nfds)
+    if [ "$f" -gt "$storm_fds" ]; then storm_fds=$f; storm_thr=$(threads); storm_rss=$(rss_kib); fi
+    sleep 0.5
+  done
   i=0
   for p in "${pids[@]}"; do
     i=$((i + 1))
@@ -243,6 +270,8 @@ storm() {  # name bs pattern; sets storm_failed storm_fds storm_thr storm_rss
       log "storm $name: reader of $(name_of "$i") failed (rc $rc): $(tail -1 "$work/$name-$(name_of "$i").err")"
     fi
   done
+  storm_wall=$(elapsed "$a" "$(now)")
+  storm_cpu=$(awk -v d=$(( $(tgtd_cpu_ticks) - cpu0 )) -v hz="$clk_tck" 'BEGIN{printf "%.2f", d / hz}')
   pids=()
 }
 failures=0
@@ -254,7 +283,7 @@ for s in "rand4k 4k random" "seq64k 64k seq"; do
   log "storm $name: $created desktops, $bs $pattern reads over the first $boot, $seconds s"
   storm "$name" "$bs" "$pattern"
   failures=$((failures + storm_failed))
-  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$storm_failed" "$storm_fds" "$storm_thr" "$storm_rss" >>"$storm_rows"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$storm_failed" "$storm_fds" "$storm_thr" "$storm_rss" "$storm_wall" "$storm_cpu" >>"$storm_rows"
 done
 
 # tgt's accept loop at EMFILE: the listening socket stays readable, so tgtd
@@ -269,6 +298,18 @@ for i in $(seq "$created"); do
 done
 t_td1=$(now)
 rss2=$(rss_kib); fds2=$(nfds); thr2=$(threads)
+# Export again over the overlays and caches that now exist (recovered, not
+# formatted), as blockd does when tgtd restarts under it; then remove again.
+t_re0=$(now)
+for i in $(seq "$created"); do
+  n=$(name_of "$i")
+  tgtd_adm --op new --mode target --tid "$i" -T "iqn.2024-01.org.icbd:$n" || die "re-export: cannot create target of $n"
+  tgtd_adm --op new --mode logicalunit --tid "$i" --lun 1 --blocksize 4096 --bstype icbd --backing-store "$golden" \
+    --bsopts "overlay=$cdir/$n.ovl;cache=$cdir/$n.cache;cache_size=$cache_size" || die "re-export: cannot add the LUN of $n"
+  tgtd_adm --op bind --mode target --tid "$i" --initiator-name "iqn.2024-01.org.icbd.client:$n" || die "re-export: cannot bind $n"
+done
+t_re1=$(now)
+for i in $(seq "$created"); do tgtd_adm --op delete --mode target --tid "$i" --force >/dev/null 2>&1; done
 uptime_now=$(uptime)
 
 # --- report -----------------------------------------------------------------------------
@@ -277,7 +318,7 @@ python3 - "$work" "$created" "$clients" "$seconds" "$boot" <<PY >"$report"
 import json, statistics, sys, os
 work, created, asked, seconds, boot = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
 def s(a, b): return float(b) - float(a)
-t0, t_ovl, t_created, td0, td1 = $t0, $t_ovl, $t_created, $t_td0, $t_td1
+t0, t_ovl, t_created, td0, td1, re0, re1 = $t0, $t_ovl, $t_created, $t_td0, $t_td1, $t_re0, $t_re1
 lun = sorted(float(x) for x in open(os.path.join(work, "lun_create_s.txt")).read().split())
 def q(v, p): return v[min(len(v) - 1, int(p / 100 * (len(v) - 1) + 0.5))] if v else 0
 mib = 1048576
@@ -300,8 +341,9 @@ print(f"| descriptors by kind, before | $kinds0 |")
 print(f"| descriptors by kind, after | $kinds1 |")
 rows = [l.rstrip("\n").split("\t") for l in open(os.path.join(work, "storms.tsv"))]
 failed_total = 0
-for name, failed, sfds, sthr, srss in rows:
+for name, failed, sfds, sthr, srss, swall, scpu in rows:
     iops = mbps = 0.0
+    ops = nbytes = 0
     p99s, p50s = [], []
     for f in os.listdir(work):
         if f.startswith(name + "-") and f.endswith(".json"):
@@ -309,16 +351,22 @@ for name, failed, sfds, sthr, srss in rows:
             if not txt: continue
             j = json.loads(txt)
             iops += j["iops"]; mbps += j["iops"] * j["bs"] / mib
+            ops += j["ops"]; nbytes += j["ops"] * j["bs"]
             p99s.append(j["lat_us"]["p99"]); p50s.append(j["lat_us"]["p50"])
     p99s.sort(); p50s.sort()
     label = {"rand4k": "4 KiB random", "seq64k": "64 KiB sequential"}[name]
     print(f"| storm: {label} reads, {len(p99s)} desktops at once, qd 1, {seconds:g} s over the first {boot}"
-          f"{', ' + failed + ' readers FAILED' if failed != '0' else ''} | {iops:,.0f} IOPS, {mbps:,.1f} MiB/s; "
+          f"{', ' + failed + ' readers FAILED' if failed != '0' else ''} | {iops:,.0f} IOPS, {mbps:,.1f} MiB/s "
+          f"(sum of the desktops' rates; over the whole storm, {float(swall):.1f} s from launch to the last exit: "
+          f"{ops / float(swall):,.0f} IOPS, {nbytes / mib / float(swall):,.1f} MiB/s); "
           f"latency p50 (median desktop) {statistics.median(p50s) if p50s else 0:.0f} us, p99 median / worst desktop "
           f"{statistics.median(p99s) if p99s else 0:.0f} / {p99s[-1] if p99s else 0:.0f} us |")
-    print(f"| tgtd during the {label} storm: descriptors / threads / VmRSS | {sfds} / {sthr} / {int(srss) / 1024:.1f} MiB |")
+    print(f"| tgtd during the {label} storm: peak descriptors (sessions: {int(sfds) - $fds1}) / threads / VmRSS; CPU | "
+          f"{sfds} / {sthr} / {int(srss) / 1024:.1f} MiB; {float(scpu):.1f} s = {float(scpu) / float(swall) * 100:.0f}% of one CPU |")
 print(f"| teardown (delete LUN + target, {created}x) | {s(td0, td1):.2f} s = {s(td0, td1) / created * 1000:.1f} ms per desktop |")
 print(f"| tgtd after teardown: VmRSS / descriptors / threads | {$rss2 / 1024:.1f} MiB / {$fds2} / {$thr2} |")
+print(f"| export again over the existing overlays and caches (as after a tgtd restart): targets + LUNs + ACLs | "
+      f"{s(re0, re1):.2f} s = {s(re0, re1) / created * 1000:.1f} ms per desktop |")
 PY
 if [ -n "$fail_report" ]; then
   { echo; echo "LUN creation at the descriptor limit (--nofile $nofile):"; echo; echo "$fail_report"; } >>"$report"
