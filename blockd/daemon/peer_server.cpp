@@ -42,6 +42,7 @@ Result<std::unique_ptr<PeerServer>> PeerServer::start(const std::string& host, u
     // The constructor is private: only start() makes a running server.
     std::unique_ptr<PeerServer> server(new PeerServer());
     server->listener_ = std::move(*listener);
+    server->port_ = server->listener_.port();
     server->tls_ = tls;
     server->handler_ = std::move(handler);
     server->thread_ = std::thread([s = server.get()] { s->accept_loop(); });
@@ -50,7 +51,7 @@ Result<std::unique_ptr<PeerServer>> PeerServer::start(const std::string& host, u
 
 PeerServer::~PeerServer() { stop(); }
 
-uint16_t PeerServer::port() const { return listener_.port(); }
+uint16_t PeerServer::port() const { return port_; }
 
 void PeerServer::stop() {
     if (stopping_.exchange(true)) return;
@@ -66,6 +67,7 @@ void PeerServer::stop() {
     for (auto& s : sessions_)
         if (s.thread.joinable()) s.thread.join();
     sessions_.clear();
+    listener_ = repl::Listener();  // closes the socket
 }
 
 void PeerServer::accept_loop() {

@@ -27,6 +27,7 @@ public:
     static Result<std::unique_ptr<PeerServer>> start(const std::string& host, uint16_t port, const repl::TlsConfig& tls,
                                                      PeerHandler handler);
     ~PeerServer();  // stop()
+    // Ends every session and releases the port (a new server may bind it at once).
     void stop();
     uint16_t port() const;
 
@@ -44,6 +45,7 @@ private:
     void reap_finished();
     repl::Listener listener_;
     repl::TlsConfig tls_;
+    uint16_t port_ = 0;  // stays known after stop() released the socket
     PeerHandler handler_;
     std::atomic<bool> stopping_{false};
     std::thread thread_;
