@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -57,6 +58,10 @@ const TableKeys* find_table(std::string_view name) {
     for (const auto& t : schema())
         if (t.table == name) return &t;
     return nullptr;
+}
+
+bool contains(const std::vector<std::string_view>& words, std::string_view w) {
+    return std::find(words.begin(), words.end(), w) != words.end();
 }
 
 std::string join(const std::vector<std::string_view>& words) {
@@ -150,20 +155,15 @@ public:
             std::string_view key = k.str();
             if (const TableKeys* t = key.empty() ? nullptr : find_table(key)) {
                 if (!node.is_table()) return wrong_type(key, "a table", node);
-                for (auto&& [k2, n2] : *node.as_table()) {
-                    (void)n2;
-                    bool known = false;
-                    for (auto name : t->keys) known = known || name == k2.str();
-                    if (!known)
-                        return fail(std::string(key) + "." + std::string(k2.str()), "unknown key (known: " + join(t->keys) + ")");
+                for (auto&& entry : *node.as_table()) {
+                    std::string_view sub = entry.first.str();
+                    if (!contains(t->keys, sub))
+                        return fail(std::string(key) + "." + std::string(sub), "unknown key (known: " + join(t->keys) + ")");
                 }
-                continue;
+            } else if (!contains(top.keys, key)) {
+                if (node.is_table()) return fail(key, "unknown table (known: " + table_names() + ")");
+                return fail(key, "unknown key (known: " + join(top.keys) + "; tables: " + table_names() + ")");
             }
-            bool known = false;
-            for (auto name : top.keys) known = known || name == key;
-            if (known) continue;
-            if (node.is_table()) return fail(key, "unknown table (known: " + table_names() + ")");
-            return fail(key, "unknown key (known: " + join(top.keys) + "; tables: " + table_names() + ")");
         }
         return Status::ok();
     }
