@@ -454,6 +454,7 @@ Status ClientManager::remove_orphans(const std::vector<ClientRecord>& clients, c
         for (const auto& l : t.luns)
             if (s) s = tgt_.delete_lun(t.tid, l.lun);
         if (s) s = tgt_.delete_target(t.tid, false);
+        if (s.code() == ENOENT) continue;  // gone meanwhile
         if (s)
             log(LogLevel::info, "target " + t.iqn + " (tid " + std::to_string(t.tid) + ") belonged to no client: deleted");
         else if (first)
@@ -477,9 +478,11 @@ Status ClientManager::reconcile() {
             failed.push_back(s.message());
         }
     }
-    // Records removed in this pass no longer protect their targets.
+    // Fresh views: this pass removed records and changed targets.
     auto now = store_.clients();
     if (!now) return now.status();
+    targets = tgt_.targets();
+    if (!targets) return targets.status();
     if (Status s = remove_orphans(*now, *targets); !s) failed.push_back(s.message());
     if (failed.empty()) return Status::ok();
     std::string msg = "reconcile: " + std::to_string(failed.size()) + " problem(s): " + failed.front();
