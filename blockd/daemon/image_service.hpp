@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
@@ -39,7 +40,8 @@ using UsersOf = std::function<std::vector<std::string>(const std::string& image,
 
 class ImageService {
 public:
-    // `work_dir`: where checkouts live (<repository>/checkouts, created).
+    // Working copies live in <repository root>/checkouts/<image> (created when
+    // needed), on the repository's filesystem so a checkout is a snapshot.
     ImageService(repl::Repository repo, NodeStore& store, UsersOf users_of);
 
     // Completes or undoes intents left by a crash (call once at start), and
@@ -82,9 +84,22 @@ public:
     repl::Repository& repository() { return repo_; }
 
 private:
+    // Unlocked bodies of the public calls (they hold mu_).
+    Status remove_locked(const std::string& image, uint64_t version);
+    std::vector<std::string> users(const std::string& image, uint64_t version, const Channels& c) const;
+    // The tail of a commit or import once the version is published: working
+    // tree gone, metadata and channels recorded, intent cleared. Idempotent,
+    // so recover() runs it again after a crash.
+    Result<VersionRecord> finish_commit(int64_t intent, const std::string& image, uint64_t version,
+                                        const std::string& message, const std::filesystem::path& tree);
+    Result<VersionRecord> describe(const std::string& image, uint64_t version, const std::string& message);
+    Status recover_intent(const Intent& in);
+    std::filesystem::path checkouts_dir() const { return repo_.root() / "checkouts"; }
+
     repl::Repository repo_;
     NodeStore& store_;
     UsersOf users_of_;
+    std::mutex mu_;  // one image operation at a time: they share checkouts and channels
 };
 
 // Image and client names: 1-64 of [A-Za-z0-9._-], not starting with '.' or '-'
