@@ -403,6 +403,27 @@ TEST_F(ClientManagerTest, ReconcileFinishesInterruptedAddAndRemove) {
     EXPECT_EQ(iqns, (std::vector<std::string>{prefix_ + ":pc06", "iqn.2026-01.com.example:not-ours"}));
 }
 
+TEST_F(ClientManagerTest, MoveCutShortAfterTheRecordChangedIsFinished) {
+    ClientStatus st = add(spec("pc08", test_initiator()));
+    {
+        IscsiClient c(url("pc08"));
+        ASSERT_TRUE(c.write16(8, test::pattern(4096, 5), true).good());
+    }
+    // The crash: LUN removed and the record on version 2, overlay still for 1.
+    ASSERT_TRUE(adm_->delete_lun(st.record.tid, 1));
+    st.record.bound_version = 2;
+    ASSERT_TRUE(store_->put_client(st.record));
+    set_catalog(2, 2);
+
+    Status s = manager_->reconcile();
+    ASSERT_TRUE(s) << s.message();
+    ClientStatus now = show("pc08");
+    EXPECT_TRUE(now.exported);
+    EXPECT_EQ(now.overlay_blocks, 0u);
+    IscsiClient c(url("pc08"));
+    expect_reads(c, 0, slice(golden_[2], 0, 64));
+}
+
 TEST_F(ClientManagerTest, BackgroundReconcileRunsOnTrigger) {
     add(spec("pc03", "iqn.2026-01.com.example:pc03"));
     manager_->start();
