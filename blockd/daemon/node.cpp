@@ -218,6 +218,10 @@ Status Node::open() {
             [this] {
                 std::lock_guard lk(catalog_mu_);
                 return replica_catalog_;
+            },
+            [this](const std::string& image) {
+                auto v = images_->repository().list_versions(image);
+                return v ? *v : std::vector<uint64_t>{};
             });
 
         repl::TlsConfig from_master = tls();

@@ -2,6 +2,8 @@
 // ports and tgtd, driven through blockctl (see blockd_cluster.hpp).
 #include "blockd_cluster.hpp"
 
+#include "tgt_env.hpp"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -101,7 +103,11 @@ void BlockdNode::start() {
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
     std::vector<std::string> env_storage;
-    auto envp = make_environment({}, env_storage);
+    Env env;
+    // TgtdInstance keeps its control socket in a private directory; blockd's
+    // tgtadm finds it the way the tests' own tgtadm does.
+    if (tgtd_) env.emplace_back("TGT_IPC_SOCKET", tgtd_ipc_socket(tgtd_->pid()));
+    auto envp = make_environment(env, env_storage);
     if (posix_spawn(&pid_, argv[0], &actions.a, nullptr, argv.data(), envp.data()) != 0) {
         pid_ = -1;
         throw std::runtime_error("cannot start " + blockd_bin().string());
