@@ -116,6 +116,13 @@ TEST(PeerFrame, MalformedFramesAreRejected) {
     EXPECT_BADMSG(decode(raw_frame(R"("ping")")), "string");
     EXPECT_BADMSG(decode(raw_frame(R"({"proto":1})")), "no field 'type'");
     EXPECT_BADMSG(decode(raw_frame(R"({"type":7,"proto":1})")), "'type' is not a string");
+    // A hostile peer's deepest nesting within the limit is parsed and freed
+    // without recursion, then refused by the validators.
+    const size_t depth = (kMaxPeerMessage - 40) / 2;
+    std::string deep = R"({"type":"pong","proto":1,"node":)" + std::string(depth, '[') + std::string(depth, ']') + "}";
+    auto nested = decode(raw_frame(deep));
+    ASSERT_TRUE(nested) << nested.status().message();
+    EXPECT_BADMSG(pong_from_json(*nested), "'node'");
     // The largest allowed body decodes.
     std::string big = R"({"type":"x","pad":")" + std::string(kMaxPeerMessage - 21, 'a') + "\"}";
     ASSERT_EQ(big.size(), kMaxPeerMessage);
