@@ -29,14 +29,20 @@ ctest --test-dir build/debug-asan --output-on-failure -j2 -L unit
 cmake --build --preset debug-asan --target wire_format_test compression_test compression_pool_test image_path_test
 ctest --test-dir build/debug-asan --output-on-failure -j2 -R 'replicator\.(wire_format|compression|compression_pool|image_path)_test'
 
+# blockd's parsers and its state store: the config, the peer and control
+# protocols (what a peer or a local user sends), the SQLite store.
+cmake --build --preset debug-asan --target config_test peer_protocol_test control_protocol_test store_test
+ctest --test-dir build/debug-asan --output-on-failure -j2 -R 'daemon\.(config|peer_protocol|control_protocol|store)_test'
+
 # Fuzzing, time-bounded: the bsopts parser, a LUN's SCSI command execution,
-# the on-disk formats a LUN opens and the replication frame decoder
+# the on-disk formats a LUN opens, the replication frame decoder and blockd's
+# peer messages
 # (clang + libFuzzer + ASan/UBSan). A crash fails the run and leaves its input
 # in build/fuzz/artifacts.
 cmake --preset fuzz >/dev/null
-cmake --build --preset fuzz --target bsopts_fuzz scsi_command_fuzz frame_fuzz disk_format_fuzz
+cmake --build --preset fuzz --target bsopts_fuzz scsi_command_fuzz frame_fuzz disk_format_fuzz peer_frame_fuzz
 mkdir -p build/fuzz/artifacts
-for f in bsopts_fuzz scsi_command_fuzz frame_fuzz disk_format_fuzz; do
+for f in bsopts_fuzz scsi_command_fuzz frame_fuzz disk_format_fuzz peer_frame_fuzz; do
   build/fuzz/tests/fuzz/$f -max_total_time="${ICBD_FUZZ_SECONDS:-25}" -rss_limit_mb=4096 \
     -artifact_prefix=build/fuzz/artifacts/$f- -print_final_stats=1 2>build/fuzz/$f.log \
     || { tail -40 build/fuzz/$f.log; echo "test: $f found a crash" >&2; exit 1; }

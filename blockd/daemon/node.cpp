@@ -189,7 +189,7 @@ Status Node::open() {
         if (auto saved = store_->setting("catalog"); saved && saved->has_value()) {
             auto j = json::parse(**saved, nullptr, false);
             if (!j.is_discarded()) {
-                auto ping = ping_from_json(json{{"type", "ping"}, {"proto", kPeerProtocolVersion}, {"master", ""},
+                auto ping = ping_from_json(json{{"type", "ping"}, {"proto", kPeerProtocolVersion}, {"master", cfg_.master_name},
                                                 {"catalog", j}});
                 if (ping) replica_catalog_ = ping->catalog;
             }

@@ -86,6 +86,7 @@ public:
     }
     const std::filesystem::path& socket() const { return socket_; }
     int peer_port() const { return peer_port_; }
+    int replication_port() const { return repl_port_; }
     TgtdInstance* tgtd() { return tgtd_.get(); }
     std::string log() const;
     std::filesystem::path config_file() const { return dir_.path() / "blockd.toml"; }

@@ -277,5 +277,75 @@ TEST_F(SystemTest, ClientFollowsItsChannelOnlyBetweenSessions) {
     EXPECT_EQ(r1.ctl_ok({"client", "list"}).size(), 0u);
 }
 
+// What an operator gets wrong, and peers that must not get in: every refusal
+// is a clear message and an exit code, and nothing changes.
+TEST_F(SystemTest, RefusesBadInputAndPushesFromReplicas) {
+    REQUIRE_SYSTEM();
+    BlockdNode master(BlockdNode::Role::master, "master", certs_->path());
+    master.set_extra_config(kFastKeepalive);
+    // blockctl against a blockd that is not running.
+    auto down = master.ctl({"image", "list"});
+    EXPECT_EQ(down.exit_code, 1);
+    EXPECT_NE(down.output.find("not running"), std::string::npos) << down.output;
+    // blockd with a misspelt key refuses to start, naming file and key.
+    master.set_extra_config("[tgt]\ncontrl_port = 3\n");
+    master.write_config();
+    auto bad = run_command({blockd_bin().string(), "--config", master.config_file().string()});
+    EXPECT_EQ(bad.exit_code, 1);
+    EXPECT_NE(bad.output.find(master.config_file().string() + ": tgt.contrl_port: unknown key"), std::string::npos)
+        << bad.output;
+    master.set_extra_config(kFastKeepalive);
+    master.start();
+
+    BlockdNode r1(BlockdNode::Role::replica, "r1", certs_->path());
+    BlockdNode r2(BlockdNode::Role::replica, "r2", certs_->path());
+    for (BlockdNode* r : {&r1, &r2}) {
+        r->set_master(master);
+        r->start();
+    }
+    TempDir src("/var/tmp", "icbd-src-");
+    make_disk(src / "disk.raw", 8, 4);
+    EXPECT_EQ(master.ctl({"image", "import", "a/b", "--from", (src / "disk.raw").string()}).exit_code, 1);
+    EXPECT_EQ(master.ctl({"image", "import", "..", "--from", (src / "disk.raw").string()}).exit_code, 1);
+    EXPECT_EQ(master.ctl({"image", "import", "img", "--from", (src / "nope.raw").string()}).exit_code, 1);
+    EXPECT_EQ(master.ctl_ok({"image", "list"}).size(), 0u) << "nothing imported by a refused command";
+    auto unknown = master.ctl({"image", "versions", "ghost"});
+    EXPECT_EQ(unknown.exit_code, 1);
+    EXPECT_NE(unknown.output.find("ghost"), std::string::npos) << unknown.output;
+    EXPECT_EQ(master.ctl({"image", "bogus-verb", "x"}).exit_code, 2);
+    EXPECT_EQ(master.ctl({"node", "show", "nobody"}).exit_code, 1);
+
+    master.ctl_ok({"image", "import", "img", "--from", (src / "disk.raw").string()});
+    ASSERT_TRUE(eventually([&] { return newest_on(master, "r2", "img") == 1; }, std::chrono::seconds(60)));
+    ASSERT_TRUE(eventually([&] { return newest_on(master, "r1", "img") == 1; }, std::chrono::seconds(60)));
+    r1.ctl_ok({"client", "add", "pc01", "--image", "img", "--initiator", "iqn.2026-01.org.example:pc01"});
+    auto dup = r1.ctl({"client", "add", "pc01", "--image", "img", "--initiator", "iqn.2026-01.org.example:pc09"});
+    EXPECT_EQ(dup.exit_code, 1);
+    EXPECT_NE(dup.output.find("pc01"), std::string::npos) << dup.output;
+    EXPECT_EQ(r1.ctl({"client", "add", "pc02", "--image", "img", "--initiator", "not an iqn"}).exit_code, 1);
+    EXPECT_EQ(r1.ctl({"client", "add", "../x", "--image", "img", "--initiator", "iqn.2026-01.org.example:x"})
+                  .exit_code,
+              1);
+    EXPECT_EQ(r1.ctl({"client", "add", "pc03", "--image", "ghost", "--initiator", "iqn.2026-01.org.example:x"})
+                  .exit_code,
+              1);
+    EXPECT_EQ(r1.ctl_ok({"client", "list"}).size(), 1u);
+    // Images are made on the master only.
+    EXPECT_EQ(r1.ctl({"image", "checkout", "img"}).exit_code, 1);
+
+    // A registered replica cannot push to another replica: r2 accepts only
+    // the master's certificate on its replication port.
+    fs::path c = certs_->path();
+    auto push = run_command({(build_dir() / "replicator/icbd-replicate").string(), "push", "--root",
+                             r1.repository().string(), "--image", "img", "--version", "1", "--to",
+                             "127.0.0.1:" + std::to_string(r2.replication_port()), "--ca", (c / "ca.crt").string(),
+                             "--cert", (c / "r1.crt").string(), "--key", (c / "r1.key").string()},
+                            {}, std::chrono::seconds(60));
+    EXPECT_EQ(push.exit_code, 1) << push.output;
+    // ...nor to the master, which has no replication port at all, and its
+    // peer port refuses a replica's ping.
+    EXPECT_EQ(master.ctl_ok({"node", "list"}).size(), 2u);
+}
+
 }  // namespace
 }  // namespace icbd::test
