@@ -44,7 +44,7 @@
 #include "cache_map.hpp"
 #include "icbd/io_engine.hpp"
 #include "icbd/lun.hpp"
-#include "icbd/scsi.hpp"
+#include "scsi.hpp"
 
 using namespace icbd;
 
@@ -259,10 +259,6 @@ struct DummyHost {
     static void kick(void* ctx) { static_cast<DummyHost*>(ctx)->kicked = true; }
 };
 
-void put_be(uint8_t* p, uint64_t v, int n) {
-    for (int i = n - 1; i >= 0; --i, v >>= 8) p[i] = static_cast<uint8_t>(v);
-}
-
 // Args: {engine (0 io_uring, 1 aio), batch}; `write` selects WRITE(16).
 void lun_bench(benchmark::State& state, bool write) {
     const int64_t batch = state.range(1);
@@ -285,7 +281,7 @@ void lun_bench(benchmark::State& state, bool write) {
     for (size_t i = 0; i < n; ++i) {
         cdbs[i].fill(0);
         cdbs[i][0] = write ? scsi::op::write_16 : scsi::op::read_16;
-        put_be(&cdbs[i][10], kIo >> kBlockShift, 4);
+        store_be(&cdbs[i][10], kIo >> kBlockShift, 4);
         LunCommand& c = cmds[i];
         c.cookie = &cmds[i];
         c.cdb = cdbs[i].data();
@@ -301,7 +297,7 @@ void lun_bench(benchmark::State& state, bool write) {
         const int64_t target = host.completed + batch;
         for (size_t i = 0; i < n; ++i) {
             uint64_t off = rng.next_offset();
-            put_be(&cdbs[i][2], off >> kBlockShift, 8);
+            store_be(&cdbs[i][2], off >> kBlockShift, 8);
             cmds[i].offset = off;
             lun->submit(cmds[i]);
         }

@@ -6,6 +6,8 @@
 #include <charconv>
 #include <string>
 
+#include "icbd/parse_size.hpp"
+
 namespace icbd {
 namespace {
 
@@ -67,14 +69,9 @@ Result<LunOptions> parse_bsopts(std::string_view text) {
             if (value.empty() || value.front() != '/') return bad_value(key, value, "an absolute path");
             (key == "overlay" ? o.overlay : o.cache) = std::string(value);
         } else if (key == "cache_size") {
-            uint64_t n = 0;
-            auto [p, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
-            std::string_view unit(p, value.data() + value.size() - p);
-            unsigned shift = unit == "" ? 0 : unit == "K" ? 10 : unit == "M" ? 20 : unit == "G" ? 30 : 99;
-            if (ec != std::errc() || p == value.data() || shift == 99 || n == 0 || (n << shift >> shift) != n ||
-                (n << shift) < (1u << 20))
-                return bad_value(key, value, "a size of at least 1M, e.g. 512M or 4G");
-            o.cache_size = n << shift;
+            Result<uint64_t> n = parse_size(value);
+            if (!n || *n < (1u << 20)) return bad_value(key, value, "a size of at least 1M, e.g. 512M or 4G");
+            o.cache_size = *n;
         } else if (key == "cache_idle") {
             uint32_t ms = 0;
             auto [p, ec] = std::from_chars(value.data(), value.data() + value.size(), ms);

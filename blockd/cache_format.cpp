@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "icbd/checksum.hpp"
+#include "icbd/endian.hpp"
 #include "icbd/file_io.hpp"
 
 namespace icbd {
@@ -23,27 +24,10 @@ constexpr char kMagic[8] = {'I', 'C', 'B', 'D', 'W', 'B', 'C', '1'};
 constexpr size_t kSbCrcOffset = kCacheSuperblockSize - 4;
 constexpr size_t kEntryCrcOffset = kCacheEntrySize - 4;
 
-void put32(uint8_t* p, uint32_t v) {
-    for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
-}
-void put64(uint8_t* p, uint64_t v) {
-    for (int i = 0; i < 8; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
-}
-uint32_t get32(const uint8_t* p) {
-    uint32_t v = 0;
-    for (int i = 3; i >= 0; --i) v = (v << 8) | p[i];
-    return v;
-}
-uint64_t get64(const uint8_t* p) {
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
-    return v;
-}
-
 std::array<uint8_t, 16> random_uuid() {
     std::random_device rd;
     std::array<uint8_t, 16> u{};
-    for (size_t i = 0; i < u.size(); i += 4) put32(u.data() + i, rd());
+    for (size_t i = 0; i < u.size(); i += 4) store_le32(u.data() + i, rd());
     u[6] = static_cast<uint8_t>((u[6] & 0x0f) | 0x40);  // RFC 4122 version 4
     u[8] = static_cast<uint8_t>((u[8] & 0x3f) | 0x80);
     return u;
@@ -71,50 +55,49 @@ void encode_superblock(const CacheSuperblock& sb, std::span<uint8_t, kCacheSuper
     uint8_t* p = out.data();
     std::memset(p, 0, out.size());
     std::memcpy(p, kMagic, 8);
-    put32(p + 8, kCacheFormatVersion);
-    put32(p + 12, static_cast<uint32_t>(sb.generation % 2));
-    put32(p + 16, kCacheBlockSize);
-    put32(p + 20, kCacheEntrySize);
-    put64(p + 24, sb.geometry.nr_blocks);
-    put64(p + 32, sb.geometry.metadata_offset());
-    put64(p + 40, sb.geometry.data_offset());
+    store_le32(p + 8, kCacheFormatVersion);
+    store_le32(p + 12, static_cast<uint32_t>(sb.generation % 2));
+    store_le32(p + 16, kCacheBlockSize);
+    store_le32(p + 20, kCacheEntrySize);
+    store_le64(p + 24, sb.geometry.nr_blocks);
+    store_le64(p + 32, sb.geometry.metadata_offset());
+    store_le64(p + 40, sb.geometry.data_offset());
     std::memcpy(p + 48, sb.uuid.data(), 16);
-    put64(p + 64, sb.generation);
-    put64(p + 72, sb.committed_seq);
-    put64(p + 80, sb.device.device_size);
+    store_le64(p + 64, sb.generation);
+    store_le64(p + 72, sb.committed_seq);
+    store_le64(p + 80, sb.device.device_size);
     size_t idlen = std::min(sb.device.id.size(), kCacheIdentityMax);  // format_cache refuses longer ones
-    p[88] = static_cast<uint8_t>(idlen);
-    p[89] = static_cast<uint8_t>(idlen >> 8);
+    store_le16(p + 88, static_cast<uint16_t>(idlen));
     std::memcpy(p + 96, sb.device.id.data(), idlen);
-    put32(p + kSbCrcOffset, crc32c(p, kSbCrcOffset));
+    store_le32(p + kSbCrcOffset, crc32c(p, kSbCrcOffset));
 }
 
 Result<CacheSuperblock> decode_superblock(std::span<const uint8_t, kCacheSuperblockSize> in, unsigned slot) {
     const uint8_t* p = in.data();
     if (std::memcmp(p, kMagic, 8) != 0) return Status::error(EINVAL, "bad magic (not a write-back cache superblock)");
-    if (get32(p + kSbCrcOffset) != crc32c(p, kSbCrcOffset)) return Status::error(EINVAL, "checksum mismatch");
-    uint32_t version = get32(p + 8);
+    if (load_le32(p + kSbCrcOffset) != crc32c(p, kSbCrcOffset)) return Status::error(EINVAL, "checksum mismatch");
+    uint32_t version = load_le32(p + 8);
     if (version != kCacheFormatVersion)
         return Status::error(EINVAL, "format version " + std::to_string(version) + " (this build reads version " +
                                          std::to_string(kCacheFormatVersion) + ")");
     CacheSuperblock sb;
-    sb.geometry.nr_blocks = get64(p + 24);
+    sb.geometry.nr_blocks = load_le64(p + 24);
     std::memcpy(sb.uuid.data(), p + 48, 16);
-    sb.generation = get64(p + 64);
-    sb.committed_seq = get64(p + 72);
-    sb.device.device_size = get64(p + 80);
-    size_t idlen = p[88] | (size_t{p[89]} << 8);
-    if (get32(p + 12) != slot || sb.generation % 2 != slot)
-        return Status::error(EINVAL, "superblock of slot " + std::to_string(get32(p + 12)) + ", generation " +
+    sb.generation = load_le64(p + 64);
+    sb.committed_seq = load_le64(p + 72);
+    sb.device.device_size = load_le64(p + 80);
+    size_t idlen = load_le16(p + 88);
+    if (load_le32(p + 12) != slot || sb.generation % 2 != slot)
+        return Status::error(EINVAL, "superblock of slot " + std::to_string(load_le32(p + 12)) + ", generation " +
                                          std::to_string(sb.generation) + " found in slot " + std::to_string(slot));
-    if (get32(p + 16) != kCacheBlockSize || get32(p + 20) != kCacheEntrySize)
-        return Status::error(EINVAL, "block size " + std::to_string(get32(p + 16)) + ", entry size " +
-                                         std::to_string(get32(p + 20)) + " (expected 4096, 32)");
+    if (load_le32(p + 16) != kCacheBlockSize || load_le32(p + 20) != kCacheEntrySize)
+        return Status::error(EINVAL, "block size " + std::to_string(load_le32(p + 16)) + ", entry size " +
+                                         std::to_string(load_le32(p + 20)) + " (expected 4096, 32)");
     if (sb.geometry.nr_blocks == 0 || sb.geometry.nr_blocks > kCacheMaxBlocks)
         return Status::error(EINVAL, "block count " + std::to_string(sb.geometry.nr_blocks) + " out of range");
-    if (get64(p + 32) != sb.geometry.metadata_offset() || get64(p + 40) != sb.geometry.data_offset())
-        return Status::error(EINVAL, "area offsets " + std::to_string(get64(p + 32)) + "/" +
-                                         std::to_string(get64(p + 40)) + " do not match " +
+    if (load_le64(p + 32) != sb.geometry.metadata_offset() || load_le64(p + 40) != sb.geometry.data_offset())
+        return Status::error(EINVAL, "area offsets " + std::to_string(load_le64(p + 32)) + "/" +
+                                         std::to_string(load_le64(p + 40)) + " do not match " +
                                          std::to_string(sb.geometry.nr_blocks) + " blocks");
     if (idlen > kCacheIdentityMax) return Status::error(EINVAL, "identity length " + std::to_string(idlen) + " > 200");
     sb.device.id.assign(reinterpret_cast<const char*>(p + 96), idlen);
@@ -124,11 +107,11 @@ Result<CacheSuperblock> decode_superblock(std::span<const uint8_t, kCacheSuperbl
 void encode_entry(uint64_t lba, uint64_t seq, uint32_t slot, uint32_t tag, std::span<uint8_t, kCacheEntrySize> out) {
     uint8_t* p = out.data();
     std::memset(p, 0, out.size());
-    put64(p, lba);
-    put64(p + 8, lba == kCacheFreeLba ? 0 : seq);
-    put32(p + 16, slot);
-    put32(p + 20, tag);
-    put32(p + kEntryCrcOffset, crc32c(p, kEntryCrcOffset));
+    store_le64(p, lba);
+    store_le64(p + 8, lba == kCacheFreeLba ? 0 : seq);
+    store_le32(p + 16, slot);
+    store_le32(p + 20, tag);
+    store_le32(p + kEntryCrcOffset, crc32c(p, kEntryCrcOffset));
 }
 
 DecodedEntry decode_entry(std::span<const uint8_t, kCacheEntrySize> in, uint32_t slot, uint32_t tag) {
@@ -136,11 +119,11 @@ DecodedEntry decode_entry(std::span<const uint8_t, kCacheEntrySize> in, uint32_t
     bool zero = true;
     for (uint8_t b : in) zero = zero && b == 0;
     if (zero) return {};
-    if (get32(p + kEntryCrcOffset) != crc32c(p, kEntryCrcOffset) || get32(p + 16) != slot || get32(p + 20) != tag)
+    if (load_le32(p + kEntryCrcOffset) != crc32c(p, kEntryCrcOffset) || load_le32(p + 16) != slot || load_le32(p + 20) != tag)
         return {EntryKind::corrupt, kCacheFreeLba, 0};
-    uint64_t lba = get64(p);
+    uint64_t lba = load_le64(p);
     if (lba == kCacheFreeLba) return {EntryKind::free, kCacheFreeLba, 0};
-    return {EntryKind::used, lba, get64(p + 8)};
+    return {EntryKind::used, lba, load_le64(p + 8)};
 }
 
 Result<uint64_t> cache_file_size(int fd, const std::string& name) {

@@ -8,26 +8,17 @@
 #include <chrono>
 #include <cstring>
 
+#include "icbd/endian.hpp"
 #include "icbd/file_io.hpp"
 #include "icbd/log.hpp"
-#include "icbd/scsi.hpp"
-#include "icbd/sense.hpp"
+#include "scsi.hpp"
+#include "sense.hpp"
 
 namespace icbd {
 namespace {
 
 constexpr uint64_t chunk_bytes = 1u << 20;  // WRITE SAME / VERIFY work unit
 constexpr uintptr_t dio_align = 512;
-
-uint16_t be16(const uint8_t* p) { return static_cast<uint16_t>(p[0] << 8 | p[1]); }
-uint32_t be32(const uint8_t* p) { return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3]; }
-uint64_t be64(const uint8_t* p) { return uint64_t(be32(p)) << 32 | be32(p + 4); }
-void put_be32(uint8_t* p, uint32_t v) {
-    for (int i = 3; i >= 0; --i, v >>= 8) p[i] = static_cast<uint8_t>(v);
-}
-void put_be64(uint8_t* p, uint64_t v) {
-    for (int i = 7; i >= 0; --i, v >>= 8) p[i] = static_cast<uint8_t>(v);
-}
 
 uint64_t tag_of(uint32_t task, uint32_t op) { return uint64_t(task) << 32 | op; }
 
@@ -442,8 +433,8 @@ void CommandRunner::next_write_same_chunk(Task& t) {
     if (lb) {  // each block carries its own LBA
         uint64_t lba = (c.offset + t.cursor) >> c.blk_shift;
         for (uint64_t o = 0; o < n; o += block, ++lba) {
-            if (lb == 0x02) put_be32(buf + o, static_cast<uint32_t>(lba));
-            else put_be64(buf + o, lba);
+            if (lb == 0x02) store_be32(buf + o, static_cast<uint32_t>(lba));
+            else store_be64(buf + o, lba);
         }
     }
     uint64_t off = c.offset + t.cursor;
@@ -459,18 +450,18 @@ void CommandRunner::start_unmap(Task& t) {
     if (c.out_len == 0) return fail(t, 0, 0);
     if (c.out_len < 8) return fail(t, scsi::key::illegal_request, scsi::asc::parameter_list_length_error);
     const uint8_t* p = c.out_buf;
-    uint32_t descs = std::min<uint32_t>(be16(p + 2), c.out_len - 8) / 16;
+    uint32_t descs = std::min<uint32_t>(load_be16(p + 2), c.out_len - 8) / 16;
     const uint64_t blocks = c.lun_size >> c.blk_shift;
     // Validate every descriptor before touching anything: all or nothing.
     for (uint32_t i = 0; i < descs; ++i) {
         const uint8_t* d = p + 8 + 16 * i;
-        uint64_t lba = be64(d), n = be32(d + 8);
+        uint64_t lba = load_be64(d), n = load_be32(d + 8);
         if (lba + n < lba || lba + n > blocks)
             return fail(t, scsi::key::illegal_request, scsi::asc::lba_out_of_range);
     }
     for (uint32_t i = 0; i < descs; ++i) {
         const uint8_t* d = p + 8 + 16 * i;
-        uint64_t lba = be64(d), n = be32(d + 8);
+        uint64_t lba = load_be64(d), n = load_be32(d + 8);
         if (!n) continue;
         if (overlay_ || cache_) plan_unmap(t, lba << c.blk_shift, n << c.blk_shift);
         else issue(t, IoOp::punch_hole, nullptr, n << c.blk_shift, lba << c.blk_shift);

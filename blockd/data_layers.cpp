@@ -5,7 +5,7 @@
 #include <cstring>
 
 #include "command_runner.hpp"
-#include "icbd/scsi.hpp"
+#include "scsi.hpp"
 
 namespace icbd {
 

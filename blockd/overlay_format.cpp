@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "icbd/checksum.hpp"
+#include "icbd/endian.hpp"
 #include "icbd/file_io.hpp"
 #include "icbd/overlay.hpp"
 #include "icbd/unique_fd.hpp"
@@ -24,10 +25,6 @@ constexpr uint32_t kFormatVersion = 1;
 constexpr uint64_t kDataAlign = 1u << 20;
 constexpr size_t kImageNameLen = 64, kFileNameLen = 256;
 
-void put32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }  // little-endian host (x86-64, arm64)
-void put64(uint8_t* p, uint64_t v) { std::memcpy(p, &v, 8); }
-uint32_t get32(const uint8_t* p) { uint32_t v; std::memcpy(&v, p, 4); return v; }
-uint64_t get64(const uint8_t* p) { uint64_t v; std::memcpy(&v, p, 8); return v; }
 uint64_t round_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
 std::string get_str(const uint8_t* p, size_t n) {
@@ -83,22 +80,22 @@ std::string GoldenIdentity::describe() const {
 void encode_overlay_header(const OverlayInfo& info, uint8_t out[overlay_header_size]) {
     std::memset(out, 0, overlay_header_size);
     std::memcpy(out, kMagic, 8);
-    put32(out + 8, kFormatVersion);
-    put32(out + 12, overlay_header_size);
-    put32(out + 16, OverlayInfo::block_shift);
-    put32(out + 20, 0);
-    put64(out + 24, info.image_size);
-    put64(out + 32, info.map_offset);
-    put64(out + 40, info.map_length);
-    put64(out + 48, info.data_offset);
+    store_le32(out + 8, kFormatVersion);
+    store_le32(out + 12, overlay_header_size);
+    store_le32(out + 16, OverlayInfo::block_shift);
+    store_le32(out + 20, 0);
+    store_le64(out + 24, info.image_size);
+    store_le64(out + 32, info.map_offset);
+    store_le64(out + 40, info.map_length);
+    store_le64(out + 48, info.data_offset);
     std::memcpy(out + 56, info.overlay_uuid.data(), 16);
     std::memcpy(out + 72, info.golden.subvol_uuid.data(), 16);
-    put64(out + 88, info.golden.version);
-    put64(out + 96, info.golden.mtime_ns);
-    put64(out + 104, info.created_ns);
+    store_le64(out + 88, info.golden.version);
+    store_le64(out + 96, info.golden.mtime_ns);
+    store_le64(out + 104, info.created_ns);
     std::memcpy(out + 112, info.golden.image.data(), std::min(info.golden.image.size(), kImageNameLen - 1));
     std::memcpy(out + 176, info.golden.file.data(), std::min(info.golden.file.size(), kFileNameLen - 1));
-    put32(out + overlay_header_size - 4, crc32c(out, overlay_header_size - 4));
+    store_le32(out + overlay_header_size - 4, crc32c(out, overlay_header_size - 4));
 }
 
 Result<OverlayInfo> decode_overlay_header(const uint8_t in[overlay_header_size], const std::string& name) {
@@ -106,24 +103,24 @@ Result<OverlayInfo> decode_overlay_header(const uint8_t in[overlay_header_size],
         return Status::error(EINVAL, "overlay '" + name + "': " + why);
     };
     if (std::memcmp(in, kMagic, 8) != 0) return bad("not an overlay file (bad magic)");
-    if (get32(in + overlay_header_size - 4) != crc32c(in, overlay_header_size - 4))
+    if (load_le32(in + overlay_header_size - 4) != crc32c(in, overlay_header_size - 4))
         return bad("header checksum mismatch (corrupt header)");
-    if (get32(in + 8) != kFormatVersion)
-        return bad("format version " + std::to_string(get32(in + 8)) + " not supported (this build reads 1)");
-    if (get32(in + 12) != overlay_header_size) return bad("bad header size");
-    if (get32(in + 16) != OverlayInfo::block_shift)
-        return bad("block shift " + std::to_string(get32(in + 16)) + " not supported");
-    if (get32(in + 20) != 0) return bad("unknown flags set");
+    if (load_le32(in + 8) != kFormatVersion)
+        return bad("format version " + std::to_string(load_le32(in + 8)) + " not supported (this build reads 1)");
+    if (load_le32(in + 12) != overlay_header_size) return bad("bad header size");
+    if (load_le32(in + 16) != OverlayInfo::block_shift)
+        return bad("block shift " + std::to_string(load_le32(in + 16)) + " not supported");
+    if (load_le32(in + 20) != 0) return bad("unknown flags set");
     OverlayInfo info;
-    info.image_size = get64(in + 24);
-    info.map_offset = get64(in + 32);
-    info.map_length = get64(in + 40);
-    info.data_offset = get64(in + 48);
+    info.image_size = load_le64(in + 24);
+    info.map_offset = load_le64(in + 32);
+    info.map_length = load_le64(in + 40);
+    info.data_offset = load_le64(in + 48);
     std::memcpy(info.overlay_uuid.data(), in + 56, 16);
     std::memcpy(info.golden.subvol_uuid.data(), in + 72, 16);
-    info.golden.version = get64(in + 88);
-    info.golden.mtime_ns = get64(in + 96);
-    info.created_ns = get64(in + 104);
+    info.golden.version = load_le64(in + 88);
+    info.golden.mtime_ns = load_le64(in + 96);
+    info.created_ns = load_le64(in + 104);
     info.golden.image = get_str(in + 112, kImageNameLen);
     info.golden.file = get_str(in + 176, kFileNameLen);
     info.golden.size = info.image_size;

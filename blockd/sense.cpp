@@ -1,9 +1,9 @@
 // SCSI status and sense data for the outcomes of backing-file I/O.
-#include "icbd/sense.hpp"
+#include "sense.hpp"
 
 #include <cerrno>
 
-#include "icbd/scsi.hpp"
+#include "scsi.hpp"
 
 namespace icbd {
 

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "icbd/checksum.hpp"
+#include "icbd/endian.hpp"
 #include "icbd/log.hpp"
 #include "icbd/replicator/compression.hpp"
 #include "icbd/replicator/image_path.hpp"
@@ -40,19 +41,15 @@ Status proto(std::string msg) { return Status::error(EPROTO, std::move(msg)); }
 constexpr size_t kCheckpointPayload = 2 + 8 + 8;
 Bytes encode_checkpoint(uint64_t seq, uint64_t chain) {
     Bytes b(kCheckpointPayload);
-    b[0] = kProtocolVersion & 0xff;
-    b[1] = kProtocolVersion >> 8;
-    for (int i = 0; i < 8; ++i) b[2 + i] = static_cast<uint8_t>(seq >> (8 * i));
-    for (int i = 0; i < 8; ++i) b[10 + i] = static_cast<uint8_t>(chain >> (8 * i));
+    store_le16(b.data(), kProtocolVersion);
+    store_le64(b.data() + 2, seq);
+    store_le64(b.data() + 10, chain);
     return b;
 }
 std::optional<std::pair<uint64_t, uint64_t>> decode_checkpoint(const std::vector<uint8_t>& b) {
     if (b.empty()) return std::make_pair(uint64_t(0), uint64_t(0));
-    if (b.size() != kCheckpointPayload || (b[0] | (b[1] << 8)) != kProtocolVersion) return std::nullopt;
-    uint64_t seq = 0, chain = 0;
-    for (int i = 7; i >= 0; --i) seq = (seq << 8) | b[2 + i];
-    for (int i = 7; i >= 0; --i) chain = (chain << 8) | b[10 + i];
-    return std::make_pair(seq, chain);
+    if (b.size() != kCheckpointPayload || load_le16(b.data()) != kProtocolVersion) return std::nullopt;
+    return std::make_pair(load_le64(b.data() + 2), load_le64(b.data() + 10));
 }
 
 std::string host_name() {
@@ -66,6 +63,8 @@ std::string host_name() {
 
 // Data writes, batched: several writes go to the kernel in one io_uring submit;
 // every batch is complete before any other kind of change is applied.
+// Its own small ring, not libblockd's IoEngine: that engine is LUN-specific (one
+// backing file, tgtd's event loop, SCSI completions) and would pull in libaio.
 class DataWriter {
 public:
     explicit DataWriter(bool use_uring) {

@@ -19,6 +19,7 @@
 #include "btrfs_subvolume.hpp"
 #include "fiemap.hpp"
 #include "icbd/checksum.hpp"
+#include "icbd/endian.hpp"
 #include "icbd/file_io.hpp"
 #include "icbd/replicator/image_path.hpp"
 
@@ -238,14 +239,12 @@ Result<std::vector<uint8_t>> read_checkpoint(int area_fd, const std::string& wha
     if (Status s = full_pread(fd.get(), buf.data(), size, 0, what); !s)
         return s.code() == ENODATA ? corrupt("short read") : sys_error(s.code(), what, "read checkpoint");
     if (std::memcmp(buf.data(), kCheckpointMagic, 8) != 0) return corrupt("bad magic");
-    uint16_t format = static_cast<uint16_t>(buf[8] | buf[9] << 8);
+    uint16_t format = load_le16(buf.data() + 8);
     if (format != kCheckpointFormat) return corrupt("format " + std::to_string(format));
-    uint32_t len = static_cast<uint32_t>(buf[12]) | static_cast<uint32_t>(buf[13]) << 8 |
-                   static_cast<uint32_t>(buf[14]) << 16 | static_cast<uint32_t>(buf[15]) << 24;
+    uint32_t len = load_le32(buf.data() + 12);
     if (kCheckpointHeader + uint64_t(len) + 4 != size) return corrupt("length field does not match the file size");
     size_t crc_at = kCheckpointHeader + len;
-    uint32_t want = static_cast<uint32_t>(buf[crc_at]) | static_cast<uint32_t>(buf[crc_at + 1]) << 8 |
-                    static_cast<uint32_t>(buf[crc_at + 2]) << 16 | static_cast<uint32_t>(buf[crc_at + 3]) << 24;
+    uint32_t want = load_le32(buf.data() + crc_at);
     if (crc32c(buf.data(), crc_at) != want) return corrupt("CRC mismatch");
     payload.assign(buf.begin() + kCheckpointHeader, buf.begin() + static_cast<ptrdiff_t>(crc_at));
     return payload;
@@ -263,13 +262,12 @@ Status Staging::write_checkpoint(std::span<const uint8_t> bytes) {
         return Status::error(EINVAL, what_ + ": checkpoint of " + std::to_string(bytes.size()) + " bytes is too large");
     std::vector<uint8_t> buf(kCheckpointHeader);
     std::memcpy(buf.data(), kCheckpointMagic, 8);
-    buf[8] = kCheckpointFormat & 0xff;
-    buf[9] = kCheckpointFormat >> 8;
-    uint32_t len = static_cast<uint32_t>(bytes.size());
-    for (int i = 0; i < 4; ++i) buf[12 + i] = static_cast<uint8_t>(len >> (8 * i));
+    store_le16(buf.data() + 8, kCheckpointFormat);
+    store_le32(buf.data() + 12, static_cast<uint32_t>(bytes.size()));
     buf.insert(buf.end(), bytes.begin(), bytes.end());
-    uint32_t crc = crc32c(buf.data(), buf.size());
-    for (int i = 0; i < 4; ++i) buf.push_back(static_cast<uint8_t>(crc >> (8 * i)));
+    const uint32_t crc = crc32c(buf.data(), buf.size());
+    buf.resize(buf.size() + 4);
+    store_le32(buf.data() + buf.size() - 4, crc);
 
     UniqueFd fd(::openat(area_fd_.get(), kCheckpointTmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600));
     if (!fd.valid()) return fail(errno, "create checkpoint");

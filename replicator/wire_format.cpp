@@ -7,6 +7,7 @@
 #include <iterator>
 
 #include "icbd/checksum.hpp"
+#include "icbd/endian.hpp"
 #include "icbd/replicator/image_path.hpp"
 
 namespace icbd::repl {
@@ -16,26 +17,25 @@ namespace {
 
 void put_u8(Bytes& out, uint8_t v) { out.push_back(v); }
 void put_u16(Bytes& out, uint16_t v) {
-    out.push_back(static_cast<uint8_t>(v));
-    out.push_back(static_cast<uint8_t>(v >> 8));
+    uint8_t b[2];
+    store_le16(b, v);
+    out.insert(out.end(), b, b + 2);
 }
 void put_u32(Bytes& out, uint32_t v) {
-    for (int i = 0; i < 4; ++i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
+    uint8_t b[4];
+    store_le32(b, v);
+    out.insert(out.end(), b, b + 4);
 }
 void put_u64(Bytes& out, uint64_t v) {
-    for (int i = 0; i < 8; ++i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
+    uint8_t b[8];
+    store_le64(b, v);
+    out.insert(out.end(), b, b + 8);
 }
 // Callers validated the length (<= 4096 < 65536).
 void put_str16(Bytes& out, std::string_view s) {
     put_u16(out, static_cast<uint16_t>(s.size()));
     out.insert(out.end(), s.begin(), s.end());
 }
-
-uint32_t get_u32(const uint8_t* p) {
-    return static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 | static_cast<uint32_t>(p[2]) << 16 |
-           static_cast<uint32_t>(p[3]) << 24;
-}
-uint64_t get_u64(const uint8_t* p) { return static_cast<uint64_t>(get_u32(p)) | static_cast<uint64_t>(get_u32(p + 4)) << 32; }
 
 std::string frame_prefix(FrameType t) { return std::string(frame_type_name(t)) + " frame: "; }
 
@@ -52,19 +52,19 @@ public:
     }
     bool u16(uint16_t& v, const char* field) {
         if (!need(2, field)) return false;
-        v = static_cast<uint16_t>(b_[pos_] | b_[pos_ + 1] << 8);
+        v = load_le16(b_.data() + pos_);
         pos_ += 2;
         return true;
     }
     bool u32(uint32_t& v, const char* field) {
         if (!need(4, field)) return false;
-        v = get_u32(b_.data() + pos_);
+        v = load_le32(b_.data() + pos_);
         pos_ += 4;
         return true;
     }
     bool u64(uint64_t& v, const char* field) {
         if (!need(8, field)) return false;
-        v = get_u64(b_.data() + pos_);
+        v = load_le64(b_.data() + pos_);
         pos_ += 8;
         return true;
     }
@@ -264,13 +264,13 @@ std::array<uint8_t, kFrameHeaderSize> FrameHeader::encode() const {
 Result<FrameHeader> FrameHeader::decode(ByteView b, uint32_t max_payload) {
     if (b.size() < kFrameHeaderSize)
         return Status::error(EPROTO, "frame header truncated: " + std::to_string(b.size()) + " of 24 bytes");
-    uint32_t magic = get_u32(b.data());
+    uint32_t magic = load_le32(b.data());
     if (magic != kFrameMagic) {
         char hex[16];
         snprintf(hex, sizeof hex, "0x%08x", magic);
         return Status::error(EPROTO, std::string("frame header: bad magic ") + hex + " (not a replication stream)");
     }
-    uint32_t crc = get_u32(b.data() + 12);
+    uint32_t crc = load_le32(b.data() + 12);
     if (crc != crc32c(b.data(), 12))
         return Status::error(EBADMSG, "frame header: checksum mismatch (corrupted header)");
     if (!is_known_frame_type(b[4]))
@@ -280,11 +280,11 @@ Result<FrameHeader> FrameHeader::decode(ByteView b, uint32_t max_payload) {
     h.flags = b[5];
     if (h.flags != 0 || b[6] != 0 || b[7] != 0)
         return Status::error(EPROTO, frame_prefix(h.type) + "reserved flags set");
-    h.payload_length = get_u32(b.data() + 8);
+    h.payload_length = load_le32(b.data() + 8);
     if (h.payload_length > max_payload)
         return Status::error(EMSGSIZE, frame_prefix(h.type) + "payload of " + std::to_string(h.payload_length) +
                                            " bytes is above the maximum " + std::to_string(max_payload));
-    h.payload_xxh3 = get_u64(b.data() + 16);
+    h.payload_xxh3 = load_le64(b.data() + 16);
     return h;
 }
 

@@ -19,10 +19,10 @@ if [ -f build/release/tests/conformance/out/summary.txt ]; then
   cat build/release/tests/conformance/out/summary.txt
 fi
 
-# Sanitizers: the engine and LUN unit tests under ASan+UBSan (tgtd itself is
+# Sanitizers: the common, engine and LUN unit tests under ASan+UBSan (tgtd itself is
 # not instrumented, so the module-in-tgtd tests run in the release build only).
 cmake --preset debug-asan >/dev/null
-cmake --build --preset debug-asan --target bsopts_test checksum_test io_engine_test lun_test overlay_test sense_test \
+cmake --build --preset debug-asan --target bsopts_test checksum_test json_test parse_size_test endian_test io_engine_test lun_test overlay_test sense_test \
   cache_format_test cache_map_test cache_recovery_test cache_lun_test
 ctest --test-dir build/debug-asan --output-on-failure -j2 -L unit
 # The replication codecs and path checks, which parse what a peer sends.

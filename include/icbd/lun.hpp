@@ -14,7 +14,6 @@
 
 #include "icbd/bsopts.hpp"
 #include "icbd/io_engine.hpp"
-#include "icbd/sense.hpp"
 #include "icbd/status.hpp"
 #include "icbd/unique_fd.hpp"
 
@@ -34,6 +33,17 @@ struct LunCommand {
     bool write_cache_enabled = true;  // WCE in the caching mode page
     bool thin_provisioning = false;   // LBPME: UNMAP allowed
     unsigned max_compare_and_write_blocks = 0;  // Block Limits VPD; 0: no limit
+};
+
+// The result of a SCSI command as the block engine reports it (how an I/O
+// error of the backing file becomes sense data: blockd/sense.hpp, table in
+// docs/scsi-commands.md).
+struct ScsiResult {
+    uint8_t status = 0;  // 0x00 GOOD or 0x02 CHECK CONDITION
+    uint8_t sense_key = 0;
+    uint16_t asc = 0;  // ASC << 8 | ASCQ
+    bool has_info = false;
+    uint64_t info = 0;  // sense INFORMATION field (miscompare offset)
 };
 
 struct LunHost {

@@ -22,6 +22,7 @@
 
 #include "icbd/log.hpp"
 #include "icbd/json.hpp"
+#include "icbd/parse_size.hpp"
 #include "icbd/replicator/image_path.hpp"
 #include "icbd/replicator/receiver.hpp"
 #include "icbd/replicator/repository.hpp"
@@ -45,7 +46,7 @@ const char* kUsage =
     "                      [--json] [--insecure-plaintext]\n"
     "  icbd-replicate commit --root DIR --image NAME --version N --from DIR\n"
     "  icbd-replicate list --root DIR [--json]\n"
-    "RATE: bytes per second with an optional K, M or G suffix (powers of 1024).\n";
+    "RATE, BYTES: a number with an optional B, K, M, G or T suffix (KiB and KB alike; powers of 1024).\n";
 
 struct UsageError {
     std::string message;
@@ -106,17 +107,11 @@ uint64_t parse_version_arg(const std::string& s) {
     return *v;
 }
 
-uint64_t parse_rate(const std::string& option, const std::string& s) {
-    size_t i = 0;
-    while (i < s.size() && std::isdigit(static_cast<unsigned char>(s[i]))) ++i;
-    if (i == 0 || i > 15) throw UsageError{option + " '" + s + "' is not a size (e.g. 50M)"};
-    uint64_t v = std::stoull(s.substr(0, i));
-    std::string unit = s.substr(i);
-    if (unit == "" || unit == "B") return v;
-    if (unit == "K" || unit == "k" || unit == "KiB") return v << 10;
-    if (unit == "M" || unit == "MiB") return v << 20;
-    if (unit == "G" || unit == "GiB") return v << 30;
-    throw UsageError{option + " '" + s + "': unknown unit '" + unit + "' (K, M or G)"};
+// Sizes and rates in bytes (per second): icbd/parse_size.hpp has the grammar.
+uint64_t parse_size_arg(const std::string& option, const std::string& s) {
+    Result<uint64_t> v = parse_size(s);
+    if (!v) throw UsageError{option + " " + v.status().message()};
+    return *v;
 }
 
 int parse_int_arg(const std::string& option, const std::string& s, int lo, int hi) {
@@ -258,9 +253,9 @@ int cmd_push(int argc, char** argv) {
     }
     if (auto t = a.get("--compress-threads"))
         o.compression_workers = static_cast<unsigned>(parse_int_arg("--compress-threads", *t, 1, 64));
-    if (auto r = a.get("--bwlimit")) o.bandwidth_limit = parse_rate("--bwlimit", *r);
+    if (auto r = a.get("--bwlimit")) o.bandwidth_limit = parse_size_arg("--bwlimit", *r);
     if (auto c = a.get("--checkpoint-interval")) {  // explicit: by bytes only
-        o.checkpoint_interval = std::max<uint64_t>(parse_rate("--checkpoint-interval", *c), 1);
+        o.checkpoint_interval = std::max<uint64_t>(parse_size_arg("--checkpoint-interval", *c), 1);
         o.checkpoint_min_period = std::chrono::milliseconds(0);
     }
     const bool json = a.has("--json");

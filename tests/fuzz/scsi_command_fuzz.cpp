@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "icbd/lun.hpp"
-#include "icbd/scsi.hpp"
+#include "scsi.hpp"
 
 namespace {
 

@@ -19,12 +19,10 @@ extern "C" {
 #include <iscsi/scsi-lowlevel.h>
 }
 
+#include "icbd/endian.hpp"
+
 namespace icbd::test {
 namespace {
-
-uint16_t be16(const uint8_t* p) { return static_cast<uint16_t>(p[0] << 8 | p[1]); }
-uint32_t be32(const uint8_t* p) { return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3]; }
-uint64_t be64(const uint8_t* p) { return uint64_t(be32(p)) << 32 | be32(p + 4); }
 
 std::string hex(uint64_t v, int width) {
     char b[32];
@@ -66,13 +64,13 @@ void decode_sense_info(ScsiResult& r) {
     const int code = s[0] & 0x7f;
     if ((code == 0x70 || code == 0x71) && s.size() >= 7) {
         r.info_valid = (s[0] & 0x80) != 0;
-        r.info = be32(&s[3]);
+        r.info = load_be32(&s[3]);
     } else if ((code == 0x72 || code == 0x73) && s.size() >= 8) {
         size_t end = std::min<size_t>(s.size(), 8u + s[7]);
         for (size_t d = 8; d + 2 <= end; d += 2u + s[d + 1]) {
             if (s[d] == 0x00 && d + 12 <= end) {  // information descriptor
                 r.info_valid = (s[d + 2] & 0x80) != 0;
-                r.info = be64(&s[d + 4]);
+                r.info = load_be64(&s[d + 4]);
                 break;
             }
         }
@@ -189,7 +187,7 @@ ScsiResult IscsiClient::finish(scsi_task* raw_task, std::string command) {
         r.sense_key = task->sense.key;
         r.asc = static_cast<uint16_t>(task->sense.ascq);
         if (task->datain.data && task->datain.size > 2) {
-            size_t len = std::min<size_t>(be16(task->datain.data), static_cast<size_t>(task->datain.size) - 2);
+            size_t len = std::min<size_t>(load_be16(task->datain.data), static_cast<size_t>(task->datain.size) - 2);
             r.sense.assign(task->datain.data + 2, task->datain.data + 2 + len);
             decode_sense_info(r);
         }
@@ -371,8 +369,8 @@ ScsiResult IscsiClient::raw(std::span<const uint8_t> cdb, std::span<const uint8_
 Capacity IscsiClient::parse_capacity(const ScsiResult& r) {
     Capacity c;
     if (r.data.size() < 14) return c;
-    c.blocks = be64(&r.data[0]) + 1;
-    c.block_size = be32(&r.data[8]);
+    c.blocks = load_be64(&r.data[0]) + 1;
+    c.block_size = load_be32(&r.data[8]);
     if (r.data.size() > 14) {
         c.lbpme = (r.data[14] & 0x80) != 0;
         c.lbprz = (r.data[14] & 0x40) != 0;
@@ -383,9 +381,9 @@ Capacity IscsiClient::parse_capacity(const ScsiResult& r) {
 std::vector<LbaStatus> IscsiClient::parse_lba_status(const ScsiResult& r) {
     std::vector<LbaStatus> out;
     if (r.data.size() < 8) return out;
-    size_t end = std::min<size_t>(r.data.size(), 4u + be32(&r.data[0]));
+    size_t end = std::min<size_t>(r.data.size(), 4u + load_be32(&r.data[0]));
     for (size_t o = 8; o + 16 <= end; o += 16)
-        out.push_back({be64(&r.data[o]), be32(&r.data[o + 8]), r.data[o + 12] & 0x0f});
+        out.push_back({load_be64(&r.data[o]), load_be32(&r.data[o + 8]), r.data[o + 12] & 0x0f});
     return out;
 }
 

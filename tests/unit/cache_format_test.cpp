@@ -14,18 +14,12 @@
 
 #include "cache_format.hpp"
 #include "icbd/checksum.hpp"
+#include "icbd/endian.hpp"
 #include "icbd/unique_fd.hpp"
 
 using namespace icbd;
 
 namespace {
-
-uint64_t le64(const uint8_t* p) {
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
-    return v;
-}
-uint32_t le32(const uint8_t* p) { return uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16 | uint32_t{p[3]} << 24; }
 
 // A temporary regular file, removed at the end of the test.
 struct TempFile {
@@ -92,22 +86,22 @@ TEST(CacheSuperblock, BytesMatchTheTable) {
     SbBytes b;
     encode_superblock(sb, b);
     EXPECT_EQ(std::memcmp(b.data(), "ICBDWBC1", 8), 0);
-    EXPECT_EQ(le32(&b[8]), 1u);                 // version
-    EXPECT_EQ(le32(&b[12]), 1u);                // slot = generation 5 % 2
-    EXPECT_EQ(le32(&b[16]), 4096u);
-    EXPECT_EQ(le32(&b[20]), 32u);
-    EXPECT_EQ(le64(&b[24]), 1000u);
-    EXPECT_EQ(le64(&b[32]), 8192u);
-    EXPECT_EQ(le64(&b[40]), 8192u + 32768u);
+    EXPECT_EQ(load_le32(&b[8]), 1u);                 // version
+    EXPECT_EQ(load_le32(&b[12]), 1u);                // slot = generation 5 % 2
+    EXPECT_EQ(load_le32(&b[16]), 4096u);
+    EXPECT_EQ(load_le32(&b[20]), 32u);
+    EXPECT_EQ(load_le64(&b[24]), 1000u);
+    EXPECT_EQ(load_le64(&b[32]), 8192u);
+    EXPECT_EQ(load_le64(&b[40]), 8192u + 32768u);
     EXPECT_EQ(b[48], 1);
     EXPECT_EQ(b[63], 15 * 7 + 1);
-    EXPECT_EQ(le64(&b[64]), 5u);
-    EXPECT_EQ(le64(&b[72]), 123456789u);
-    EXPECT_EQ(le64(&b[80]), 1ull << 30);
-    EXPECT_EQ(b[88] | b[89] << 8, static_cast<int>(sb.device.id.size()));
+    EXPECT_EQ(load_le64(&b[64]), 5u);
+    EXPECT_EQ(load_le64(&b[72]), 123456789u);
+    EXPECT_EQ(load_le64(&b[80]), 1ull << 30);
+    EXPECT_EQ(load_le16(&b[88]), static_cast<int>(sb.device.id.size()));
     EXPECT_EQ(std::string(reinterpret_cast<char*>(&b[96]), sb.device.id.size()), sb.device.id);
     for (size_t i = 96 + sb.device.id.size(); i < 4092; ++i) ASSERT_EQ(b[i], 0) << i;
-    EXPECT_EQ(le32(&b[4092]), crc32c(b.data(), 4092));
+    EXPECT_EQ(load_le32(&b[4092]), crc32c(b.data(), 4092));
 }
 
 TEST(CacheSuperblock, RoundTrip) {
@@ -161,12 +155,12 @@ TEST(CacheSuperblock, RejectsDamageWithAReason) {
 TEST(CacheEntry, BytesMatchTheTable) {
     EntryBytes e;
     encode_entry(0x1122334455667788ull, 42, 7, 0xdeadbeef, e);
-    EXPECT_EQ(le64(&e[0]), 0x1122334455667788ull);
-    EXPECT_EQ(le64(&e[8]), 42u);
-    EXPECT_EQ(le32(&e[16]), 7u);
-    EXPECT_EQ(le32(&e[20]), 0xdeadbeefu);
-    EXPECT_EQ(le32(&e[24]), 0u);
-    EXPECT_EQ(le32(&e[28]), crc32c(e.data(), 28));
+    EXPECT_EQ(load_le64(&e[0]), 0x1122334455667788ull);
+    EXPECT_EQ(load_le64(&e[8]), 42u);
+    EXPECT_EQ(load_le32(&e[16]), 7u);
+    EXPECT_EQ(load_le32(&e[20]), 0xdeadbeefu);
+    EXPECT_EQ(load_le32(&e[24]), 0u);
+    EXPECT_EQ(load_le32(&e[28]), crc32c(e.data(), 28));
     DecodedEntry d = decode_entry(e, 7, 0xdeadbeef);
     EXPECT_EQ(d.kind, EntryKind::used);
     EXPECT_EQ(d.lba, 0x1122334455667788ull);
@@ -178,7 +172,7 @@ TEST(CacheEntry, ZeroBytesAreEmptyAndFreeIsFree) {
     EXPECT_EQ(decode_entry(zero, 0, 1).kind, EntryKind::empty);
     EntryBytes f;
     encode_entry(kCacheFreeLba, 99, 3, 1, f);
-    EXPECT_EQ(le64(&f[8]), 0u) << "a FREE entry carries no seq";
+    EXPECT_EQ(load_le64(&f[8]), 0u) << "a FREE entry carries no seq";
     EXPECT_EQ(decode_entry(f, 3, 1).kind, EntryKind::free);
 }
 

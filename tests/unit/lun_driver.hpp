@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "icbd/lun.hpp"
-#include "icbd/scsi.hpp"
+#include "scsi.hpp"
 
 namespace icbd::test {
 
@@ -39,18 +39,14 @@ struct Cmd {
     LunCommand lc;
 };
 
-inline void put_be(uint8_t* p, uint64_t v, int n) {
-    for (int i = n - 1; i >= 0; --i, v >>= 8) p[i] = static_cast<uint8_t>(v);
-}
-
 // A 16-byte-CDB command; tl and offset as tgtd's SBC layer computes them.
 inline Cmd make_cmd(uint8_t op, uint64_t lba, uint32_t blocks, uint64_t lun_size, unsigned shift = 9,
                     uint8_t byte1 = 0) {
     Cmd c;
     c.cdb[0] = op;
     c.cdb[1] = byte1;
-    put_be(&c.cdb[2], lba, 8);
-    put_be(&c.cdb[10], blocks, 4);
+    store_be(&c.cdb[2], lba, 8);
+    store_be(&c.cdb[10], blocks, 4);
     c.lc.cdb = c.cdb.data();
     c.lc.offset = lba << shift;
     // tgtd's sbc_verify() leaves tl at 0 (regression: every VERIFY with
@@ -110,10 +106,10 @@ struct LunOps {
         c.lc.cdb = c.cdb.data();
         c.lc.tl = 24;
         c.out.assign(24, 0);
-        put_be(&c.out[0], 22, 2);
-        put_be(&c.out[2], 16, 2);
-        put_be(&c.out[8], lba, 8);
-        put_be(&c.out[16], blocks, 4);
+        store_be(&c.out[0], 22, 2);
+        store_be(&c.out[2], 16, 2);
+        store_be(&c.out[8], lba, 8);
+        store_be(&c.out[16], blocks, 4);
         EXPECT_EQ(run_cmd(lun, rec, c).status, scsi::status_good) << "unmap lba " << lba;
     }
     void sync() {

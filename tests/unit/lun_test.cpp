@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "icbd/lun.hpp"
-#include "icbd/scsi.hpp"
+#include "scsi.hpp"
 #include "icbd/unique_fd.hpp"
 #include "epoll_wait_ready.hpp"
 #include "lun_driver.hpp"
@@ -179,7 +179,7 @@ TEST_P(LunTest, WriteSameRepeatsAndStampsLba) {
     for (uint64_t b = 200; b < 204; ++b) {
         auto got = file_bytes(b * kBlock, kBlock);
         uint8_t want[4];
-        put_be(want, b, 4);
+        store_be(want, b, 4);
         EXPECT_EQ(std::memcmp(got.data(), want, 4), 0) << b;
         EXPECT_TRUE(std::equal(got.begin() + 4, got.end(), lb.out.begin() + 4));
     }
@@ -212,11 +212,11 @@ TEST_P(LunTest, UnmapPunchesHolesAllOrNothing) {
         c.cdb.assign(10, 0);
         c.cdb[0] = scsi::op::unmap;
         c.out.assign(8 + 16 * descs.size(), 0);
-        put_be(&c.out[0], 6 + 16 * descs.size(), 2);
-        put_be(&c.out[2], 16 * descs.size(), 2);
+        store_be(&c.out[0], 6 + 16 * descs.size(), 2);
+        store_be(&c.out[2], 16 * descs.size(), 2);
         for (size_t i = 0; i < descs.size(); ++i) {
-            put_be(&c.out[8 + 16 * i], descs[i].first, 8);
-            put_be(&c.out[16 + 16 * i], descs[i].second, 4);
+            store_be(&c.out[8 + 16 * i], descs[i].first, 8);
+            store_be(&c.out[16 + 16 * i], descs[i].second, 4);
         }
         return run(c);
     };

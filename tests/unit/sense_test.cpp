@@ -7,8 +7,8 @@
 
 #include <gtest/gtest.h>
 
-#include "icbd/scsi.hpp"
-#include "icbd/sense.hpp"
+#include "scsi.hpp"
+#include "sense.hpp"
 
 using namespace icbd;
 

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "icbd/endian.hpp"
+
 namespace icbd::scsi {
 
 namespace op {
@@ -56,16 +58,11 @@ inline bool fua(const uint8_t* cdb) { return cdb[0] != op::write_6 && (cdb[1] & 
 // TRANSFER LENGTH (in blocks) of a 10-, 12- or 16-byte read/write/verify CDB,
 // by the CDB's group code (SBC-3: bytes 7-8, 6-9 and 10-13).
 inline uint32_t transfer_length(const uint8_t* cdb) {
-    auto be = [cdb](int at, int n) {
-        uint32_t v = 0;
-        for (int i = 0; i < n; ++i) v = v << 8 | cdb[at + i];
-        return v;
-    };
     switch (cdb[0] >> 5) {
         case 1:
-        case 2: return be(7, 2);   // 10-byte CDBs
-        case 5: return be(6, 4);   // 12-byte CDBs
-        case 4: return be(10, 4);  // 16-byte CDBs
+        case 2: return load_be16(cdb + 7);   // 10-byte CDBs
+        case 5: return load_be32(cdb + 6);   // 12-byte CDBs
+        case 4: return load_be32(cdb + 10);  // 16-byte CDBs
         default: return 0;
     }
 }
