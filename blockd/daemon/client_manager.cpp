@@ -3,6 +3,9 @@
 // with the store by reconcile(), which also moves session-less clients.
 #include "client_manager.hpp"
 
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
 #include <fcntl.h>
 
 #include <algorithm>
@@ -285,6 +288,44 @@ Status ClientManager::finish_removal(const ClientRecord& r, bool force) {
     return store_.delete_client(r.name);
 }
 
+// A full cache directory would fail deep inside tgtd (tgtadm only says
+// "invalid request"): refuse up front, naming the directory and the sizes.
+Status ClientManager::check_space(const ClientRecord& r) const {
+    auto free_bytes = [](const fs::path& dir) -> Result<uint64_t> {
+        struct statvfs st{};
+        if (::statvfs(dir.c_str(), &st) != 0) return Status::from_errno(errno, "directory '" + dir.string() + "'");
+        return uint64_t(st.f_bavail) * st.f_frsize;
+    };
+    auto mib = [](uint64_t b) { return std::to_string(b >> 20) + " MiB"; };
+    if (!r.cache_path.empty()) {
+        auto avail = free_bytes(opt_.cache_dir);
+        if (!avail) return avail.status();
+        // Cache files are sparse and fill as desktops write: no overcommit,
+        // so every cache (the existing ones too) can grow to its full size
+        // without the directory running out under a desktop's writes.
+        auto clients = store_.clients();
+        if (!clients) return clients.status();
+        uint64_t promised = opt_.cache_size + kSpaceMargin, allocated = 0;
+        for (const ClientRecord& c : *clients) {
+            if (c.cache_path.empty()) continue;
+            promised += opt_.cache_size;
+            struct stat st{};
+            if (::stat(c.cache_path.c_str(), &st) == 0) allocated += uint64_t(st.st_blocks) * 512;
+        }
+        if (*avail + allocated < promised)
+            return Status::error(ENOSPC, "cache directory '" + opt_.cache_dir.string() + "' has " + mib(*avail) +
+                                             " free; its write-back caches need " + mib(promised - allocated) +
+                                             " more to be able to fill (clients.cache_size " +
+                                             mib(opt_.cache_size) + " each)");
+    }
+    auto avail = free_bytes(opt_.overlay_dir);
+    if (!avail) return avail.status();
+    if (*avail < kSpaceMargin)
+        return Status::error(ENOSPC, "overlay directory '" + opt_.overlay_dir.string() + "' has " + mib(*avail) +
+                                         " free; a new overlay needs at least " + mib(kSpaceMargin));
+    return Status::ok();
+}
+
 Result<ClientStatus> ClientManager::add(const ClientSpec& spec) {
     std::lock_guard op(op_mu_);
     const std::string channel = spec.channel.empty() ? opt_.default_channel : spec.channel;
@@ -321,6 +362,7 @@ Result<ClientStatus> ClientManager::add(const ClientSpec& spec) {
         if (!f.empty() && fs::exists(f, ec))
             return Status::error(EEXIST, what + ": '" + f + "' already exists (left from an earlier client?); "
                                                 "remove it first");
+    if (Status s = check_space(r); !s) return Status::error(s.code(), what + ": " + s.message());
     auto tid = pick_tid(*clients);
     if (!tid) return tid.status();
     r.tid = *tid;

@@ -92,6 +92,9 @@ public:
     std::string target_name(const std::string& client) const;  // <iqn_prefix>:<client>
 
 private:
+    // Free space a new client needs beyond its cache (overlay map, metadata).
+    static constexpr uint64_t kSpaceMargin = 4ull << 20;
+    Status check_space(const ClientRecord& r) const;
     void run();
     // Helpers of the operations; all run under op_mu_.
     bool have_version(const std::string& image, uint64_t version) const;

@@ -2,6 +2,8 @@
 // into NodeConfig and refuses what it would otherwise have to guess, in one line each.
 #include "config.hpp"
 
+#include "icbd/parse_size.hpp"
+
 #include <fcntl.h>
 #include <grp.h>
 #include <openssl/pem.h>
@@ -113,30 +115,11 @@ std::string in_quotes(std::string_view text) {
 
 bool is_wildcard_host(const std::string& host) { return host.empty() || host == "0.0.0.0" || host == "::"; }
 
-// TODO(common): use icbd::parse_size
-// "4M", "50M", "1G", "512K", "2T" (binary units; "MiB" and "MB" spell the same) or bytes.
+// The project's one size grammar (icbd/parse_size.hpp), with this file's wording.
 Result<uint64_t> parse_size(std::string_view text) {
-    auto bad = [&] {
-        return Status::error(EINVAL, in_quotes(text) + " is not a size (e.g. 4M, 50M, 1G or a number of bytes)");
-    };
-    size_t i = 0;
-    uint64_t v = 0;
-    for (; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i) {
-        if (v > (std::numeric_limits<uint64_t>::max() - 9) / 10) return bad();
-        v = v * 10 + static_cast<uint64_t>(text[i] - '0');
-    }
-    if (i == 0) return bad();
-    std::string_view unit = text.substr(i);
-    unsigned shift = 0;
-    if (!unit.empty() && unit != "B") {
-        static constexpr std::string_view prefixes = "KMGT";
-        auto p = prefixes.find(static_cast<char>(unit.front() & ~0x20));  // k and K alike
-        std::string_view rest = unit.substr(1);
-        if (p == std::string_view::npos || !(rest.empty() || rest == "B" || rest == "iB")) return bad();
-        shift = 10 * static_cast<unsigned>(p + 1);
-    }
-    if (shift && v > (std::numeric_limits<uint64_t>::max() >> shift)) return bad();
-    return v << shift;
+    auto v = icbd::parse_size(text);
+    if (!v) return Status::error(EINVAL, in_quotes(text) + " is not a size (e.g. 4M, 50M, 1G or a number of bytes)");
+    return v;
 }
 
 // Reads the values out of a parsed file; every error is "<file>: <key>: <cause>".

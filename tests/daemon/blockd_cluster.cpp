@@ -83,7 +83,8 @@ void BlockdNode::write_config() {
         c << "[replication]\nlisten = \"127.0.0.1:" << repl_port_ << "\"\n"
           << "[master]\naddress = \"" << master_address_ << "\"\nname = \"" << master_name_ << "\"\n"
           << "[tgt]\ncontrol_port = " << tgtd_->control_port() << "\n"
-          << "[clients]\ncache_dir = \"" << (fs_->mount_point() / "cache").string() << "\"\n"
+          << "[clients]\ncache_dir = \"" << (cache_dir_.empty() ? fs_->mount_point() / "cache" : cache_dir_).string()
+          << "\"\n"
           << "cache_size = \"16M\"\nreconcile_interval = \"500ms\"\n";
     }
     c << extra_ << "\n";

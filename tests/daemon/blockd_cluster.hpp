@@ -68,6 +68,8 @@ public:
     void set_master(const BlockdNode& master);
     // Extra TOML lines appended to the config (e.g. "[membership]\nkeepalive_interval = \"1s\"").
     void set_extra_config(std::string toml) { extra_ = std::move(toml); }
+    // Replicas: where client caches go (default: on the node's repository filesystem).
+    void set_cache_dir(std::filesystem::path dir) { cache_dir_ = std::move(dir); }
 
     void start();  // writes the config, spawns blockd, waits until `blockctl status` answers
     void kill9();  // SIGKILL by PID, reaped
@@ -104,6 +106,7 @@ private:
     int repl_port_ = 0;
     std::string master_address_, master_name_;
     std::string extra_;
+    std::filesystem::path cache_dir_;
     pid_t pid_ = -1;
 };
 

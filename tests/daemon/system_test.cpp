@@ -4,6 +4,7 @@
 // states, client LUNs served to a real libiscsi initiator.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 #include <random>
 
@@ -345,6 +346,90 @@ TEST_F(SystemTest, RefusesBadInputAndPushesFromReplicas) {
     // ...nor to the master, which has no replication port at all, and its
     // peer port refuses a replica's ping.
     EXPECT_EQ(master.ctl_ok({"node", "list"}).size(), 2u);
+}
+
+// A cache directory without room for another write-back cache: the new
+// desktop is refused with the directory and the sizes named, and the desktop
+// already there keeps being served.
+TEST_F(SystemTest, FullCacheDirectoryRefusesANewDesktopAndKeepsServingTheOthers) {
+    REQUIRE_SYSTEM();
+    BlockdNode master(BlockdNode::Role::master, "master", certs_->path());
+    master.set_extra_config(kFastKeepalive);
+    master.start();
+    LoopFs small(LoopFs::Type::ext4, 40ull << 20);  // room for one 16 MiB cache, not two
+    BlockdNode r1(BlockdNode::Role::replica, "r1", certs_->path());
+    r1.set_master(master);
+    r1.set_cache_dir(small.mount_point());
+    r1.start();
+    TempDir src("/var/tmp", "icbd-src-");
+    make_disk(src / "disk.raw", 8, 5);
+    master.ctl_ok({"image", "import", "img", "--from", (src / "disk.raw").string()});
+    ASSERT_TRUE(eventually([&] { return newest_on(master, "r1", "img") == 1; }, std::chrono::seconds(60)));
+    std::string iqn1 = "iqn.2026-01.org.icbd:test-initiator-" + std::to_string(getpid());
+    ASSERT_TRUE(eventually(
+        [&] { return r1.ctl({"client", "add", "pc01", "--image", "img", "--initiator", iqn1}).exit_code == 0; },
+        std::chrono::seconds(20)));
+    auto refused = r1.ctl({"client", "add", "pc02", "--image", "img", "--initiator", "iqn.2026-01.org.example:pc02"});
+    EXPECT_EQ(refused.exit_code, 1);
+    EXPECT_NE(refused.output.find("cache directory '" + small.mount_point().string() + "'"), std::string::npos)
+        << refused.output;
+    EXPECT_NE(refused.output.find("free"), std::string::npos) << refused.output;
+    EXPECT_EQ(r1.ctl_ok({"client", "list"}).size(), 1u) << "nothing of pc02 recorded";
+    json pc01 = r1.ctl_ok({"client", "show", "pc01"});
+    IscsiClient c("iscsi://127.0.0.1:" + std::to_string(r1.tgtd()->port()) + "/" + pc01["target"].get<std::string>() +
+                  "/1");
+    auto r = c.read16(0, 8);
+    EXPECT_TRUE(r.good()) << r.error;
+    r1.ctl_ok({"client", "remove", "pc01", "--force"});
+}
+
+// blockd killed -9 at any point of `client add`: after a restart the desktop
+// is either fully exported or not there at all, and tgtd holds no target
+// that no client owns.
+TEST_F(SystemTest, Kill9DuringClientAddLeavesAllOrNothing) {
+    REQUIRE_SYSTEM();
+    BlockdNode master(BlockdNode::Role::master, "master", certs_->path());
+    master.set_extra_config(kFastKeepalive);
+    master.start();
+    BlockdNode r1(BlockdNode::Role::replica, "r1", certs_->path());
+    r1.set_master(master);
+    r1.start();
+    TempDir src("/var/tmp", "icbd-src-");
+    make_disk(src / "disk.raw", 8, 6);
+    master.ctl_ok({"image", "import", "img", "--from", (src / "disk.raw").string()});
+    ASSERT_TRUE(eventually([&] { return newest_on(master, "r1", "img") == 1; }, std::chrono::seconds(60)));
+    ASSERT_TRUE(eventually([&] { return r1.ctl_ok({"image", "list"}).size() == 1; }, std::chrono::seconds(20)));
+    int present = 0, absent = 0;
+    for (int i = 0; i < 6; ++i) {
+        std::string name = "pc" + std::to_string(10 + i);
+        std::thread adder([&] {
+            r1.ctl({"client", "add", name, "--image", "img", "--initiator", "iqn.2026-01.org.example:" + name});
+        });
+        std::this_thread::sleep_for(std::chrono::milliseconds(8 * i));
+        r1.kill9();
+        adder.join();
+        r1.start();
+        // Reconciliation finishes what was recorded; give it a few passes.
+        ASSERT_TRUE(eventually(
+            [&] {
+                json list = r1.ctl_ok({"client", "list"});
+                for (const json& c : list)
+                    if (c["name"] == name) return c["state"] == "ready" && c["exported"] == true;
+                return true;
+            },
+            std::chrono::seconds(20)))
+            << r1.ctl({"client", "list"}).output;
+        json list = r1.ctl_ok({"client", "list"});
+        bool there = std::any_of(list.begin(), list.end(), [&](const json& c) { return c["name"] == name; });
+        (there ? present : absent)++;
+        // tgtd: exactly one target per client, none left over.
+        auto show = r1.tgtd()->adm({"--op", "show", "--mode", "target"});
+        size_t targets = 0;
+        for (size_t pos = 0; (pos = show.output.find("\nTarget ", pos)) != std::string::npos; ++pos) ++targets;
+        if (show.output.rfind("Target ", 0) == 0) ++targets;
+        EXPECT_EQ(targets, list.size()) << show.output;
+    }
+    std::printf("kill -9 during client add: %d added completely, %d not at all\n", present, absent);
 }
 
 }  // namespace
