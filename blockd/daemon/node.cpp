@@ -344,6 +344,12 @@ std::vector<std::string> Node::users_of(const std::string& image, uint64_t versi
                     users.push_back("replica '" + r.name + "' (base of its next update)");
             }
         }
+        // Versions desktops use on the cache servers, as their last keepalive said.
+        for (const auto& [replica, images] : membership_ ? membership_->in_use() : decltype(membership_->in_use()){}) {
+            auto it = images.find(image);
+            if (it != images.end() && std::find(it->second.begin(), it->second.end(), version) != it->second.end())
+                users.push_back("desktops on replica '" + replica + "'");
+        }
     } else {
         // The store, not the client manager: that one may be busy in a
         // reconcile that itself waits on the repository.
@@ -492,8 +498,13 @@ Result<json> Node::cmd_image(const std::string& verb, const json& args, const Pr
         auto from = arg_string(args, "from");
         if (!from) return from.status();
         auto message = arg_string(args, "message", false);
+        // At most ten progress lines a second (docs/blockd-control-protocol.md).
+        auto last = std::chrono::steady_clock::time_point{};
         auto v = images_->import(*image, *from, message ? *message : "", [&](uint64_t done, uint64_t total) {
-            if (progress) progress("importing '" + *image + "'", done, total);
+            auto now = std::chrono::steady_clock::now();
+            if (!progress || (done < total && now - last < std::chrono::milliseconds(100))) return;
+            last = now;
+            progress("importing '" + *image + "'", done, total);
         });
         if (!v) return v.status();
         if (pushes_) pushes_->trigger();

@@ -272,6 +272,10 @@ TEST_F(SystemTest, ClientFollowsItsChannelOnlyBetweenSessions) {
     auto gone = r1.ctl({"image", "delete", "win10", "1"});
     EXPECT_EQ(gone.exit_code, 1) << "pc02 is pinned to version 1";
     EXPECT_NE(gone.output.find("pc02"), std::string::npos) << gone.output;
+    // ...and the master keeps it too: desktops on r1 still use it.
+    auto master_del = master.ctl({"image", "delete", "win10", "1"});
+    EXPECT_EQ(master_del.exit_code, 1);
+    EXPECT_NE(master_del.output.find("desktops on replica 'r1'"), std::string::npos) << master_del.output;
 
     r1.ctl_ok({"client", "remove", "pc01"});
     r1.ctl_ok({"client", "remove", "pc02"});
