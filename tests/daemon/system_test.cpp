@@ -436,5 +436,75 @@ TEST_F(SystemTest, Kill9DuringClientAddLeavesAllOrNothing) {
     std::printf("kill -9 during client add: %d added completely, %d not at all\n", present, absent);
 }
 
+// A replica decides what it wants: it subscribes to image 'a' only and never
+// receives 'b'.
+TEST_F(SystemTest, ReplicaReceivesOnlyTheImagesItSubscribesTo) {
+    REQUIRE_SYSTEM();
+    BlockdNode master(BlockdNode::Role::master, "master", certs_->path());
+    master.set_extra_config(kFastKeepalive);
+    master.start();
+    BlockdNode r1(BlockdNode::Role::replica, "r1", certs_->path());
+    r1.set_master(master);
+    r1.set_extra_config("[subscribe]\nimages = [\"a\"]\n");
+    r1.start();
+    TempDir src("/var/tmp", "icbd-src-");
+    make_disk(src / "disk.raw", 4, 7);
+    master.ctl_ok({"image", "import", "b", "--from", (src / "disk.raw").string()});
+    master.ctl_ok({"image", "import", "a", "--from", (src / "disk.raw").string()});
+    ASSERT_TRUE(eventually([&] { return newest_on(master, "r1", "a") == 1; }, std::chrono::seconds(60)));
+    std::this_thread::sleep_for(std::chrono::seconds(3));  // several scheduler passes
+    EXPECT_FALSE(fs::exists(r1.version_file("b", 1)));
+    json r = master.ctl_ok({"node", "show", "r1"});
+    EXPECT_FALSE(r["images"].contains("b")) << r.dump();
+}
+
+// tgtd killed -9 under a cache server and started again: blockd notices the
+// missing targets and exports its desktops again, overlays kept.
+TEST_F(SystemTest, TgtdRestartedUnderBlockdIsRepaired) {
+    REQUIRE_SYSTEM();
+    BlockdNode master(BlockdNode::Role::master, "master", certs_->path());
+    master.set_extra_config(kFastKeepalive);
+    master.start();
+    BlockdNode r1(BlockdNode::Role::replica, "r1", certs_->path());
+    r1.set_master(master);
+    r1.start();
+    TempDir src("/var/tmp", "icbd-src-");
+    make_disk(src / "disk.raw", 8, 8);
+    master.ctl_ok({"image", "import", "img", "--from", (src / "disk.raw").string()});
+    ASSERT_TRUE(eventually([&] { return newest_on(master, "r1", "img") == 1; }, std::chrono::seconds(60)));
+    std::string iqn = "iqn.2026-01.org.icbd:test-initiator-" + std::to_string(getpid());
+    ASSERT_TRUE(eventually(
+        [&] { return r1.ctl({"client", "add", "pc01", "--image", "img", "--initiator", iqn}).exit_code == 0; },
+        std::chrono::seconds(20)));
+    std::string target = r1.ctl_ok({"client", "show", "pc01"})["target"].get<std::string>();
+    std::vector<uint8_t> mine(4096, 0x77);
+    {
+        IscsiClient c("iscsi://127.0.0.1:" + std::to_string(r1.tgtd()->port()) + "/" + target + "/1");
+        ASSERT_TRUE(c.write16(64, mine, /*fua=*/true).good());
+    }
+    int ctl_port = r1.tgtd()->control_port();
+    r1.tgtd()->kill9();
+    r1.tgtd()->restart();
+    ASSERT_EQ(r1.tgtd()->control_port(), ctl_port) << "the test needs tgtd back on its control port";
+    ASSERT_TRUE(eventually([&] { return r1.ctl_ok({"client", "show", "pc01"})["exported"] == true; },
+                           std::chrono::seconds(20)))
+        << r1.log();
+    std::unique_ptr<IscsiClient> session;
+    ASSERT_TRUE(eventually(
+        [&] {
+            try {
+                session = std::make_unique<IscsiClient>("iscsi://127.0.0.1:" + std::to_string(r1.tgtd()->port()) +
+                                                        "/" + target + "/1");
+                return true;
+            } catch (const std::exception&) {
+                return false;
+            }
+        },
+        std::chrono::seconds(20)));
+    auto r = session->read16(64, 8);
+    ASSERT_TRUE(r.good()) << r.error;
+    EXPECT_EQ(r.data, mine) << "the desktop's overlay survived the tgtd restart";
+}
+
 }  // namespace
 }  // namespace icbd::test
