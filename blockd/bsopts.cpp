@@ -68,6 +68,10 @@ Result<LunOptions> parse_bsopts(std::string_view text) {
         } else if (key == "overlay" || key == "cache") {
             if (value.empty() || value.front() != '/') return bad_value(key, value, "an absolute path");
             (key == "overlay" ? o.overlay : o.cache) = std::string(value);
+        } else if (key == "metrics_dir") {
+            if (value != "off" && (value.empty() || value.front() != '/'))
+                return bad_value(key, value, "an absolute path or off");
+            o.metrics_dir = std::string(value);
         } else if (key == "cache_size") {
             Result<uint64_t> n = parse_size(value);
             if (!n || *n < (1u << 20)) return bad_value(key, value, "a size of at least 1M, e.g. 512M or 4G");
@@ -80,7 +84,7 @@ Result<LunOptions> parse_bsopts(std::string_view text) {
             o.cache_idle_ms = ms;
         } else {
             return Status::error(ENOENT, "bsopts: unknown option '" + std::string(key) +
-                                             "' (known: readonly, direct, queue_depth, engine, overlay, cache, cache_size, cache_idle)");
+                                             "' (known: readonly, direct, queue_depth, engine, overlay, cache, cache_size, cache_idle, metrics_dir)");
         }
     }
     return o;

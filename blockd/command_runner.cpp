@@ -112,6 +112,10 @@ void CommandRunner::submit_inner(const LunCommand& cmd) {
     Task& t = alloc_task();
     t.cmd = cmd;
     ++active_;
+    if (metrics_) {
+        t.start_ns = LunMetrics::now_ns();
+        metrics::set(metrics_->counters().queue_depth, active_);
+    }
     const uint8_t op = cmd.cdb[0];
     if (scsi::is_read(op)) t.kind = Kind::read;
     else if (scsi::is_plain_write(op)) t.kind = Kind::write;
@@ -297,6 +301,12 @@ void CommandRunner::on_io(Task& t, uint32_t op_index, int32_t res) {
     if (s.overlay_data && res >= 0 && !(s.op == IoOp::write && res == 0)) {
         uint64_t lun_start = s.start - overlay_->data_offset();
         uint64_t lun_len = s.offset + s.len - s.start;  // the whole range, whatever short transfers happened
+        if (metrics_ && s.op == IoOp::write) {  // blocks that become present: copy-ups and first writes
+            uint64_t fresh = 0;
+            for (uint64_t b = lun_start / OverlayMap::block_size; b * OverlayMap::block_size < lun_start + lun_len; ++b)
+                fresh += !overlay_->present(b);
+            if (fresh) metrics::add(metrics_->counters().overlay_blocks_written, fresh);
+        }
         overlay_->mark_present(lun_start, lun_len);
         if (s.dsync) {  // durable data: its bits may go to disk now, and must before the command completes
             overlay_->mark_durable(lun_start, lun_len);
@@ -535,12 +545,45 @@ void CommandRunner::finish(Task& t) {
     ScsiResult result = t.result;
     if (t.holds_range) --range_holders_;
     const bool was_writer = writes(t.kind);
+    if (metrics_) record_completion(t);
     t.holds_range = t.running = t.busy = false;
     free_.push_back(t.index);
     --active_;
+    if (metrics_) metrics::set(metrics_->counters().queue_depth, active_);
     // The host may submit new commands from inside complete(): t is free by now.
     host_.complete(host_.ctx, cookie, result);
     if (was_writer && !parked_.empty()) wake_parked();
+}
+
+void CommandRunner::set_metrics(LunMetrics* m) {
+    metrics_ = m;
+    if (metrics_ && cache_) publish_cache_counts();
+}
+
+// Direction and bytes as docs/metrics.md defines them.
+void CommandRunner::record_completion(const Task& t) {
+    const LunCommand& c = t.cmd;
+    unsigned dir = metrics::dir_other;
+    uint64_t bytes = 0;
+    if (t.kind == Kind::read) {
+        dir = metrics::dir_read;
+        bytes = std::min(c.in_len, c.tl);
+    } else if (t.kind != Kind::unmap && writes(t.kind)) {
+        dir = metrics::dir_write;
+        bytes = c.tl;
+    } else if (t.kind == Kind::unmap && c.cdb[0] != scsi::op::unmap) {  // WRITE SAME with UNMAP became an unmap
+        dir = metrics::dir_write;
+        bytes = c.tl;
+    }
+    metrics_->record(dir, bytes, LunMetrics::now_ns() - t.start_ns, t.result.status, t.result.sense_key);
+}
+
+void CommandRunner::publish_cache_counts() {
+    CacheCounts n = cache_->map().counts();
+    metrics::LunCounters& m = metrics_->counters();
+    metrics::set(m.cache_blocks_total, n.total);
+    metrics::set(m.cache_blocks_used, n.used());
+    metrics::set(m.cache_blocks_dirty, n.writing + n.dirty_uncommitted + n.dirty + n.flushing);
 }
 
 void CommandRunner::wake_parked() {

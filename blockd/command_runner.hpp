@@ -14,6 +14,7 @@
 #include "aligned_buffer.hpp"
 #include "icbd/io_engine.hpp"
 #include "icbd/lun.hpp"
+#include "lun_metrics.hpp"
 #include "overlay_map.hpp"
 #include "write_back_cache.hpp"
 
@@ -46,6 +47,8 @@ public:
     // fast. Host commands stop it after the round under way.
     void set_idle_timer(int timer_fd, uint32_t idle_ms);
     void on_idle_timer();
+    // Counters of host commands, the cache and the overlay go here (nullptr: none).
+    void set_metrics(LunMetrics* m);
 
 private:
     void submit_inner(const LunCommand& cmd);
@@ -130,6 +133,7 @@ private:
         std::vector<uint32_t> free_slots;
         std::vector<uint8_t> free_buf;
         uint64_t sync_token = 0;
+        uint64_t start_ns = 0;  // metrics: when the host submitted it
     };
 
     Task& alloc_task();
@@ -175,6 +179,8 @@ private:
     bool conflicts(const Task& t) const;
     void wake_parked();
     void kick();
+    void record_completion(const Task& t);
+    void publish_cache_counts();
 
     // Per-kind steps.
     void start_write_same(Task& t);
@@ -222,6 +228,7 @@ private:
     std::vector<uint32_t> ready_;    // deferred_ being finished (kept: no allocation per pass)
     std::deque<uint32_t> parked_;    // waiting for an overlapping read-modify-write
     std::vector<uint32_t> deferred_;  // finished at submit time, delivered in submit_batch
+    LunMetrics* metrics_ = nullptr;
 };
 
 }  // namespace icbd

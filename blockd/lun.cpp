@@ -15,6 +15,7 @@
 
 #include "command_runner.hpp"
 #include "golden_file.hpp"
+#include "lun_metrics.hpp"
 #include "overlay_map.hpp"
 #include "write_back_cache.hpp"
 #include "icbd/log.hpp"
@@ -37,6 +38,7 @@ Result<std::unique_ptr<Lun>> Lun::create(const LunOptions& opts, const LunHost& 
         log(LogLevel::warning, (name.empty() ? std::string("LUN") : name) + ": io_uring unavailable (" + why +
                                    "); serving this LUN with the libaio engine");
     std::unique_ptr<Lun> lun(new Lun(opts, host, std::move(*engine)));
+    lun->name_ = name;
     if (!opts.cache.empty() && opts.cache_idle_ms) {  // only a cache has idle work
         lun->timer_fd_.reset(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
         if (!lun->timer_fd_.valid())
@@ -104,6 +106,7 @@ Result<uint64_t> Lun::open(const std::string& path, int extra_oflags) {
     runner_ = std::make_unique<CommandRunner>(*engine_, host_, fd_.get(), write_fd_.get(), opts_.direct, path,
                                               nullptr, cache_.get());
     runner_->set_idle_timer(timer_fd_.get(), opts_.cache_idle_ms);
+    attach_metrics(path);
     return size;
 }
 
@@ -126,6 +129,7 @@ Result<uint64_t> Lun::open_overlay(const std::string& golden_path) {
     runner_ = std::make_unique<CommandRunner>(*engine_, host_, overlay_->fd(), -1, false, opts_.overlay,
                                               overlay_.get(), cache_.get());
     runner_->set_idle_timer(timer_fd_.get(), opts_.cache_idle_ms);
+    attach_metrics(golden_path);
     return overlay_->size();
 }
 
@@ -141,11 +145,19 @@ Status Lun::open_cache(const std::string& device_id, uint64_t size) {
     return Status::ok();
 }
 
+void Lun::attach_metrics(const std::string& backing_path) {
+    LunMetricsIdentity id{LunMetrics::resolve_dir(opts_.metrics_dir), name_, backing_path, opts_.overlay, opts_.cache,
+                          readonly_};
+    metrics_ = LunMetrics::create(id);
+    runner_->set_metrics(metrics_.get());
+}
+
 int Lun::fd() const { return overlay_ ? overlay_->golden_fd() : fd_.get(); }
 
 void Lun::close() {
     if (runner_) runner_->drain();
     runner_.reset();
+    metrics_.reset();  // unlinks the file: the LUN is gone
     cache_.reset();
     overlay_.reset();
     write_fd_.reset();

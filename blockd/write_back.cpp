@@ -160,11 +160,13 @@ void CommandRunner::cache_commit_step(Task& t) {
     }
     t.commit_stage = 0;
     m.commit_done(t.ticket);
+    if (metrics_) metrics::add(metrics_->counters().cache_commits, 1);
     cache_changed();
     advance(t);
 }
 
 void CommandRunner::cache_changed() {
+    if (metrics_) publish_cache_counts();
     if (!commit_waiters_.empty() && !cache_->map().commit_in_progress()) {
         std::vector<uint32_t> waiting;
         waiting.swap(commit_waiters_);
@@ -327,6 +329,7 @@ void CommandRunner::flush_step(Task& t) {
             return advance(t);
         case 6:
             m.flush_done(t.batch);
+            if (metrics_) metrics::add(metrics_->counters().cache_flush_bytes, t.batch.blocks * bs);
             t.batch = {};
             [[fallthrough]];
         case 5: {  // FREE entries of flushed and superseded slots

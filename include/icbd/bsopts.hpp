@@ -28,6 +28,9 @@ struct LunOptions {
     // After this long without a command, commit the cache and write all of it
     // back (0: only under pressure and at close). docs/write-back-cache.md.
     uint32_t cache_idle_ms = 1000;
+    // Directory of the LUN's metrics file (docs/metrics.md); "" = $ICBD_METRICS_DIR
+    // or /run/icbd/luns, "off" = none.
+    std::string metrics_dir;
 };
 
 // Status codes: EINVAL for a bad value, ENOENT for an unknown option name.

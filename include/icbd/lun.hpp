@@ -53,6 +53,7 @@ struct LunHost {
 };
 
 class CommandRunner;
+class LunMetrics;
 class OverlayMap;
 class WriteBackCache;
 
@@ -92,6 +93,8 @@ private:
     // With a cache configured: opens it for the device below (the file or
     // the overlay just opened); then makes the command runner.
     Status open_cache(const std::string& device_id, uint64_t size);
+    // The LUN's metrics file (docs/metrics.md); none when it cannot be made.
+    void attach_metrics(const std::string& backing_path);
     Lun(const LunOptions& opts, const LunHost& host, std::unique_ptr<IoEngine> engine);
     LunOptions opts_;
     LunHost host_;
@@ -103,6 +106,8 @@ private:
     bool readonly_ = false;
     std::unique_ptr<CommandRunner> runner_;
     UniqueFd timer_fd_;
+    std::string name_;
+    std::unique_ptr<LunMetrics> metrics_;  // outlives runner_, which writes to it
 };
 
 }  // namespace icbd
