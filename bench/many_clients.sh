@@ -21,6 +21,12 @@
 #     --keep             keep the work directory (tgtd log, per-client load
 #                        outputs, timings); the filesystem, loop device and
 #                        tgtd are always removed
+#     --via-blockd       the product path instead of tgtadm by hand (below)
+#     --parallel-adds K  with --via-blockd: after the sequential rounds, add
+#                        (and remove) all N again from K blockctl callers at
+#                        once (default 2; 0 skips it)
+#     --idle S           with --via-blockd: seconds over which blockd's and
+#                        tgtd's idle CPU is measured (default 30)
 #
 # Layout as blockd makes it (docs/image-layout.md, ../shared/DESIGN.md "Node
 # daemon"): a fresh BTRFS on a loop device, the golden file
@@ -45,6 +51,23 @@
 # the time to export all of them again over the existing overlays and caches
 # (recovered, not formatted: what blockd does when tgtd restarts).
 #
+# With --via-blockd: a master blockd and one replica blockd (the replica with
+# this private tgtd), each repository a BTRFS on its own loop device
+# (scripts/lib/blockd.sh); the golden image (--image-size of random data) is
+# `blockctl image import`ed on the master and pushed to the replica; then on
+# the replica, one after the other as an operator script would,
+# `blockctl client add pcNNN --image img --initiator
+# iqn.2024-01.org.icbd.client:pcNNN` (tgt.iqn_prefix makes the targets the
+# same names as above). Measured: each add's wall time (blockctl included),
+# blockd's and tgtd's VmRSS, descriptors and threads before and after (from
+# /proc), where the time of 10 more adds and removes goes (strace of blockd:
+# each tgtadm it runs, each fsync/fdatasync), `blockctl client list --json`
+# with N clients, blockd's and tgtd's CPU while idle over --idle seconds (the
+# reconcile passes every 2 s), the same two storms, then version 2 committed
+# on the master, pushed and promoted, and the time until every session-less
+# client serves it (polling `client list --json`), then the removal of all N;
+# then all N added and removed again from --parallel-adds callers at once.
+#
 # Figures are figures: the exit status is 0 unless setup failed or a reader
 # failed (SCSI error, lost session), which is a bug to look at.
 set -uo pipefail
@@ -62,6 +85,9 @@ nofile=""
 dir=/var/tmp
 out=""
 keep=0
+via_blockd=0
+parallel_adds=2
+idle_s=30
 
 die() { echo "many_clients: $*" >&2; exit 2; }
 log() { echo "many_clients: $*" >&2; }
@@ -78,6 +104,9 @@ while [ $# -gt 0 ]; do
     --dir) need_arg "$@"; dir=$2; shift 2 ;;
     --out) need_arg "$@"; out=$2; shift 2 ;;
     --keep) keep=1; shift ;;
+    --via-blockd) via_blockd=1; shift ;;
+    --parallel-adds) need_arg "$@"; parallel_adds=$2; shift 2 ;;
+    --idle) need_arg "$@"; idle_s=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -uo/{/^set -uo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
@@ -92,6 +121,9 @@ boot_mib=$(mib_of "$boot")
 [ "$boot_mib" -le "$image_mib" ] || die "--boot $boot is larger than the image ($image_size)"
 [[ "$seconds" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--seconds must be a number, not '$seconds'"
 [ -z "$nofile" ] || [[ "$nofile" =~ ^[1-9][0-9]*$ ]] || die "--nofile must be a positive number, not '$nofile'"
+[[ "$parallel_adds" =~ ^[0-9]+$ ]] && [ "$parallel_adds" -le 16 ] || die "--parallel-adds must be 0 to 16, not '$parallel_adds'"
+[[ "$idle_s" =~ ^[1-9][0-9]*$ ]] || die "--idle must be a whole number of seconds, not '$idle_s'"
+[ "$via_blockd" = 0 ] || [ -z "$nofile" ] || die "--nofile is not available with --via-blockd"
 [ "$(id -u)" -eq 0 ] || die "needs root (tgtd, loop devices)"
 build=$(cd "$build" 2>/dev/null && pwd) || die "build dir not found (build first: cmake --preset release && cmake --build --preset release --target icbd-iscsi-load bs_icbd icbd_tgt_preload icbd-overlay)"
 load="$build/bench/icbd-iscsi-load"
@@ -115,6 +147,10 @@ fs_img=""
 loopdev=""
 mnt=""
 pids=()
+blockd_pids=()  # --via-blockd: the blockd processes, loop devices, mounts and work dir on --dir
+b_loops=()
+b_mounts=()
+bwork=""
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
   local rc=$?
@@ -122,7 +158,11 @@ cleanup() {
   local p
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+  for p in "${blockd_pids[@]}"; do blockd_stop "$p"; done
   if [ -n "$TGTD_PID" ]; then tgtd_stop >/dev/null 2>&1 || true; fi
+  for p in "${b_mounts[@]}"; do if mountpoint -q "$p"; then umount "$p" || umount -l "$p"; fi; done
+  for p in "${b_loops[@]}"; do losetup -d "$p" 2>/dev/null; done
+  [ -n "$bwork" ] && rm -rf "$bwork"
   if [ -n "$mnt" ] && mountpoint -q "$mnt"; then umount "$mnt" || umount -l "$mnt"; fi
   [ -n "$loopdev" ] && losetup -d "$loopdev" 2>/dev/null
   [ -n "$fs_img" ] && rm -f "$fs_img"
@@ -134,6 +174,84 @@ trap 'echo "many_clients: interrupted" >&2; exit 130' INT TERM
 
 now() { echo "$EPOCHREALTIME"; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", b - a}'; }
+
+# --- what is measured in tgtd (and blockd) -----------------------------------------
+# tgtd's (or PID's) VmRSS in KiB, threads, open descriptors
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/${1:-$TGTD_PID}/status"; }
+threads() { awk '/^Threads:/ {print $2}' "/proc/${1:-$TGTD_PID}/status"; }
+nfds() { find "/proc/${1:-$TGTD_PID}/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
+# Descriptors by kind: what each LUN holds (overlay, cache, io_uring, eventfd,
+# timerfd), the shared golden file, and the rest (sockets, epoll, tgtd's own).
+fd_kinds() {
+  local f
+  for f in "/proc/$TGTD_PID"/fd/*; do readlink "$f"; done 2>/dev/null | awk '
+    /\.ovl$/ {k["overlay"]++; next} /\.cache$/ {k["cache"]++; next} /disk\.raw$/ {k["golden"]++; next}
+    /io_uring/ {k["io_uring"]++; next} /aio/ {k["aio"]++; next} /eventfd/ {k["eventfd"]++; next}
+    /timerfd/ {k["timerfd"]++; next} /^socket:/ {k["socket"]++; next} {k["other"]++}
+    END {for (n in k) printf "%s %d, ", n, k[n]}' | sed 's/, $//'
+}
+name_of() { printf 'pc%03d' "$1"; }
+clk_tck=$(getconf CLK_TCK)
+tgtd_cpu_ticks() {  # utime + stime of tgtd (or PID; all its threads)
+  local stat
+  stat=$(cat "/proc/${1:-$TGTD_PID}/stat" 2>/dev/null) || { echo 0; return; }
+  stat=${stat##*) }
+  # shellcheck disable=SC2086  # split into fields on purpose
+  set -- $stat
+  echo $(( ${12} + ${13} ))
+}
+running() {  # how many background jobs other than tgtd and blockd still run (the readers)
+  local p c=0
+  for p in $(jobs -rp); do
+    case " $TGTD_PID ${blockd_pids[*]} " in *" $p "*) ;; *) c=$((c + 1)) ;; esac
+  done
+  echo "$c"
+}
+# One storm: every desktop's reader starts at once. Sets storm_failed, the
+# wall time from launch to the last exit, tgtd's CPU over it, and the sample
+# with the most tgtd descriptors (most sessions logged in at once: each one
+# is a socket), taken every half second.
+storm() {  # name bs pattern
+  local name=$1 bs=$2 pattern=$3 i n p rc f cpu0 a bcpu0=0
+  storm_failed=0; storm_fds=0; storm_thr=0; storm_rss=0; storm_bcpu=0
+  cpu0=$(tgtd_cpu_ticks)
+  [ -z "${replica_pid:-}" ] || bcpu0=$(tgtd_cpu_ticks "$replica_pid")
+  a=$(now)
+  pids=()
+  for i in $(seq "$created"); do
+    n=$(name_of "$i")
+    "$load" --url "iscsi://127.0.0.1:$TGTD_PORT/iqn.2024-01.org.icbd:$n/1" --initiator "iqn.2024-01.org.icbd.client:$n" \
+      --rw read --pattern "$pattern" --bs "$bs" --qd 1 --span "${boot_mib}M" --seconds "$seconds" --seed "$i" --json \
+      >"$work/$name-$n.json" 2>"$work/$name-$n.err" &
+    pids+=($!)
+  done
+  while [ "$(running)" -gt 0 ]; do
+    f=$(nfds)
+    if [ "$f" -gt "$storm_fds" ]; then storm_fds=$f; storm_thr=$(threads); storm_rss=$(rss_kib); fi
+    sleep 0.5
+  done
+  i=0
+  for p in "${pids[@]}"; do
+    i=$((i + 1))
+    wait "$p"; rc=$?
+    if [ $rc -ne 0 ]; then
+      storm_failed=$((storm_failed + 1))
+      log "storm $name: reader of $(name_of "$i") failed (rc $rc): $(tail -1 "$work/$name-$(name_of "$i").err")"
+    fi
+  done
+  storm_wall=$(elapsed "$a" "$(now)")
+  storm_cpu=$(awk -v d=$(( $(tgtd_cpu_ticks) - cpu0 )) -v hz="$clk_tck" 'BEGIN{printf "%.2f", d / hz}')
+  [ -z "${replica_pid:-}" ] ||
+    storm_bcpu=$(awk -v d=$(( $(tgtd_cpu_ticks "$replica_pid") - bcpu0 )) -v hz="$clk_tck" 'BEGIN{printf "%.2f", d / hz}')
+  pids=()
+}
+
+# shellcheck source=bench/many_clients_blockd.sh
+[ "$via_blockd" = 0 ] || source "$here/many_clients_blockd.sh"
+if [ "$via_blockd" = 1 ]; then
+  via_blockd_main
+  exit $?
+fi
 
 # --- BTRFS with the golden image ---------------------------------------------------
 fs_img=$(mktemp "$dir/icbd-manyclients-btrfs.XXXXXX.img") || die "cannot create a file in $dir"
@@ -166,23 +284,9 @@ fi
 nofile_soft=$(awk '/^Max open files/ {print $4}' "/proc/$TGTD_PID/limits")
 log "tgtd pid $TGTD_PID, portal 127.0.0.1:$TGTD_PORT, control port $TGTD_CTL, RLIMIT_NOFILE $nofile_soft"
 
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$TGTD_PID/status"; }
-threads() { awk '/^Threads:/ {print $2}' "/proc/$TGTD_PID/status"; }
-nfds() { find "/proc/$TGTD_PID/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
-# Descriptors by kind: what each LUN holds (overlay, cache, io_uring, eventfd,
-# timerfd), the shared golden file, and the rest (sockets, epoll, tgtd's own).
-fd_kinds() {
-  local f
-  for f in "/proc/$TGTD_PID"/fd/*; do readlink "$f"; done 2>/dev/null | awk '
-    /\.ovl$/ {k["overlay"]++; next} /\.cache$/ {k["cache"]++; next} /disk\.raw$/ {k["golden"]++; next}
-    /io_uring/ {k["io_uring"]++; next} /aio/ {k["aio"]++; next} /eventfd/ {k["eventfd"]++; next}
-    /timerfd/ {k["timerfd"]++; next} /^socket:/ {k["socket"]++; next} {k["other"]++}
-    END {for (n in k) printf "%s %d, ", n, k[n]}' | sed 's/, $//'
-}
 rss0=$(rss_kib); fds0=$(nfds); thr0=$(threads); kinds0=$(fd_kinds)
 
 # --- desktops -----------------------------------------------------------------------
-name_of() { printf 'pc%03d' "$1"; }
 t0=$(now)
 for i in $(seq "$clients"); do
   n=$(name_of "$i")
@@ -225,55 +329,6 @@ rss1=$(rss_kib); fds1=$(nfds); thr1=$(threads); kinds1=$(fd_kinds)
 log "$created desktops exported in $(elapsed "$t0" "$t_created") s; tgtd RSS $((rss1 / 1024)) MiB, $fds1 descriptors, $thr1 threads"
 
 # --- read storms ----------------------------------------------------------------------
-clk_tck=$(getconf CLK_TCK)
-tgtd_cpu_ticks() {  # utime + stime of tgtd (all its threads)
-  local stat
-  stat=$(cat "/proc/$TGTD_PID/stat" 2>/dev/null) || { echo 0; return; }
-  stat=${stat##*) }
-  # shellcheck disable=SC2086  # split into fields on purpose
-  set -- $stat
-  echo $(( ${12} + ${13} ))
-}
-running() {  # how many background jobs other than tgtd still run (the readers)
-  local p c=0
-  for p in $(jobs -rp); do [ "$p" = "$TGTD_PID" ] || c=$((c + 1)); done
-  echo "$c"
-}
-# One storm: every desktop's reader starts at once. Sets storm_failed, the
-# wall time from launch to the last exit, tgtd's CPU over it, and the sample
-# with the most tgtd descriptors (most sessions logged in at once: each one
-# is a socket), taken every half second.
-storm() {  # name bs pattern
-  local name=$1 bs=$2 pattern=$3 i n p rc f cpu0 a
-  storm_failed=0; storm_fds=0; storm_thr=0; storm_rss=0
-  cpu0=$(tgtd_cpu_ticks)
-  a=$(now)
-  pids=()
-  for i in $(seq "$created"); do
-    n=$(name_of "$i")
-    "$load" --url "iscsi://127.0.0.1:$TGTD_PORT/iqn.2024-01.org.icbd:$n/1" --initiator "iqn.2024-01.org.icbd.client:$n" \
-      --rw read --pattern "$pattern" --bs "$bs" --qd 1 --span "${boot_mib}M" --seconds "$seconds" --seed "$i" --json \
-      >"$work/$name-$n.json" 2>"$work/$name-$n.err" &
-    pids+=($!)
-  done
-  while [ "$(running)" -gt 0 ]; do
-    f=$(nfds)
-    if [ "$f" -gt "$storm_fds" ]; then storm_fds=$f; storm_thr=$(threads); storm_rss=$(rss_kib); fi
-    sleep 0.5
-  done
-  i=0
-  for p in "${pids[@]}"; do
-    i=$((i + 1))
-    wait "$p"; rc=$?
-    if [ $rc -ne 0 ]; then
-      storm_failed=$((storm_failed + 1))
-      log "storm $name: reader of $(name_of "$i") failed (rc $rc): $(tail -1 "$work/$name-$(name_of "$i").err")"
-    fi
-  done
-  storm_wall=$(elapsed "$a" "$(now)")
-  storm_cpu=$(awk -v d=$(( $(tgtd_cpu_ticks) - cpu0 )) -v hz="$clk_tck" 'BEGIN{printf "%.2f", d / hz}')
-  pids=()
-}
 failures=0
 storm_rows="$work/storms.tsv"
 : >"$storm_rows"
