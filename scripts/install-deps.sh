@@ -28,7 +28,7 @@ PKGS=(
   libgtest-dev libgmock-dev libbenchmark-dev
   btrfs-progs libbtrfsutil-dev
   tgt libiscsi-dev libiscsi-bin
-  libsqlite3-dev libtomlplusplus-dev nlohmann-json3-dev libcli11-dev libsystemd-dev
+  libsqlite3-dev libtomlplusplus-dev nlohmann-json3-dev libcli11-dev libsystemd-dev libcpp-httplib-dev prometheus
   e2fsprogs util-linux procps rsync zstd openssl python3 iproute2
 )
 
