@@ -22,6 +22,7 @@
 #include "icbd/endian.hpp"
 #include "icbd/file_io.hpp"
 #include "icbd/replicator/image_path.hpp"
+#include "icbd/replicator/tree_copy.hpp"
 
 namespace icbd::repl {
 namespace fs = std::filesystem;
@@ -127,86 +128,6 @@ fs::path tree_path_of(const fs::path& image_dir, uint64_t version, uint64_t base
 fs::path tmp_of(const fs::path& tree) { return fs::path(tree.string() + ".tmp"); }
 
 // ---- tree copy, for filesystems without snapshots ----------------------------
-
-Status copy_attrs(int fd, const struct stat& st, const std::string& where) {
-    if (::fchown(fd, st.st_uid, st.st_gid) < 0) return Status::from_errno(errno, where + ": chown");
-    if (::fchmod(fd, st.st_mode & 07777) < 0) return Status::from_errno(errno, where + ": chmod");
-    timespec ts[2] = {st.st_atim, st.st_mtim};
-    if (::futimens(fd, ts) < 0) return Status::from_errno(errno, where + ": set mtime");
-    return Status::ok();
-}
-
-// A reflink where the filesystem has them, else a copy of the data segments
-// only, so holes stay holes.
-Status copy_file_data(int src, int dst, uint64_t size, const std::string& where) {
-    if (::ioctl(dst, FICLONE, src) == 0) return Status::ok();
-    if (::ftruncate(dst, static_cast<off_t>(size)) < 0) return sys_error(errno, where, "truncate");
-    auto segs = detail::data_segments(src, size, where);
-    if (!segs) return segs.status();
-    for (const auto& r : *segs) {
-        loff_t in = static_cast<loff_t>(r.offset), out = static_cast<loff_t>(r.offset);
-        uint64_t left = r.length;
-        while (left) {
-            ssize_t n = ::copy_file_range(src, &in, dst, &out, left, 0);
-            if (n < 0) {
-                if (errno == EINTR) continue;
-                return sys_error(errno, where, "copy at offset " + std::to_string(in));
-            }
-            if (n == 0) return Status::error(EIO, where + ": source shrank during the copy");
-            left -= static_cast<uint64_t>(n);
-        }
-    }
-    return Status::ok();
-}
-
-Status copy_tree(int src_dir, int dst_dir, const fs::path& src_path, const std::string& what) {
-    int dup = ::fcntl(src_dir, F_DUPFD_CLOEXEC, 0);
-    if (dup < 0) return sys_error(errno, what, "dup");
-    std::unique_ptr<DIR, DirCloser> d(::fdopendir(dup));
-    if (!d) {
-        ::close(dup);
-        return sys_error(errno, what, "opendir " + q(src_path));
-    }
-    errno = 0;
-    while (dirent* de = ::readdir(d.get())) {
-        std::string name = de->d_name;
-        if (name == "." || name == "..") continue;
-        std::string where = what + ": copy " + q(src_path / name);
-        struct stat st;
-        if (::fstatat(src_dir, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) < 0) return sys_error(errno, where, "stat");
-        if (S_ISDIR(st.st_mode)) {
-            if (::mkdirat(dst_dir, name.c_str(), 0700) < 0) return sys_error(errno, where, "mkdir");
-            UniqueFd s(::openat(src_dir, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-            UniqueFd t(::openat(dst_dir, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-            if (!s.valid() || !t.valid()) return sys_error(errno, where, "open");
-            if (Status r = copy_tree(s.get(), t.get(), src_path / name, what); !r) return r;
-            if (Status r = copy_attrs(t.get(), st, where); !r) return r;  // after the children changed it
-        } else if (S_ISREG(st.st_mode)) {
-            UniqueFd s(::openat(src_dir, name.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
-            if (!s.valid()) return sys_error(errno, where, "open");
-            UniqueFd t(::openat(dst_dir, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
-            if (!t.valid()) return sys_error(errno, where, "create");
-            if (Status r = copy_file_data(s.get(), t.get(), static_cast<uint64_t>(st.st_size), where); !r) return r;
-            if (Status r = copy_attrs(t.get(), st, where); !r) return r;
-        } else if (S_ISLNK(st.st_mode)) {
-            std::string target(static_cast<size_t>(st.st_size) + 1, '\0');
-            ssize_t n = ::readlinkat(src_dir, name.c_str(), target.data(), target.size());
-            if (n < 0) return sys_error(errno, where, "readlink");
-            target.resize(static_cast<size_t>(n));
-            if (::symlinkat(target.c_str(), dst_dir, name.c_str()) < 0) return sys_error(errno, where, "symlink");
-            if (::fchownat(dst_dir, name.c_str(), st.st_uid, st.st_gid, AT_SYMLINK_NOFOLLOW) < 0)
-                return sys_error(errno, where, "chown");
-            timespec ts[2] = {st.st_atim, st.st_mtim};
-            if (::utimensat(dst_dir, name.c_str(), ts, AT_SYMLINK_NOFOLLOW) < 0)
-                return sys_error(errno, where, "set mtime");
-        } else {
-            return Status::error(ENOTSUP, where + ": a FIFO, socket or device node cannot be part of an image");
-        }
-        errno = 0;
-    }
-    if (errno) return sys_error(errno, what, "readdir " + q(src_path));
-    return Status::ok();
-}
 
 // Removes a tree: a subvolume by deletion (cheap, space back via the cleaner),
 // else recursively. Missing is fine.

@@ -81,6 +81,23 @@ uint64_t commit_edit(const BlockdNode& master, const std::string& image, unsigne
     return v["version"].get<uint64_t>();
 }
 
+// Logs in as an initiator would while an export comes back: retrying for a
+// while. Null if it never succeeds.
+std::unique_ptr<IscsiClient> login_eventually(const std::string& url) {
+    std::unique_ptr<IscsiClient> session;
+    eventually(
+        [&] {
+            try {
+                session = std::make_unique<IscsiClient>(url);
+                return true;
+            } catch (const std::exception&) {
+                return false;
+            }
+        },
+        std::chrono::seconds(20));
+    return session;
+}
+
 class SystemTest : public ::testing::Test {
 protected:
     void SetUp() override {
@@ -248,19 +265,9 @@ TEST_F(SystemTest, ClientFollowsItsChannelOnlyBetweenSessions) {
                            std::chrono::seconds(30)))
         << r1.ctl({"client", "show", "pc01"}).output << r1.log();
     {
-        // The record changes before the export is back (ACL bound last): log
-        // in as an initiator would, retrying for a while.
-        std::unique_ptr<IscsiClient> session;
-        ASSERT_TRUE(eventually(
-            [&] {
-                try {
-                    session = std::make_unique<IscsiClient>(url);
-                    return true;
-                } catch (const std::exception&) {
-                    return false;
-                }
-            },
-            std::chrono::seconds(20)));
+        // The record changes before the export is back (ACL bound last).
+        auto session = login_eventually(url);
+        ASSERT_TRUE(session);
         IscsiClient& c = *session;
         auto r = c.read16(0, 2048);
         ASSERT_TRUE(r.good());
@@ -489,18 +496,8 @@ TEST_F(SystemTest, TgtdRestartedUnderBlockdIsRepaired) {
     ASSERT_TRUE(eventually([&] { return r1.ctl_ok({"client", "show", "pc01"})["exported"] == true; },
                            std::chrono::seconds(20)))
         << r1.log();
-    std::unique_ptr<IscsiClient> session;
-    ASSERT_TRUE(eventually(
-        [&] {
-            try {
-                session = std::make_unique<IscsiClient>("iscsi://127.0.0.1:" + std::to_string(r1.tgtd()->port()) +
-                                                        "/" + target + "/1");
-                return true;
-            } catch (const std::exception&) {
-                return false;
-            }
-        },
-        std::chrono::seconds(20)));
+    auto session = login_eventually("iscsi://127.0.0.1:" + std::to_string(r1.tgtd()->port()) + "/" + target + "/1");
+    ASSERT_TRUE(session);
     auto r = session->read16(64, 8);
     ASSERT_TRUE(r.good()) << r.error;
     EXPECT_EQ(r.data, mine) << "the desktop's overlay survived the tgtd restart";
