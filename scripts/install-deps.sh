@@ -27,7 +27,7 @@ PKGS=(
   liburing-dev libaio-dev libssl-dev liblz4-dev libzstd-dev libxxhash-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   btrfs-progs libbtrfsutil-dev
-  tgt libiscsi-dev libiscsi-bin
+  tgt libiscsi-dev libiscsi-bin lintian
   libsqlite3-dev libtomlplusplus-dev nlohmann-json3-dev libcli11-dev libsystemd-dev libcpp-httplib-dev prometheus
   e2fsprogs util-linux procps rsync zstd openssl python3 iproute2
 )

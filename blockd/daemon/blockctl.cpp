@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "control_protocol.hpp"
+#include "icbd/build_version.hpp"
 
 #ifndef ICBD_VERSION
 #error "ICBD_VERSION (the project version) must be defined by the build"
@@ -519,7 +520,7 @@ int run(const std::string& socket, bool as_json, const Call& call) {
 
 int main(int argc, char** argv) {
     CLI::App app{"Manage the local blockd: images, replicas (nodes), clients, pushes.", "blockctl"};
-    app.set_version_flag("--version", ICBD_VERSION);
+    app.set_version_flag("--version", ICBD_VERSION_LINE("blockctl"));
     app.fallthrough();  // --socket and --json also after the command
     app.require_subcommand(1);
     std::string socket = "/run/icbd/blockd.sock";

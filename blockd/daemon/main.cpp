@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <icbd/build_version.hpp>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -33,7 +34,7 @@ int main(int argc, char** argv) {
     bool check_only = false;
     app.add_option("-c,--config", config_file, "configuration file (TOML)");
     app.add_flag("--check-config", check_only, "load and check the configuration, then exit");
-    app.set_version_flag("--version", std::string("blockd ") + ICBD_VERSION);
+    app.set_version_flag("--version", ICBD_VERSION_LINE("blockd"));
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

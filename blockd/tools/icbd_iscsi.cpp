@@ -7,6 +7,8 @@
 #include <iscsi/iscsi.h>
 #include <iscsi/scsi-lowlevel.h>
 
+#include <icbd/build_version.hpp>
+
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -119,6 +121,7 @@ uint64_t number(const char* opt, const char* v) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    if (argc == 2 && std::string(argv[1]) == "--version") return std::puts(ICBD_VERSION_LINE("icbd-iscsi")) < 0;
     if (argc < 3) {
         std::fputs(kUsage, stderr);
         return 2;

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "icbd/build_version.hpp"
 #include "icbd/json.hpp"
 #include "icbd/overlay.hpp"
 #include "icbd/unique_fd.hpp"
@@ -31,6 +32,7 @@ int fail(const icbd::Status& s) {
 int main(int argc, char** argv) {
     std::vector<std::string> a(argv + 1, argv + argc);
     if (a.empty()) return usage();
+    if (a[0] == "--version") return std::puts(ICBD_VERSION_LINE("icbd-overlay")) < 0;
     if (a[0] == "create") {
         if (a.size() != 4 || a[1] != "--golden") return usage();
         icbd::UniqueFd g(::open(a[2].c_str(), O_RDONLY | O_CLOEXEC));
