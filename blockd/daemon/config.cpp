@@ -52,6 +52,7 @@ const std::vector<TableKeys>& schema() {
         {"subscribe", {"images"}},
         {"tgt", {"control_port", "iqn_prefix"}},
         {"clients", {"overlay_dir", "cache_dir", "cache_size", "default_channel", "reconcile_interval"}},
+        {"metrics", {"listen", "dir"}},
     };
     return s;
 }
@@ -441,6 +442,21 @@ bool is_iqn_prefix(std::string_view s) {
     return s.back() != '.' && s.back() != ':' && s.back() != '-';
 }
 
+// [metrics]: where /metrics listens ("" or "off": nowhere) and which LUN files it reads.
+Status read_metrics(const Reader& r, NodeConfig& c) {
+    if (Status s = take(r.string("metrics.listen"), c.metrics_listen); !s) return s;
+    if (c.metrics_listen == "off") c.metrics_listen.clear();
+    if (!c.metrics_listen.empty()) {
+        auto hp = repl::parse_host_port(c.metrics_listen);
+        if (!hp) return r.fail("metrics.listen", hp.status().message() + " (\"off\" disables /metrics)");
+        c.metrics_listen = hp->text();
+    }
+    std::optional<fs::path> dir;
+    if (Status s = take(r.absolute_path("metrics.dir"), dir); !s) return s;
+    if (dir) c.metrics_dir = *dir;
+    return Status::ok();
+}
+
 Status read_tgt(const Reader& r, NodeConfig& c) {
     std::optional<int64_t> port;
     if (Status s = take(r.integer("tgt.control_port", 0, 65535), port); !s) return s;
@@ -508,6 +524,7 @@ Result<NodeConfig> parse_config(const std::string& text, const std::string& name
     if (Status s = read_subscribe(r, c); !s) return s;
     if (Status s = read_tgt(r, c); !s) return s;
     if (Status s = read_clients(r, c); !s) return s;
+    if (Status s = read_metrics(r, c); !s) return s;
     return c;
 }
 

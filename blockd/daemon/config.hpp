@@ -63,6 +63,10 @@ struct NodeConfig {
     std::string default_channel = "production";
     std::chrono::milliseconds reconcile_interval{2'000};  // client/tgtd reconciliation period
 
+    // Prometheus /metrics (docs/metrics.md): "host:port", "" = off; the per-LUN files it reads.
+    std::string metrics_listen = "127.0.0.1:9474";
+    std::filesystem::path metrics_dir = "/run/icbd/luns";
+
     std::filesystem::path source;  // the file this was read from (messages)
 };
 

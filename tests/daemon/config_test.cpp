@@ -531,5 +531,36 @@ TEST_F(ConfigTest, PathsNamesAndPatternsAreChecked) {
     expect_error(k, ": tgt.iqn_prefix: 'IQN.2026-12.org.icbd' is not an iSCSI name prefix");
 }
 
+// [metrics] (docs/metrics.md): /metrics on loopback unless told otherwise;
+// "" or "off" turns it off; the address and directory are checked like others.
+TEST_F(ConfigTest, MetricsListenDefaultsToLoopbackAndCanBeTurnedOff) {
+    NodeConfig c = parse_ok(master_keys());
+    EXPECT_EQ(c.metrics_listen, "127.0.0.1:9474");
+    EXPECT_EQ(c.metrics_dir, "/run/icbd/luns");
+
+    Keys k = replica_keys();
+    k["metrics.listen"] = quote("[::1]:9100");
+    k["metrics.dir"] = quote("/run/icbd/other/");
+    c = parse_ok(k);
+    EXPECT_EQ(c.metrics_listen, "[::1]:9100");
+    EXPECT_EQ(c.metrics_dir, "/run/icbd/other/");
+
+    for (const char* off : {"", "off"}) {
+        k = master_keys();
+        k["metrics.listen"] = quote(off);
+        EXPECT_EQ(parse_ok(k).metrics_listen, "") << "'" << off << "' disables /metrics";
+    }
+
+    k = master_keys();
+    k["metrics.listen"] = quote("9474");
+    expect_error(k, ": metrics.listen: '9474' is not HOST:PORT");
+    k = master_keys();
+    k["metrics.dir"] = quote("run/luns");
+    expect_error(k, ": metrics.dir: 'run/luns' is not an absolute path");
+    k = master_keys();
+    k["metrics.port"] = "9474";
+    expect_error(k, ": metrics.port: unknown key (known: listen, dir)");
+}
+
 }  // namespace
 }  // namespace icbd::node
