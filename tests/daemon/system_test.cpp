@@ -547,5 +547,62 @@ TEST_F(SystemTest, ReplicaKilledMidPushResumesFromItsCheckpoint) {
     EXPECT_LT(resumed_payload, 28ull << 20) << "the second push must resume after the checkpointed part";
 }
 
+// A cache server whose repository is full: the push fails with a clear
+// error in the push history, its desktop keeps being served, and once there
+// is room again the version arrives by itself.
+TEST_F(SystemTest, FullReplicaRepositoryFailsThePushClearlyAndKeepsServing) {
+    REQUIRE_SYSTEM();
+    BlockdNode master(BlockdNode::Role::master, "master", certs_->path());
+    master.set_extra_config(kFastKeepalive);
+    master.start();
+    BlockdNode r1(BlockdNode::Role::replica, "r1", certs_->path());
+    r1.set_master(master);
+    r1.start();
+    TempDir src("/var/tmp", "icbd-src-");
+    make_disk(src / "disk.raw", 16, 10);
+    master.ctl_ok({"image", "import", "img", "--from", (src / "disk.raw").string()});
+    ASSERT_TRUE(eventually([&] { return newest_on(master, "r1", "img") == 1; }, std::chrono::seconds(60)));
+    std::string iqn = "iqn.2026-01.org.icbd:test-initiator-" + std::to_string(getpid());
+    ASSERT_TRUE(eventually(
+        [&] { return r1.ctl({"client", "add", "pc01", "--image", "img", "--initiator", iqn}).exit_code == 0; },
+        std::chrono::seconds(20)));
+    std::string url = "iscsi://127.0.0.1:" + std::to_string(r1.tgtd()->port()) + "/" +
+                      r1.ctl_ok({"client", "show", "pc01"})["target"].get<std::string>() + "/1";
+
+    // Fill the replica's filesystem to the brim.
+    fs::path filler = r1.repository() / "filler";
+    run_command({"sync"});
+    auto space = fs::space(r1.repository());
+    run_checked({"fallocate", "-l", std::to_string(space.available), filler.string()});
+    for (int i = 0; i < 64; ++i) {  // BTRFS may still hand out a little; take it
+        if (run_command({"fallocate", "-l", "1M", (filler.string() + std::to_string(i))}).exit_code != 0) break;
+    }
+    EXPECT_EQ(commit_edit(master, "img", 2, 'q'), 2u);
+    ASSERT_TRUE(eventually(
+        [&] {
+            for (const json& p : master.ctl_ok({"push", "list"}))
+                if (p["replica"] == "r1" && p["version"] == 2 && p["finished_ms"] != 0 && p["ok"] == false)
+                    return true;
+            return false;
+        },
+        std::chrono::seconds(60)))
+        << master.ctl({"push", "list"}).output;
+    std::string why;
+    for (const json& p : master.ctl_ok({"push", "list"}))
+        if (p["replica"] == "r1" && p["version"] == 2 && p["ok"] == false) why = p["message"].get<std::string>();
+    EXPECT_NE(why.find("space"), std::string::npos) << why;
+    EXPECT_NE(why.find("img"), std::string::npos) << why;
+    {
+        IscsiClient c(url);
+        auto r = c.read16(0, 8);
+        EXPECT_TRUE(r.good()) << r.error;
+    }
+    // Room again: the scheduler retries by itself.
+    for (const auto& e : fs::directory_iterator(r1.repository()))
+        if (e.path().filename().string().rfind("filler", 0) == 0) fs::remove(e.path());
+    ASSERT_TRUE(eventually([&] { return newest_on(master, "r1", "img") == 2; }, std::chrono::seconds(90)))
+        << master.ctl({"push", "list"}).output;
+}
+
 }  // namespace
 }  // namespace icbd::test
