@@ -119,9 +119,11 @@ via_blockd_main() {
 
   # --- N desktops, one blockctl after the other ----------------------------------------
   log "client add: $clients desktops, one after the other"
+  b0=$(tgtd_cpu_ticks "$replica_pid"); t0c=$(tgtd_cpu_ticks)
   a=$EPOCHREALTIME
   clients_op add 1 "$clients" 1 "$work/add_s.txt"
   kv add_total_s "$(elapsed "$a" "$EPOCHREALTIME")"
+  kv add_cpu "$(cpu_s $(( $(tgtd_cpu_ticks "$replica_pid") - b0 ))) $(cpu_s $(( $(tgtd_cpu_ticks) - t0c )))"
   kv blockd_after "$(proc_row "$replica_pid")"; kv tgtd_after "$(proc_row "$TGTD_PID")"
   kv db_kib "$(du -sk "$R/state" | cut -f1)"
   log "$clients clients added; blockd $(proc_row "$replica_pid"), tgtd $(proc_row "$TGTD_PID") (RSS KiB, fds, threads)"
@@ -166,12 +168,16 @@ via_blockd_main() {
   strace_pid=$!
   sleep 10
   kill -INT "$strace_pid"; wait "$strace_pid" 2>/dev/null
-  # blockctl's own round trip: a call that asks blockd nothing costly.
-  : >"$work/status_s.txt"
+  # blockctl's own cost: starting it (--version), and a round trip (status,
+  # which runs one `tgtadm --op show --mode sys` in blockd).
+  : >"$work/status_s.txt"; : >"$work/version_s.txt"
   for i in 1 2 3 4 5; do
     a=$EPOCHREALTIME
     blockd_ctl "$R" status >/dev/null || die "blockctl status failed"
     elapsed "$a" "$EPOCHREALTIME" >>"$work/status_s.txt"; echo >>"$work/status_s.txt"
+    a=$EPOCHREALTIME
+    blockd_ctl "$R" --version >/dev/null || die "blockctl --version failed"
+    elapsed "$a" "$EPOCHREALTIME" >>"$work/version_s.txt"; echo >>"$work/version_s.txt"
   done
 
   # --- the storms --------------------------------------------------------------------------
@@ -220,9 +226,11 @@ via_blockd_main() {
 
   # --- removal of all N, then all N again from K callers at once ------------------------------
   log "client remove: $clients desktops, one after the other"
+  b0=$(tgtd_cpu_ticks "$replica_pid"); t0c=$(tgtd_cpu_ticks)
   a=$EPOCHREALTIME
   clients_op remove 1 "$clients" 1 "$work/remove_s.txt"
   kv remove_total_s "$(elapsed "$a" "$EPOCHREALTIME")"
+  kv remove_cpu "$(cpu_s $(( $(tgtd_cpu_ticks "$replica_pid") - b0 ))) $(cpu_s $(( $(tgtd_cpu_ticks) - t0c )))"
   kv blockd_removed "$(proc_row "$replica_pid")"; kv tgtd_removed "$(proc_row "$TGTD_PID")"
   if [ "$parallel_adds" -gt 0 ]; then
     log "client add and remove: $clients desktops from $parallel_adds callers at once"
@@ -273,6 +281,9 @@ print("|---|---:|")
 print(f"| `image import` on the master ({image_size}) / push of version 1 to the replica | {float(v['import_s']):.1f} s / {float(v['push1_s']):.1f} s |")
 print(f"| {n}x `blockctl client add`, one after the other | {float(v['add_total_s']):.1f} s = {float(v['add_total_s']) / n * 1000:.0f} ms per desktop |")
 print(f"| one add: median / p99 / max | {ms(q(add, 50))} / {ms(q(add, 99))} / {ms(add[-1])} ms |")
+if "add_cpu" in v:
+    c = v["add_cpu"].split()
+    print(f"| CPU during the {n} adds: blockd / tgtd | {c[0]} / {c[1]} s = {float(c[0]) / n * 1000:.0f} / {float(c[1]) / n * 1000:.0f} ms per add |")
 print(f"| one add: median of the first {k} / of the last {k} | {ms(statistics.median(add_in_order[:k]))} / {ms(statistics.median(add_in_order[-k:]))} ms |")
 for who in ("blockd", "tgtd"):
     b0, b1 = row(who + "_before"), row(who + "_after")
@@ -282,14 +293,14 @@ print(f"| blockd's state directory (SQLite, WAL) with {n} clients | {int(v['db_k
 lst = nums("list_s.txt"); show = nums("show_s.txt")
 print(f"| `blockctl client list --json` with {n} clients: median of 5 (min / max) | {ms(statistics.median(lst))} ms ({ms(lst[0])} / {ms(lst[-1])}); {int(v['list_bytes']) / 1024:.0f} KiB of JSON; {v['list_ok']} exported on version 1 |")
 print(f"| one `tgtadm --op show --mode target` with {n} targets: median of 5 | {ms(statistics.median(show))} ms, {int(v['show_bytes']) / 1024:.0f} KiB of text |")
-st = nums("status_s.txt")
-print(f"| `blockctl status` (blockctl's start and round trip): median of 5 | {ms(statistics.median(st))} ms |")
+st, ver = nums("status_s.txt"), nums("version_s.txt")
+print(f"| `blockctl --version` (starting blockctl) / `blockctl status` (a round trip; blockd runs one tgtadm): median of 5 | {ms(statistics.median(ver))} / {ms(statistics.median(st))} ms |")
 # reconcile passes while idle: the reconcile thread's two shows, paired
 ex, ends = [], {}
 for line in open(os.path.join(work, "strace-idle.txt")):
-    m = re.match(r"(\d+) (\d+\.\d+) (.*)", line)
+    m = re.match(r"(\d+)\s+(\d+\.\d+) (.*)", line)
     if not m: continue
-    if m.group(3).startswith("execve(") and '"show"' in m.group(3): ex.append((float(m.group(2)), m.group(1)))
+    if m.group(3).startswith("execve(") and '"--op", "show", "--mode", "target"' in m.group(3): ex.append((float(m.group(2)), m.group(1)))
     elif m.group(3).startswith("+++ exited"): ends[m.group(1)] = float(m.group(2))
 ex.sort()
 passes_w = [ends[p2] - t1 for (t1, p1), (t2, p2) in zip(ex[0::2], ex[1::2]) if p2 in ends and t2 - t1 < 1.5]
@@ -327,7 +338,8 @@ print(f"| `image promote img 2` until all {n} session-less desktops serve versio
       f"{first if first is not None else float('nan'):.1f} s); blockd / tgtd CPU {mv[2]} / {mv[3]} s; {v['moved_logged']} moves logged; "
       f"{v['before_promote_on2']} had moved before the promotion |")
 print(f"| {n}x `blockctl client remove`, one after the other | {float(v['remove_total_s']):.1f} s = {float(v['remove_total_s']) / n * 1000:.0f} ms per desktop; "
-      f"median / p99 {ms(q(rem, 50))} / {ms(q(rem, 99))} ms |")
+      f"median / p99 {ms(q(rem, 50))} / {ms(q(rem, 99))} ms" +
+      (f"; CPU blockd / tgtd {v['remove_cpu'].split()[0]} / {v['remove_cpu'].split()[1]} s" if "remove_cpu" in v else "") + " |")
 for who in ("blockd", "tgtd"):
     r = row(who + "_removed")
     print(f"| {who} after all removed: VmRSS / descriptors / threads | {r[0] / 1024:.1f} MiB / {r[1]} / {r[2]} |")
@@ -343,7 +355,7 @@ ta, tb, tc = (float(x) for x in v["traced"].split())
 execs, exits, fs = {}, {}, []
 pending = {}
 for line in open(os.path.join(work, "strace.txt")):
-    m = re.match(r"(\d+) (\d+\.\d+) (.*)", line)
+    m = re.match(r"(\d+)\s+(\d+\.\d+) (.*)", line)
     if not m: continue
     pid, ts, rest = m.group(1), float(m.group(2)), m.group(3)
     if rest.startswith("execve("):
