@@ -269,11 +269,18 @@ Status Node::open() {
                                         });
     if (!control) return control.status();
     control_ = std::move(*control);
+    if (!cfg_.metrics_listen.empty()) {
+        // Metrics are for watching, not serving: a port in use costs /metrics only.
+        auto metrics = MetricsServer::start(cfg_.metrics_listen, {cfg_.metrics_dir, cfg_.role, cfg_.name, store_.get(), {}});
+        if (metrics) metrics_ = std::move(*metrics);
+        else log(LogLevel::error, metrics.status().message() + "; /metrics is off ([metrics] listen in " + cfg_.source.string() + ")");
+    }
     return Status::ok();
 }
 
 void Node::stop() {
     // Stop taking requests first, then the loops that act on them.
+    if (metrics_) metrics_->stop();
     if (control_) control_->stop();
     if (link_) link_->stop();
     if (membership_) membership_->stop();

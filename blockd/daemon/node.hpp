@@ -18,6 +18,7 @@
 #include "icbd/replicator/receiver.hpp"
 #include "image_service.hpp"
 #include "membership.hpp"
+#include "metrics.hpp"
 #include "peer_server.hpp"
 #include "push_scheduler.hpp"
 #include "store.hpp"
@@ -69,6 +70,7 @@ private:
     std::thread receiver_thread_;
     std::unique_ptr<PeerServer> peer_;
     std::unique_ptr<ControlServer> control_;
+    std::unique_ptr<MetricsServer> metrics_;  // GET /metrics (docs/metrics.md)
     std::mutex catalog_mu_;
     Catalog replica_catalog_;  // replica: the master's catalog, as last heard
     std::mutex images_mu_;     // one repository operation at a time
