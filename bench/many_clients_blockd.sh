@@ -79,6 +79,7 @@ via_blockd_main() {
     die "cannot make the replica's BTRFS"
   b_loops+=("$dev"); b_mounts+=("$R/repo")
 
+  # shellcheck disable=SC2034  # read by tgtd_start
   TGTD_LOG="$work/tgtd.log"
   tgtd_start || die "tgtd did not start"
   local master_peer; master_peer=$(free_tcp_port)

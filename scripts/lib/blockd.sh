@@ -79,8 +79,8 @@ blockd_ctl() {  # DIR ARGS...
 }
 
 blockd_wait_for() {  # SECONDS WHAT CMD...
-  local t=$1 what=$2 i; shift 2
-  for i in $(seq $((t * 5))); do
+  local t=$1 what=$2 _; shift 2
+  for _ in $(seq $((t * 5))); do
     if "$@" >/dev/null 2>&1; then return 0; fi
     sleep 0.2
   done
@@ -92,6 +92,7 @@ blockd_start() {  # DIR
   local d=$1
   mkdir -p "$d/state" "$d/run" || return 1
   setsid "${ICBD_BUILD:?ICBD_BUILD not set}/blockd/daemon/blockd" --config "$d/blockd.toml" >>"$d/blockd.log" 2>&1 &
+  # shellcheck disable=SC2034  # for the caller
   BLOCKD_PID=$!
   if ! blockd_wait_for 20 "blockd on $d/blockd.toml" blockd_ctl "$d" status; then
     echo "blockd_start: last lines of $d/blockd.log:" >&2
@@ -101,10 +102,10 @@ blockd_start() {  # DIR
 }
 
 blockd_stop() {  # PID
-  local p=$1 i
+  local p=$1 _
   [ -n "$p" ] || return 0
   kill "$p" 2>/dev/null || return 0
-  for i in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
   if kill -0 "$p" 2>/dev/null; then
     echo "blockd_stop: blockd $p did not exit in 10 s; killing it" >&2
     kill -9 "$p" 2>/dev/null
