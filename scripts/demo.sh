@@ -24,14 +24,9 @@ stop_demo() {
   # shellcheck disable=SC1090
   . "$state"
   . "$src/scripts/lib/tgtd.sh"
+  . "$src/scripts/lib/blockd.sh"
   local p
-  for p in ${BLOCKD_PIDS:-}; do
-    if kill -0 "$p" 2>/dev/null; then kill "$p"; fi
-  done
-  for p in ${BLOCKD_PIDS:-}; do
-    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null || true
-  done
+  for p in ${BLOCKD_PIDS:-}; do blockd_stop "$p"; done
   for t in ${TGTDS:-}; do TGTD_PID=${t%:*} TGTD_CTL=${t#*:} tgtd_stop; done
   for m in ${MOUNTS:-}; do if mountpoint -q "$m"; then umount "$m"; fi; done
   for l in ${LOOPS:-}; do losetup -d "$l" 2>/dev/null || true; done
@@ -56,6 +51,7 @@ blockd=$ICBD_BUILD/blockd/daemon/blockd
 blockctl=$ICBD_BUILD/blockd/daemon/blockctl
 cli=$ICBD_BUILD/blockd/icbd-iscsi
 . scripts/lib/tgtd.sh
+. scripts/lib/blockd.sh
 
 WORK=$(mktemp -d /var/tmp/icbd-demo.XXXXXX)
 LOOPS= MOUNTS= TGTDS= BLOCKD_PIDS=
@@ -67,12 +63,8 @@ trap 'save_state; [ $keep = 1 ] || stop_demo' EXIT
 trap 'exit 130' INT TERM
 save_state
 
-ctl() { local node=$1; shift; "$blockctl" --socket "$WORK/$node/run/blockd.sock" "$@"; }
-wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
-  local t=$1 what=$2; shift 2
-  for _ in $(seq $((t * 5))); do if "$@" >/dev/null 2>&1; then return 0; fi; sleep 0.2; done
-  echo "demo: timed out waiting for: $what" >&2; return 1
-}
+ctl() { local node=$1; shift; blockd_ctl "$WORK/$node" "$@"; }
+wait_for() { blockd_wait_for "$@"; }
 newest_on() {  # newest_on REPLICA IMAGE -> the replica's newest version as the master sees it
   ctl master --json node list | python3 -c '
 import json, sys
@@ -86,57 +78,25 @@ state_is() { ctl master --json node show "$1" | python3 -c 'import json,sys; sys
 say "2. three servers on loopback: master, cache1, cache2 (each a BTRFS repository on a loop device)"
 scripts/make-certs.sh "$WORK/tls" master cache1 cache2 >/dev/null
 for n in master cache1 cache2; do
-  mkdir -p "$WORK/$n/repo" "$WORK/$n/state" "$WORK/$n/run"
-  truncate -s 1G "$WORK/$n.img"
-  l=$(losetup -f --show "$WORK/$n.img"); LOOPS="$LOOPS $l"; save_state
-  mkfs.btrfs -q "$l" >/dev/null
-  mount "$l" "$WORK/$n/repo"; MOUNTS="$MOUNTS $WORK/$n/repo"; save_state
+  l=$(blockd_repo_btrfs "$WORK/$n.img" 1G "$WORK/$n/repo"); LOOPS="$LOOPS $l"; MOUNTS="$MOUNTS $WORK/$n/repo"; save_state
   echo "$n: repository $WORK/$n/repo on $l (btrfs)"
 done
 master_peer=$(free_tcp_port)
-common() {  # common NAME ROLE PEER_PORT
-  cat <<TOML
-role = "$2"
-name = "$1"
-state_dir = "$WORK/$1/state"
-runtime_dir = "$WORK/$1/run"
-[repository]
-root = "$WORK/$1/repo"
-[tls]
-ca = "$WORK/tls/ca.crt"
-cert = "$WORK/tls/$1.crt"
-key = "$WORK/tls/$1.key"
-[peer]
-listen = "127.0.0.1:$3"
-[membership]
-keepalive_interval = "2s"
-keepalive_tries = 3
-TOML
-}
-common master master "$master_peer" >"$WORK/master/blockd.toml"
+metrics_port=$(free_tcp_port)
+{ blockd_master_toml "$WORK/master" master "$WORK/tls" "$master_peer"; printf '[metrics]\nlisten = "off"\n'; } \
+  >"$WORK/master/blockd.toml"
 for n in cache1 cache2; do
   TGTD_LOG=$WORK/$n/tgtd.log tgtd_start; TGTDS="$TGTDS $TGTD_PID:$TGTD_CTL"; save_state
   eval "${n}_PORTAL=$TGTD_PORT"
-  { common $n replica "$(free_tcp_port)"
-    cat <<TOML
-[replication]
-listen = "127.0.0.1:$(free_tcp_port)"
-[master]
-address = "127.0.0.1:$master_peer"
-name = "master"
-[tgt]
-control_port = $TGTD_CTL
-[clients]
-cache_dir = "$WORK/$n/repo/cache"
-cache_size = "64M"
-TOML
-  } >"$WORK/$n/blockd.toml"
+  # cache1 serves Prometheus metrics (its LUNs, with their clients) on loopback.
+  metrics=off; [ $n = cache1 ] && metrics=127.0.0.1:$metrics_port
+  { blockd_replica_toml "$WORK/$n" $n "$WORK/tls" "$(free_tcp_port)" "$(free_tcp_port)" "$master_peer" "$TGTD_CTL" 64M
+    printf '[metrics]\nlisten = "%s"\n' "$metrics"; } >"$WORK/$n/blockd.toml"
 done
 start_blockd() {
-  setsid "$blockd" --config "$WORK/$1/blockd.toml" >>"$WORK/$1/blockd.log" 2>&1 &
-  eval "${1}_PID=$!"; BLOCKD_PIDS="$BLOCKD_PIDS $!"; save_state
-  wait_for 20 "blockd $1" ctl "$1" status
-  echo "$1: blockd pid $! ($(ctl "$1" --json status | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])'))"
+  blockd_start "$WORK/$1"
+  eval "${1}_PID=$BLOCKD_PID"; BLOCKD_PIDS="$BLOCKD_PIDS $BLOCKD_PID"; save_state
+  echo "$1: blockd pid $BLOCKD_PID ($(ctl "$1" --json status | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])'))"
 }
 for n in master cache1 cache2; do start_blockd $n; done
 wait_for 20 "both cache servers registered" sh -c "[ \$(\"$blockctl\" --socket \"$WORK/master/run/blockd.sock\" --json node list | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))') = 2 ]"
@@ -192,6 +152,13 @@ if "$cli" capacity "$url" --initiator iqn.2026-12.org.example:intruder 2>/dev/nu
   echo "demo: an initiator not bound to pc01's target logged in" >&2; exit 1
 fi
 echo "another initiator name is refused (ACL)"
+echo "cache1's /metrics (Prometheus) for pc01's LUN:"
+python3 - "http://127.0.0.1:$metrics_port/metrics" <<'PY'
+import sys, urllib.request
+for line in urllib.request.urlopen(sys.argv[1]).read().decode().splitlines():
+    if line.startswith(("icbd_lun_commands_total", "icbd_lun_bytes_total")) and 'client="pc01"' in line:
+        print("  " + line)
+PY
 
 say "7. cache2 dies (kill -9); the master notices; a commit happens without it"
 kill -9 "$cache2_PID"; wait "$cache2_PID" 2>/dev/null || true
