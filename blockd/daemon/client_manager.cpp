@@ -506,26 +506,39 @@ Status ClientManager::remove_orphans(const std::vector<ClientRecord>& clients, c
 }
 
 Status ClientManager::reconcile() {
-    std::lock_guard op(op_mu_);
+    // One client at a time under the operation lock, not the whole pass: a
+    // roll-out to hundreds of desktops must not hold `client add` up until
+    // the last one has moved. What changed while we waited is left to the
+    // next pass.
     auto targets = tgt_.targets();
     if (!targets) return targets.status();
     auto clients = store_.clients();
     if (!clients) return clients.status();
     const Catalog catalog = catalog_();
     std::vector<std::string> failed;
-    for (ClientRecord& r : *clients) {
+    for (const ClientRecord& seen : *clients) {
+        std::lock_guard op(op_mu_);
+        auto fresh = store_.client(seen.name);
+        if (!fresh) return fresh.status();
+        if (!*fresh) continue;  // removed meanwhile
+        ClientRecord r = **fresh;
+        if (r.tid != seen.tid || r.state != seen.state || r.bound_version != seen.bound_version) continue;
         std::optional<TgtTarget> target = find_target(*targets, r.tid);
         if (Status s = reconcile_client(r, target, catalog); !s) {
             log(LogLevel::warning, "reconcile: " + s.message());
             failed.push_back(s.message());
         }
     }
-    // Fresh views: this pass removed records and changed targets.
-    auto now = store_.clients();
-    if (!now) return now.status();
-    targets = tgt_.targets();
-    if (!targets) return targets.status();
-    if (Status s = remove_orphans(*now, *targets); !s) failed.push_back(s.message());
+    {
+        // Orphans on fresh views, under the lock: a client being added owns
+        // a target before its record says ready.
+        std::lock_guard op(op_mu_);
+        auto now = store_.clients();
+        if (!now) return now.status();
+        auto fresh_targets = tgt_.targets();
+        if (!fresh_targets) return fresh_targets.status();
+        if (Status s = remove_orphans(*now, *fresh_targets); !s) failed.push_back(s.message());
+    }
     if (failed.empty()) return Status::ok();
     std::string msg = "reconcile: " + std::to_string(failed.size()) + " problem(s): " + failed.front();
     for (size_t i = 1; i < failed.size(); ++i) msg += "; " + failed[i];
