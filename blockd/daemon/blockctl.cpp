@@ -3,13 +3,17 @@
 // only parses the command line, checks pure syntax and renders the answer.
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
+#include <chrono>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
 #include <functional>
 #include <iostream>
+#include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -481,6 +485,87 @@ void add_push_commands(CLI::App& app, Inputs& in, std::vector<Leaf>& leaves) {
                       }});
 }
 
+// blockctl top: samples every LUN's counters (lun.stats) and prints, per
+// desktop, what happened in the last interval. A loop, not one call.
+struct TopOptions {
+    std::string interval = "1", count = "0";
+};
+
+int run_top(const std::string& socket, bool as_json, const TopOptions& o) {
+    auto interval = parse_number("--interval", o.interval, 1);
+    auto count = parse_number("--count", o.count, 0);
+    if (!interval || !count) {
+        std::cerr << "blockctl: " << (!interval ? interval.status() : count.status()).message() << "\n";
+        return kExitUsage;
+    }
+    bool tty = !as_json && ::isatty(STDOUT_FILENO);
+    std::map<std::string, json> before;
+    int64_t before_ms = 0;
+    for (uint64_t shown = 0; *count == 0 || shown < *count;) {
+        auto r = icbd::node::control_call(socket, "lun.stats", json::object());
+        if (!r) {
+            std::cerr << "blockctl: " << r.status().message() << "\n";
+            return kExitFailed;
+        }
+        int64_t at = i64(*r, "at_ms");
+        std::map<std::string, json> now;
+        for (const json& l : list(*r, "luns")) now[str(l, "device")] = l;
+        if (before_ms != 0) {
+            double secs = std::max(1e-3, double(at - before_ms) / 1000.0);
+            json sample = json::array();
+            std::vector<std::vector<std::string>> rows;
+            for (const auto& [dev, l] : now) {
+                auto b = before.find(dev);
+                auto delta = [&](const char* k) {
+                    uint64_t a = u64(l, k), z = b == before.end() ? 0 : u64(b->second, k);
+                    return a >= z ? a - z : a;  // a LUN re-created meanwhile starts again
+                };
+                uint64_t rc = delta("read_commands"), wc = delta("write_commands");
+                double lat_ms = (rc + wc) ? double(delta("read_latency_ns") + delta("write_latency_ns")) / 1e6 /
+                                                double(rc + wc)
+                                          : 0.0;
+                uint64_t total = u64(l, "cache_blocks_total");
+                json row{{"client", str(l, "client")},
+                         {"tid", i64(l, "tid")},
+                         {"device", dev},
+                         {"read_iops", double(rc) / secs},
+                         {"write_iops", double(wc) / secs},
+                         {"read_mib_s", double(delta("read_bytes")) / secs / 1048576.0},
+                         {"write_mib_s", double(delta("write_bytes")) / secs / 1048576.0},
+                         {"latency_ms", lat_ms},
+                         {"queue_depth", u64(l, "queue_depth")},
+                         {"cache_dirty_pct", total ? 100.0 * double(u64(l, "cache_blocks_dirty")) / double(total) : 0.0}};
+                sample.push_back(row);
+                auto f = [](double v, int prec) {
+                    char buf[32];
+                    std::snprintf(buf, sizeof buf, "%.*f", prec, v);
+                    return std::string(buf);
+                };
+                rows.push_back({row["client"].get<std::string>().empty() ? "-" : row["client"].get<std::string>(),
+                                std::to_string(i64(l, "tid")), f(row["read_iops"], 0), f(row["write_iops"], 0),
+                                f(row["read_mib_s"], 1), f(row["write_mib_s"], 1), f(lat_ms, 2),
+                                std::to_string(u64(l, "queue_depth")),
+                                total ? f(row["cache_dirty_pct"], 0) + "%" : "-"});
+            }
+            if (as_json) {
+                std::cout << json{{"at_ms", at}, {"seconds", secs}, {"luns", sample}}.dump() << "\n";
+            } else {
+                if (tty) std::cout << "\033[H\033[2J";
+                std::cout << "blockctl top: " << rows.size() << " LUN(s), every " << *interval << " s ("
+                          << str(*r, "dir") << ")\n";
+                print_table({"CLIENT", "TID", "R/S", "W/S", "R-MIB/S", "W-MIB/S", "LAT-MS", "QD", "DIRTY"}, rows);
+            }
+            std::cout.flush();
+            ++shown;
+            if (*count != 0 && shown >= *count) break;
+        }
+        before = std::move(now);
+        before_ms = at;
+        std::this_thread::sleep_for(std::chrono::seconds(*interval));
+    }
+    return kExitOk;
+}
+
 int usage_error(const std::string& msg) {
     std::cerr << "blockctl: " << msg << "\nRun with --help for more information.\n";
     return kExitUsage;
@@ -536,6 +621,10 @@ int main(int argc, char** argv) {
     add_node_commands(app, in, leaves);
     add_client_commands(app, in, leaves);
     add_push_commands(app, in, leaves);
+    TopOptions top;
+    CLI::App* top_cmd = app.add_subcommand("top", "Live I/O of every desktop's LUN on this node (rates per interval)");
+    top_cmd->add_option("--interval", top.interval, "Seconds between samples (default 1)");
+    top_cmd->add_option("--count", top.count, "Stop after N samples (default 0: until interrupted)");
 
     try {
         app.parse(argc, argv);
@@ -544,6 +633,7 @@ int main(int argc, char** argv) {
     } catch (const CLI::ParseError& e) {
         return usage_error(e.what());
     }
+    if (top_cmd->parsed()) return run_top(socket, as_json, top);
     for (const Leaf& leaf : leaves) {
         if (!leaf.app->parsed()) continue;
         auto call = leaf.build();

@@ -10,6 +10,7 @@
 #include <set>
 
 #include "icbd/log.hpp"
+#include "icbd/lun_metrics.hpp"
 #include "icbd/replicator/image_path.hpp"
 
 namespace icbd::node {
@@ -447,6 +448,7 @@ Result<json> Node::handle(const std::string& cmd, const json& args, const Progre
         return cmd_client(verb, args);
     }
     if (noun == "push") return cmd_push(verb, args);
+    if (cmd == "lun.stats") return cmd_lun_stats();
     return invalid("unknown command '" + cmd + "'");
 }
 
@@ -680,6 +682,41 @@ Result<json> Node::cmd_client(const std::string& verb, const json& args) {
         return json{{"name", *name}};
     }
     return invalid("unknown command 'client." + verb + "'");
+}
+
+// Every LUN's counters now (blockctl top samples this and shows rates).
+Result<json> Node::cmd_lun_stats() {
+    std::map<std::string, std::string> client_of;  // overlay or cache path -> client
+    if (auto cs = store_->clients()) {
+        for (const ClientRecord& c : *cs) {
+            client_of[c.overlay_path] = c.name;
+            if (!c.cache_path.empty()) client_of[c.cache_path] = c.name;
+        }
+    }
+    auto reading = metrics::read_lun_dir(cfg_.metrics_dir);
+    json luns = json::array();
+    for (const metrics::LunSnapshot& l : reading.luns) {
+        const metrics::LunCounters& c = l.counters;
+        std::string client;
+        for (const std::string* p : {&l.overlay_path, &l.cache_path})
+            if (auto it = client_of.find(*p); it != client_of.end()) client = it->second;
+        const auto& rd = c.dir[metrics::dir_read];
+        const auto& wr = c.dir[metrics::dir_write];
+        luns.push_back({{"tid", l.tid},
+                        {"lun", l.lun},
+                        {"client", client},
+                        {"device", l.identity()},
+                        {"read_commands", rd.commands},
+                        {"read_bytes", rd.bytes},
+                        {"read_latency_ns", rd.latency_sum_ns},
+                        {"write_commands", wr.commands},
+                        {"write_bytes", wr.bytes},
+                        {"write_latency_ns", wr.latency_sum_ns},
+                        {"queue_depth", c.queue_depth},
+                        {"cache_blocks_total", c.cache_blocks_total},
+                        {"cache_blocks_dirty", c.cache_blocks_dirty}});
+    }
+    return json{{"at_ms", now_ms()}, {"dir", cfg_.metrics_dir.string()}, {"luns", luns}};
 }
 
 Result<json> Node::cmd_push(const std::string& verb, const json& args) {

@@ -56,6 +56,7 @@ private:
     Result<nlohmann::json> cmd_node(const std::string& verb, const nlohmann::json& args);
     Result<nlohmann::json> cmd_client(const std::string& verb, const nlohmann::json& args);
     Result<nlohmann::json> cmd_push(const std::string& verb, const nlohmann::json& args);
+    Result<nlohmann::json> cmd_lun_stats();
 
     NodeConfig cfg_;
     std::unique_ptr<NodeStore> store_;

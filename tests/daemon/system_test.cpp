@@ -389,8 +389,20 @@ TEST_F(SystemTest, FullCacheDirectoryRefusesANewDesktopAndKeepsServingTheOthers)
     json pc01 = r1.ctl_ok({"client", "show", "pc01"});
     IscsiClient c("iscsi://127.0.0.1:" + std::to_string(r1.tgtd()->port()) + "/" + pc01["target"].get<std::string>() +
                   "/1");
-    auto r = c.read16(0, 8);
-    EXPECT_TRUE(r.good()) << r.error;
+    // `blockctl top` sees this desktop's reads as a rate.
+    CtlResult top;
+    std::thread sampler([&] { top = r1.ctl({"top", "--interval", "2", "--count", "1"}); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    for (int i = 0; i < 50; ++i) {
+        auto r = c.read16(uint64_t(i) * 8, 8);
+        EXPECT_TRUE(r.good()) << r.error;
+    }
+    sampler.join();
+    ASSERT_EQ(top.exit_code, 0) << top.output;
+    double read_iops = 0;
+    for (const json& l : top.json["luns"])
+        if (l["client"] == "pc01") read_iops = l["read_iops"].get<double>();
+    EXPECT_GT(read_iops, 10.0) << top.output;
     r1.ctl_ok({"client", "remove", "pc01", "--force"});
 }
 
