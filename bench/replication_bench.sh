@@ -16,7 +16,8 @@
 #                    own replica (default "zstd"); the first is the one held
 #                    against the targets and used for fan-out; e.g. "zstd lz4
 #                    none" shows what compression costs in wall time, and
-#                    "zstd zstd:5" a zstd level (push --compress-level)
+#                    "zstd zstd:5" a zstd level (push --compress-level),
+#                    "auto zstd" the adaptive setting against zstd 3
 #     --runs N       measure every method but rsync N times per update and
 #                    report the median wall time, the runs in brackets
 #                    (default 1); between runs the new version is deleted on
@@ -112,8 +113,8 @@ read -r -a icbd_algs <<<"$icbd_compress"
 [ "${#icbd_algs[@]}" -ge 1 ] || die "--icbd-compress needs at least one value"
 for a in "${icbd_algs[@]}"; do
   # What push --compress-level takes: zstd 1..22 or negative (fast), lz4 acceleration 1..65537.
-  [[ "$a" =~ ^(none|zstd|lz4|zstd:(-?[1-9][0-9]*)|lz4:([1-9][0-9]*))$ ]] ||
-    die "--icbd-compress: '$a' is not zstd, lz4 or none (zstd:LEVEL, lz4:ACCEL for a level; 0 is not a level)"
+  [[ "$a" =~ ^(auto|none|zstd|lz4|zstd:(-?[1-9][0-9]*)|lz4:([1-9][0-9]*))$ ]] ||
+    die "--icbd-compress: '$a' is not auto, zstd, lz4 or none (zstd:LEVEL, lz4:ACCEL for a level; 0 is not a level)"
 done
 icbd_main=${icbd_algs[0]}
 icbd_keys=(icbd)           # row keys; icbd-ALG for the extra --compress values

@@ -7,8 +7,11 @@
 #include <zstd.h>
 #include <zstd_errors.h>
 
+#include <algorithm>
+#include <array>
 #include <cerrno>
 #include <climits>
+#include <limits>
 #include <string>
 
 namespace icbd::repl {
@@ -61,6 +64,19 @@ Result<Compressor> Compressor::create(Compression algorithm, std::optional<int> 
         return c;
     }
     return Status::error(EINVAL, std::string("cannot create a compressor for '") + compression_name(algorithm) + "'");
+}
+
+Status Compressor::set_level(int level) {
+    if (algorithm_ == Compression::lz4 && level >= 1 && level <= 65537) {
+        level_ = level;
+        return Status::ok();
+    }
+    if (algorithm_ == Compression::zstd && level >= ZSTD_minCLevel() && level <= ZSTD_maxCLevel() && level != 0) {
+        level_ = level;
+        return Status::ok();
+    }
+    return Status::error(EINVAL, std::string(compression_name(algorithm_)) + " level " + std::to_string(level) +
+                                     " is out of range");
 }
 
 Result<bool> Compressor::compress(std::span<const uint8_t> in, std::vector<uint8_t>& out) {
@@ -120,6 +136,92 @@ Status Decompressor::decompress(Compression algorithm, std::span<const uint8_t> 
         return Status::ok();
     }
     return bad("not a compression algorithm");
+}
+
+// ---- the adaptive controller ----
+
+namespace {
+
+// Relative speed (MB/s of input on one core) and ratio (output / input) of
+// each ladder step on a typical update, from bench/RESULTS.md ("where the time
+// and the bytes go"). Only the ratios between steps are used: the controller
+// scales them by what it measures at the current step.
+struct Prior {
+    double speed;
+    double ratio;
+};
+constexpr std::array<CodecSetting, 6> kLadder{{{Compression::none, 0},
+                                               {Compression::lz4, 1},
+                                               {Compression::zstd, 1},
+                                               {Compression::zstd, 3},
+                                               {Compression::zstd, 5},
+                                               {Compression::zstd, 7}}};
+constexpr std::array<Prior, 6> kPrior{{{4000, 1.0}, {650, 0.43}, {200, 0.37}, {115, 0.345}, {60, 0.333}, {40, 0.325}}};
+
+bool allowed(size_t step, uint32_t caps) {
+    uint32_t need = capability_bit(kLadder[step].algorithm);
+    return (caps & need) == need;
+}
+
+}  // namespace
+
+std::string CodecSetting::name() const {
+    if (algorithm == Compression::zstd) return "zstd:" + std::to_string(level);
+    return compression_name(algorithm);
+}
+
+std::span<const CodecSetting> codec_ladder() { return kLadder; }
+
+CodecDecision next_codec_step(const CodecObservation& o, CodecControl& st, uint32_t capabilities) {
+    const size_t top = kLadder.size() - 1;
+    const size_t current = std::min(st.step, top);
+    if (o.seconds <= 0 || o.raw_bytes == 0 || o.compress_seconds <= 0) return {current, "too little data"};
+    if (st.ceiling_windows > 0 && --st.ceiling_windows == 0) st.ceiling = top;
+    const double inf = std::numeric_limits<double>::infinity();
+    const double workers = std::max(1u, o.workers);
+    const double speed = o.raw_bytes / o.compress_seconds;  // one worker, input bytes/s
+    const double ratio = std::clamp(double(o.coded_bytes) / double(o.raw_bytes), 1e-3, 1.1);
+    // Below a millisecond of writing the socket took everything at once: no limit seen.
+    const double link = o.link_seconds > 1e-3 ? o.link_bytes / o.link_seconds : inf;
+    auto speed_of = [&](size_t s) { return speed * kPrior[s].speed / kPrior[current].speed; };
+    auto ratio_of = [&](size_t s) { return std::min(1.0, ratio * kPrior[s].ratio / kPrior[current].ratio); };
+    // Input bytes per second the push would move at step s.
+    auto throughput = [&](size_t s) { return std::min(workers * speed_of(s), link / ratio_of(s)); };
+    auto decide = [&](size_t next, const char* why, double link_raw) {
+        st.last_step = current;
+        st.last_link_raw = link_raw;
+        st.step = next;
+        return CodecDecision{next, why};
+    };
+
+    const bool link_bound = o.producer_blocked_seconds >= 0.2 * o.seconds;
+    const bool cpu_bound = !link_bound && o.starved_seconds >= 0.2 * o.seconds &&
+                           o.compress_seconds >= 0.5 * o.seconds * workers;
+    if (link_bound) {
+        // Input bytes per second through the link: what harder compression should raise.
+        const double link_raw = o.link_seconds > 1e-3 ? o.link_raw_bytes / o.link_seconds : 0;
+        // Frames of this setting have not reached the socket yet: wait for them.
+        if (link_raw <= 0) return {current, "link-bound"};
+        if (st.last_step < current && st.last_link_raw > 0 && link_raw <= 1.05 * st.last_link_raw) {
+            st.ceiling = st.last_step;
+            st.ceiling_windows = 20;
+            return decide(st.last_step, "harder did not pay", 0);
+        }
+        size_t pick = current;
+        for (size_t s = current + 1; s <= std::min({top, current + 2, st.ceiling}); ++s)
+            if (allowed(s, capabilities) && workers * speed_of(s) >= 1.2 * link / ratio_of(s)) pick = s;
+        return decide(pick, "link-bound", link_raw);
+    }
+    if (cpu_bound) {
+        size_t pick = current;
+        for (size_t s = current; s-- > 0;) {
+            if (!allowed(s, capabilities)) continue;
+            if (throughput(s) >= 1.1 * throughput(current)) pick = s;
+            break;
+        }
+        return decide(pick, "cpu-bound", 0);
+    }
+    return decide(current, "steady", 0);
 }
 
 }  // namespace icbd::repl

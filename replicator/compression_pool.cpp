@@ -2,12 +2,21 @@
 #include "compression_pool.hpp"
 
 #include <algorithm>
+#include <chrono>
+#include <utility>
 
 namespace icbd::repl {
 
 Result<std::unique_ptr<CompressionPool>> CompressionPool::create(Compression algorithm, std::optional<int> level,
                                                                  unsigned workers) {
     std::vector<Compressor> compressors;
+    if (algorithm == Compression::none) {
+        // Workers that only frame until a setting with a codec comes.
+        auto pool = std::make_unique<CompressionPool>(std::vector<Compressor>{});
+        pool->workers_.resize(std::max(1u, workers));
+        pool->start();
+        return pool;
+    }
     for (unsigned i = 0; i < std::max(1u, workers); ++i) {
         auto c = Compressor::create(algorithm, level);
         if (!c) return c.status();
@@ -17,7 +26,17 @@ Result<std::unique_ptr<CompressionPool>> CompressionPool::create(Compression alg
 }
 
 CompressionPool::CompressionPool(std::vector<Compressor> compressors) {
-    for (auto& c : compressors) workers_.push_back(Worker{std::move(c), {}});
+    if (!compressors.empty()) default_ = CodecSetting{compressors.front().algorithm(), compressors.front().level()};
+    for (auto& c : compressors) {
+        Worker w;
+        if (c.algorithm() == Compression::zstd) w.zstd.emplace(std::move(c));
+        else w.lz4.emplace(std::move(c));
+        workers_.push_back(std::move(w));
+    }
+    start();
+}
+
+void CompressionPool::start() {
     // workers_ is never resized again: each thread keeps a reference to its own.
     for (auto& w : workers_) threads_.emplace_back([this, &w] { run(w); });
 }
@@ -58,28 +77,68 @@ Bytes CompressionPool::take_buffer(size_t size) {
     return b;
 }
 
+void CompressionPool::record(CodecSetting setting, uint64_t raw, uint64_t coded, double busy) {
+    auto ladder = codec_ladder();
+    auto it = std::find(ladder.begin(), ladder.end(), setting);
+    if (it == ladder.end()) return;
+    std::lock_guard lk(mu_);
+    auto& st = stats_.steps[static_cast<size_t>(it - ladder.begin())];
+    ++st.chunks;
+    st.raw_bytes += raw;
+    st.coded_bytes += coded;
+    st.busy_seconds += busy;
+}
+
+PoolStats CompressionPool::take_stats() {
+    std::lock_guard lk(mu_);
+    return std::exchange(stats_, PoolStats{});
+}
+
 void CompressionPool::give_back(Bytes&& b) {
     std::lock_guard lk(mu_);
     // Enough for every chunk in flight (the reader bounds them); more is garbage.
     if (spare_.size() < max_in_flight()) spare_.push_back(std::move(b));
 }
 
-std::future<Result<Bytes>> CompressionPool::encode(Data m, Bytes raw) {
+Result<Compressor*> CompressionPool::compressor_for(Worker& w, CodecSetting s) {
+    auto& slot = s.algorithm == Compression::zstd ? w.zstd : w.lz4;
+    if (!slot) {
+        auto c = Compressor::create(s.algorithm, s.level);
+        if (!c) return c.status();
+        slot.emplace(std::move(c.value()));
+    } else if (slot->level() != s.level) {
+        if (Status st = slot->set_level(s.level); !st) return st;
+    }
+    return &*slot;
+}
+
+std::future<Result<Bytes>> CompressionPool::encode(Data m, Bytes raw) { return encode(std::move(m), std::move(raw), default_); }
+
+std::future<Result<Bytes>> CompressionPool::encode(Data m, Bytes raw, CodecSetting setting) {
     auto promise = std::make_shared<std::promise<Result<Bytes>>>();
     auto future = promise->get_future();
-    auto job = [this, promise, m = std::move(m), raw = std::move(raw)](Worker& w) mutable {
+    auto job = [this, promise, setting, m = std::move(m), raw = std::move(raw)](Worker& w) mutable {
+        const auto t0 = std::chrono::steady_clock::now();
         m.compression = Compression::none;
         m.bytes = raw;
-        auto paid = w.comp.compress(raw, w.packed);
-        if (!paid) {
-            promise->set_value(paid.status());
-        } else {
+        Result<bool> paid = false;
+        if (setting.algorithm != Compression::none) {
+            auto c = compressor_for(w, setting);
+            paid = c ? (*c)->compress(raw, w.packed) : Result<bool>(c.status());
+        }
+        Result<Bytes> frame = paid.status();
+        if (paid) {
             if (*paid) {
-                m.compression = w.comp.algorithm();
+                m.compression = setting.algorithm;
                 m.bytes = w.packed;
             }
-            promise->set_value(make_frame(m));
+            frame = make_frame(m);
         }
+        const double busy = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        const uint64_t coded = frame ? frame->size() : 0;
+        const uint64_t raw_size = raw.size();
+        record(setting, raw_size, coded, busy);  // before the reader can see the frame and decide
+        promise->set_value(std::move(frame));
         give_back(std::move(raw));
     };
     {

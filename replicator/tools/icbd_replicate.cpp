@@ -42,7 +42,7 @@ const char* kUsage =
     "                       [--allow-peer NAME]... [--name NODE] [--insecure-plaintext] [--once]\n"
     "  icbd-replicate push --root DIR --image NAME --version N --to HOST:PORT [--to ...]\n"
     "                      --ca F --cert F --key F [--allow-peer NAME]... [--name NODE]\n"
-    "                      [--compress zstd|lz4|none] [--compress-level N] [--compress-threads N]\n"
+    "                      [--compress auto|zstd|lz4|none] [--compress-level N] [--compress-threads N]\n"
     "                      [--bwlimit RATE] [--checkpoint-interval BYTES]\n"
     "                      [--json] [--insecure-plaintext]\n"
     "  icbd-replicate commit --root DIR --image NAME --version N --from DIR\n"
@@ -241,12 +241,18 @@ int cmd_push(int argc, char** argv) {
     o.tls = tls_from(a);
     o.node_name = a.get("--name").value_or("");
     if (auto c = a.get("--compress")) {
-        auto alg = parse_compression(*c);
-        if (!alg) throw UsageError{"--compress: " + alg.status().message()};
-        o.compression = *alg;
+        if (*c == "auto") {
+            o.compress_auto = true;
+        } else {
+            auto alg = parse_compression(*c);
+            if (!alg) throw UsageError{"--compress: " + alg.status().message() + " (or auto)"};
+            o.compression = *alg;
+            o.compress_auto = false;
+        }
     }
     if (auto l = a.get("--compress-level")) {
-        if (o.compression == Compression::none) throw UsageError{"--compress-level needs --compress zstd or lz4"};
+        if (o.compress_auto || o.compression == Compression::none)
+            throw UsageError{"--compress-level needs --compress zstd or lz4"};
         o.compression_level = parse_int_arg("--compress-level", *l, -1000000, 1000000);
         // The same check the compressors make, here, before anything connects.
         if (auto c = Compressor::create(o.compression, o.compression_level); !c)
@@ -258,6 +264,7 @@ int cmd_push(int argc, char** argv) {
     if (auto c = a.get("--checkpoint-interval")) {  // explicit: by bytes only
         o.checkpoint_interval = std::max<uint64_t>(parse_size_arg("--checkpoint-interval", *c), 1);
         o.checkpoint_min_period = std::chrono::milliseconds(0);
+        o.checkpoint_max_period = std::chrono::milliseconds(0);
     }
     const bool json = a.has("--json");
 
@@ -287,12 +294,15 @@ int cmd_push(int argc, char** argv) {
         return kExitFailed;
     }
     for (const auto& rep : r->replicas) {
-        if (rep.ok())
-            std::fprintf(stderr, "image '%s' version %" PRIu64 " to %s: %s (%s from %" PRIu64 "), %s on the wire, %.2f s\n",
+        if (rep.ok()) {
+            std::string codecs;  // e.g. " (chunks: zstd:1 12, lz4 30)"
+            for (const auto& u : rep.codecs) codecs += (codecs.empty() ? " (chunks: " : ", ") + u.setting + " " + std::to_string(u.chunks);
+            if (!codecs.empty()) codecs += ")";
+            std::fprintf(stderr, "image '%s' version %" PRIu64 " to %s: %s (%s from %" PRIu64 "), %s on the wire%s, %.2f s\n",
                          rep.image.c_str(), rep.version, rep.peer.c_str(),
                          rep.kind == NeedKind::nothing ? "already there" : "ok", kind_name(rep.kind), rep.base,
-                         human_bytes(double(rep.wire_bytes_sent)).c_str(), rep.seconds);
-        else std::fprintf(stderr, "icbd-replicate push: %s\n", rep.status.message().c_str());
+                         human_bytes(double(rep.wire_bytes_sent)).c_str(), codecs.c_str(), rep.seconds);
+        } else std::fprintf(stderr, "icbd-replicate push: %s\n", rep.status.message().c_str());
     }
     if (json) {
         std::ostringstream js;
@@ -309,7 +319,20 @@ int cmd_push(int argc, char** argv) {
                << rep.resume_seq << ",\"changes\":" << rep.change_count << ",\"changes_sent\":" << rep.changes_sent
                << ",\"wire_bytes\":" << rep.wire_bytes_sent << ",\"payload_bytes\":" << rep.payload_bytes
                << ",\"frame_bytes\":" << rep.frame_bytes << ",\"source_bytes_read\":" << rep.source_bytes_read
-               << ",\"seconds\":" << rep.seconds << ",\"result\":\""
+               << ",\"checkpoints\":" << rep.checkpoints << ",\"codec_switches\":" << rep.codec_switches
+               << ",\"codecs\":[";
+            for (size_t i = 0; i < rep.codecs.size(); ++i) {
+                const auto& u = rep.codecs[i];
+                js << (i ? "," : "") << "{\"setting\":\"" << json_escape(u.setting) << "\",\"chunks\":" << u.chunks
+                   << ",\"raw_bytes\":" << u.raw_bytes << ",\"frame_bytes\":" << u.frame_bytes << "}";
+            }
+            js << "],\"codec_decisions\":[";
+            for (size_t i = 0; i < rep.codec_decisions.size(); ++i)
+                js << (i ? "," : "") << "\"" << json_escape(rep.codec_decisions[i]) << "\"";
+            js << "],\"timeline\":{\"negotiated\":" << rep.timeline.negotiated << ",\"first_frame\":"
+               << rep.timeline.first_frame << ",\"last_frame\":" << rep.timeline.last_frame << ",\"result\":"
+               << rep.timeline.result << "}";
+            js << ",\"seconds\":" << rep.seconds << ",\"result\":\""
                << (rep.ok() ? std::string("ok") : error_code_name(rep.code)) << "\"";
             if (!rep.ok()) js << ",\"error\":\"" << json_escape(rep.status.message()) << "\"";
             js << "}";

@@ -104,7 +104,40 @@ TEST(CompressionPool, BadLevelIsRefusedAtCreate) {
     ASSERT_FALSE(pool);
     EXPECT_EQ(pool.status().code(), EINVAL);
     EXPECT_NE(pool.status().message().find("99"), std::string::npos);
-    EXPECT_FALSE(CompressionPool::create(Compression::none, std::nullopt, 1));
+}
+
+// --compress auto: each chunk at its own setting, all decoding to the chunk,
+// and the pool's figures per ladder step add up to what it was given.
+TEST(CompressionPool, EachChunkAtItsOwnSettingWithItsCostCounted) {
+    auto pool = CompressionPool::create(Compression::none, std::nullopt, 2);  // frames only, until told
+    ASSERT_TRUE(pool) << pool.status().message();
+    std::mt19937_64 rng(15);
+    auto ladder = codec_ladder();
+    std::vector<Bytes> raws;
+    std::vector<std::future<Result<Bytes>>> frames;
+    for (size_t i = 0; i < 3 * ladder.size(); ++i) {
+        raws.push_back(chunk(rng, 256 * 1024, true));
+        frames.push_back((*pool)->encode(data_for(i + 1, raws.back()), raws.back(), ladder[i % ladder.size()]));
+    }
+    for (size_t i = 0; i < frames.size(); ++i) {
+        auto f = frames[i].get();
+        ASSERT_TRUE(f) << f.status().message();
+        Compression how = Compression::none;
+        EXPECT_EQ(payload_of(*f, &how), raws[i]);
+        EXPECT_EQ(how, ladder[i % ladder.size()].algorithm) << ladder[i % ladder.size()].name();
+    }
+    PoolStats st = (*pool)->take_stats();
+    for (size_t s = 0; s < ladder.size(); ++s) {
+        EXPECT_EQ(st.steps[s].chunks, 3u) << ladder[s].name();
+        EXPECT_EQ(st.steps[s].raw_bytes, 3u * 256 * 1024) << ladder[s].name();
+        EXPECT_GT(st.steps[s].coded_bytes, 0u);
+        EXPECT_GT(st.steps[s].busy_seconds, 0.0);
+    }
+    EXPECT_LT(st.steps[5].coded_bytes, st.steps[0].coded_bytes) << "zstd 7 against none";
+    EXPECT_EQ((*pool)->take_stats().steps[3].chunks, 0u) << "taken: counted once";
+    // A level out of range fails that chunk only.
+    auto bad = (*pool)->encode(data_for(99, raws[0]), raws[0], CodecSetting{Compression::zstd, 99});
+    EXPECT_FALSE(bad.get());
 }
 
 // Regression guard for a reader that stops early (a failed read, every replica

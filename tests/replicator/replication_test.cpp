@@ -18,6 +18,7 @@
 #include <atomic>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <random>
 #include <regex>
 #include <sstream>
@@ -157,7 +158,8 @@ struct Certs {
 
 class ReplicaServer {
 public:
-    ReplicaServer(const fs::path& root, const TlsConfig& tls, const std::string& name) {
+    ReplicaServer(const fs::path& root, const TlsConfig& tls, const std::string& name,
+                  uint32_t capabilities = kCapLz4 | kCapZstd) {
         fs::create_directories(root);
         auto l = Listener::bind("127.0.0.1", 0, tls);
         if (!l) throw std::runtime_error(l.status().message());
@@ -165,6 +167,7 @@ public:
         ReceiverOptions o;
         o.root = root;
         o.node_name = name;
+        o.capabilities = capabilities;
         rx_ = std::make_unique<Receiver>(o);
         thread_ = std::jthread([this] { (void)rx_->serve(listener_); });
     }
@@ -657,6 +660,121 @@ TEST_F(ReplicationTest, ResumesAfterTwentyCutsWithLittleResent) {
     EXPECT_LE(double(total), 1.2 * double(one_push));
     EXPECT_TRUE(same_tree(replica / "repo/images/vm/1", master_version(1)));
     EXPECT_TRUE(open_repo(replica / "repo").list_staging()->empty());
+}
+
+// Text that compresses about 3:1 at zstd 3, `mib` MiB, into work()/disk.raw.
+void write_text(const fs::path& dir, int mib) {
+    sh("cd " + dir.string() + " && seq 1 4000000 | awk '{print ($1 * 7919) % 100003, \"block\", $1 % 977}' | head -c " +
+       std::to_string(mib) + "M > disk.raw");
+}
+
+uint64_t frame_bytes_of(const ReplicaReport& r) {
+    uint64_t n = 0;
+    for (const auto& u : r.codecs) n += u.frame_bytes;
+    return n;
+}
+
+TEST_F(ReplicationTest, AutoCompressionOnALimitedLinkSendsNoMoreThanZstd3) {
+    make_master(256 * MiB);
+    write_text(work(), 24);
+    commit(1);
+    LoopFs a(LoopFs::Type::btrfs, 256 * MiB), b(LoopFs::Type::btrfs, 256 * MiB);
+    ReplicaServer r1(a / "repo", replica_tls(1), "replica1");
+    ReplicaServer r2(b / "repo", replica_tls(2), "replica2");
+    auto pinned = options({r1.target()}, 1);
+    pinned.bandwidth_limit = 4 * MiB;  // about 32 Mbit/s: the link is the bottleneck
+    auto adaptive = pinned;
+    adaptive.targets = {r2.target()};
+    adaptive.compress_auto = true;
+    auto z3 = push_ok(pinned);
+    auto au = push_ok(adaptive);
+    ASSERT_EQ(z3.replicas.size(), 1u);
+    ASSERT_EQ(au.replicas.size(), 1u);
+    const auto& zr = z3.replicas[0];
+    const auto& ar = au.replicas[0];
+    ASSERT_EQ(zr.codecs.size(), 1u);
+    EXPECT_EQ(zr.codecs[0].setting, "zstd:3");
+    EXPECT_EQ(zr.codecs[0].raw_bytes, zr.payload_bytes);
+    std::cout << "[ measured ] 24 MiB of text over 4 MiB/s: zstd 3 " << frame_bytes_of(zr) << " bytes in " << zr.seconds
+              << " s, auto " << frame_bytes_of(ar) << " bytes in " << ar.seconds << " s:";
+    uint64_t raw = 0;
+    for (const auto& u : ar.codecs) {
+        std::cout << " " << u.setting << " x" << u.chunks;
+        raw += u.raw_bytes;
+        // On a limited link the writer never starves: never cheaper than the start.
+        EXPECT_NE(u.setting, "none");
+        EXPECT_NE(u.setting, "lz4");
+    }
+    for (const auto& d : ar.codec_decisions) std::cout << " [" << d << "]";
+    std::cout << "\n";
+    EXPECT_EQ(raw, ar.payload_bytes);
+    EXPECT_FALSE(ar.codec_decisions.empty()) << "auto never moved from its start on a limited link";
+    EXPECT_LE(double(frame_bytes_of(ar)), 1.03 * double(frame_bytes_of(zr)));
+    EXPECT_TRUE(same_tree(b / "repo/images/vm/1", master_version(1)));
+}
+
+TEST_F(ReplicationTest, AutoCompressionUsesOnlyWhatTheReplicaCanDecompress) {
+    make_master(256 * MiB);
+    write_text(work(), 8);
+    commit(1);
+    LoopFs a(LoopFs::Type::btrfs, 256 * MiB);
+    ReplicaServer r1(a / "repo", replica_tls(1), "replica1", kCapLz4);
+    auto o = options({r1.target()}, 1);
+    o.compress_auto = true;
+    o.bandwidth_limit = 16 * MiB;  // link-bound: it would like zstd
+    auto rep = push_ok(o);
+    ASSERT_EQ(rep.replicas.size(), 1u);
+    ASSERT_FALSE(rep.replicas[0].codecs.empty());
+    for (const auto& u : rep.replicas[0].codecs) EXPECT_TRUE(u.setting == "lz4" || u.setting == "none") << u.setting;
+    EXPECT_TRUE(same_tree(a / "repo/images/vm/1", master_version(1)));
+}
+
+TEST_F(ReplicationTest, CutsAtDefaultCheckpointsResumeFromACheckpoint) {
+    // Defaults (no checkpoint interval given): a cut a quarter to half of the
+    // way into a push no longer restarts it from zero.
+    make_master();
+    sh("cd " + work().string() + " && dd if=/dev/urandom of=disk.raw bs=1M count=48 status=none");
+    commit(1);
+    LoopFs replica(LoopFs::Type::btrfs, 512 * MiB);
+    ReplicaServer server(replica / "repo", replica_tls(1), "replica1");
+    ReplicaServer baseline_server(replica / "baseline", replica_tls(2), "replica2");
+    Proxy base_proxy(baseline_server.port());
+    auto o = options({base_proxy.target()}, 1);
+    o.compression = Compression::none;
+    o.bandwidth_limit = 48 * MiB;  // about a second per push, whatever the machine
+    push_ok(o);
+    const uint64_t one_push = base_proxy.bytes_up();
+
+    Proxy proxy(server.port());
+    o.targets = {proxy.target()};
+    const unsigned seed = std::random_device{}();
+    std::mt19937_64 rng(seed);
+    std::uniform_int_distribution<uint64_t> cut(one_push / 4, one_push / 2);
+    int cuts = 0;
+    uint64_t resumed = 0;
+    std::optional<ReplicaReport> done;
+    for (int i = 0; i < 8 && !done; ++i) {
+        proxy.arm(cuts < 3 ? cut(rng) : UINT64_MAX);  // three cuts, then let it finish
+        auto r = push(o);
+        ASSERT_TRUE(r) << r.status().message();
+        if (i > 0 && r->replicas[0].resume_seq > 0) ++resumed;
+        if (r->replicas[0].ok()) {
+            done = r->replicas[0];
+            break;
+        }
+        ++cuts;
+        EXPECT_FALSE(fs::exists(replica / "repo/images/vm/1")) << "published before the end";
+    }
+    ASSERT_TRUE(done) << "seed " << seed;
+    const uint64_t total = proxy.bytes_up();
+    std::cout << "[ measured ] default checkpoints: " << cuts << " cuts (seed " << seed << "), bytes over all attempts "
+              << total << ", one push " << one_push << ", ratio " << double(total) / one_push << "\n";
+    EXPECT_GE(cuts, 2) << "seed " << seed;
+    EXPECT_EQ(resumed, static_cast<uint64_t>(cuts)) << "every attempt after a cut resumed from a checkpoint";
+    EXPECT_GT(done->resume_seq, 0u);
+    // From zero every time this would be 1 + 3 x (1/4 .. 1/2) of a push.
+    EXPECT_LE(double(total), 1.5 * double(one_push));
+    EXPECT_TRUE(same_tree(replica / "repo/images/vm/1", master_version(1)));
 }
 
 TEST_F(ReplicationTest, FullReplicaDiskFailsCleanlyAndGivesTheSpaceBack) {

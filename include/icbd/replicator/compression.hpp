@@ -2,10 +2,12 @@
 // DATA): lz4 or zstd, skipped when it does not pay, and exact-size decompression.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -55,6 +57,9 @@ public:
 
     Compression algorithm() const { return algorithm_; }
     int level() const { return level_; }
+    // A new level for the next chunks (zstd: its context is kept, so changing
+    // the level per chunk costs nothing); EINVAL as create() says.
+    Status set_level(int level);
 
 private:
     struct CctxFree {
@@ -81,5 +86,67 @@ private:
     };
     std::unique_ptr<ZSTD_DCtx_s, DctxFree> zstd_;
 };
+
+// ---- adaptive compression (push --compress auto; docs/replication-protocol.md, section 9) ----
+
+// One codec and level. `level` is zstd's level, lz4's acceleration, 0 for none.
+struct CodecSetting {
+    Compression algorithm = Compression::zstd;
+    int level = kDefaultZstdLevel;
+    bool operator==(const CodecSetting&) const = default;
+    std::string name() const;  // "none", "lz4", "zstd:3"
+};
+
+// The settings `auto` moves between, cheapest first: none, lz4, zstd 1, 3, 5, 7.
+std::span<const CodecSetting> codec_ladder();
+inline constexpr size_t kAutoStartStep = 2;  // zstd 1: one step from zstd 3, two from none and from zstd 5
+
+// What one window of a push showed: the controller's only inputs, so that it
+// is a pure function of them (no clock inside).
+struct CodecObservation {
+    double seconds = 0;           // wall time of the window
+    unsigned workers = 1;         // compression workers (never more are used)
+    // DATA chunks that finished compressing at the current setting in the window.
+    uint64_t raw_bytes = 0;
+    uint64_t coded_bytes = 0;       // their frame bytes
+    double compress_seconds = 0;    // worker time spent on them
+    // The slowest replica's writer (all of a push's replicas share the frames).
+    uint64_t link_bytes = 0;        // frame bytes it wrote (DATA at the current setting)
+    uint64_t link_raw_bytes = 0;    // their uncompressed bytes
+    double link_seconds = 0;        // time it spent in write (socket full) or in the bandwidth limit
+    double starved_seconds = 0;     // time it waited for the next frame
+    // Time the reader waited because the frames ahead of the fastest replica
+    // reached their limit: the link (or the replica) is the bottleneck.
+    double producer_blocked_seconds = 0;
+};
+
+// The controller's memory from one window to the next.
+struct CodecControl {
+    size_t step = kAutoStartStep;  // index into codec_ladder(): the setting now
+    size_t ceiling = 5;            // harder than this did not pay on this link (lifted after a while)
+    unsigned ceiling_windows = 0;  // windows until the ceiling is lifted
+    size_t last_step = SIZE_MAX;   // the setting of the previous window (SIZE_MAX: none yet)
+    double last_link_raw = 0;      // input bytes/s the link carried then, when it was the bottleneck
+};
+
+struct CodecDecision {
+    size_t step = kAutoStartStep;  // the setting for the next window
+    const char* reason = "";       // "link-bound", "cpu-bound", "harder did not pay", "steady", "too little data"
+};
+
+// Updates `state` after a window and returns the setting for the next one.
+// `capabilities` (HELLO bits of every receiver) limit the choice.
+// - Link-bound (the reader waited on the link a fifth of the window): up to
+//   two steps harder, to the hardest setting whose predicted compression rate
+//   still outruns the link by 20 %. If the previous move was such a step and
+//   the link carried no more input bytes per second than before (+5 %), the
+//   bottleneck is not the bytes (e.g. the replica's disk or CPU): back one
+//   move, and no harder than that for 20 windows.
+// - CPU-bound (the writer starved a fifth of the window while the workers
+//   were busy at least half of it): one step cheaper, if its predicted
+//   throughput min(workers x speed, link / ratio) is at least 10 % better.
+// Speeds and ratios of other settings are predicted from the measured ones
+// with the relative figures of bench/RESULTS.md.
+CodecDecision next_codec_step(const CodecObservation& o, CodecControl& state, uint32_t capabilities);
 
 }  // namespace icbd::repl

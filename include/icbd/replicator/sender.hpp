@@ -53,6 +53,15 @@ struct ReplicaProgress {
     double eta_seconds = -1;      // -1 when unknown
 };
 
+// DATA chunks this replica received at one codec setting (push --compress auto
+// moves between settings; a pinned setting shows as one entry).
+struct CodecUse {
+    std::string setting;       // CodecSetting::name(): "zstd:3", "lz4", "none"
+    uint64_t chunks = 0;
+    uint64_t raw_bytes = 0;    // uncompressed
+    uint64_t frame_bytes = 0;  // as sent (a chunk that did not pay went uncompressed)
+};
+
 // What happened for one replica.
 struct ReplicaReport {
     std::string target;  // as given on the command line
@@ -70,6 +79,19 @@ struct ReplicaReport {
     uint64_t frame_bytes = 0;         // frame bytes sent (headers, compressed data)
     uint64_t source_bytes_read = 0;   // bytes read from the source by the reader this replica shared
     uint64_t replicas_sharing_read = 0;  // how many replicas that reader fed
+    std::vector<CodecUse> codecs;        // in the order first used
+    uint64_t codec_switches = 0;         // changes of setting in this replica's stream
+    // The controller's decisions for the stream this replica shared, e.g.
+    // "0.21 s: zstd:1 -> lz4 (cpu-bound)"; empty when pinned.
+    std::vector<std::string> codec_decisions;
+    uint64_t checkpoints = 0;            // acknowledged checkpoints
+    // When each phase ended, in seconds since the push started (0: not reached).
+    struct Timeline {
+        double negotiated = 0;   // connected, HELLO, OFFER, NEED (the replica made its staging area)
+        double first_frame = 0;  // the first change frame went out (diff and plan done)
+        double last_frame = 0;   // the last one went out
+        double result = 0;       // RESULT ok: the replica published, durably
+    } timeline;
     double seconds = 0;
     Status status;  // ok, or what failed (names image, version and peer)
     // The protocol code of a failure (ErrorCode): the replica's ERROR/RESULT
@@ -95,17 +117,23 @@ struct PushOptions {
     std::string node_name;  // our HELLO name; empty: the host name
     Compression compression = Compression::zstd;
     std::optional<int> compression_level;
+    // Adapt codec and level while streaming (docs/replication-protocol.md,
+    // section 9); `compression` and `compression_level` are then ignored.
+    bool compress_auto = false;
     // Threads that compress DATA chunks; 0: one per online CPU but one (1..8).
     unsigned compression_workers = 0;
     uint64_t bandwidth_limit = 0;  // bytes/s over all replicas together; 0: unlimited
-    // Bytes of frames between two checkpoints: what a cut can cost at most
-    // (plus the frames in flight).
-    uint64_t checkpoint_interval = 4u << 20;
-    // ...and at least this long since the previous one (unless 16 intervals
-    // went by): each checkpoint costs the replica a filesystem sync (a BTRFS
-    // transaction), so on a fast link they are spaced in time, bounding what a
-    // cut costs to about this much transfer time. 0: by bytes only.
-    std::chrono::milliseconds checkpoint_min_period{1000};
+    // Checkpoints (what a cut costs: the stream since the last one, plus the
+    // frames in flight). 0 (default): every 1/16 of the replica's stream
+    // (uncompressed), at least 1 MiB and at most 64 MiB; otherwise every this
+    // many bytes of frames.
+    uint64_t checkpoint_interval = 0;
+    // ...but not sooner than this after the previous one (each costs the
+    // replica a filesystem sync; unless 16 intervals went by)...
+    std::chrono::milliseconds checkpoint_min_period{100};
+    // ...and not later than this (a slow link: a cut costs about this much
+    // transfer). 0: no time bound.
+    std::chrono::milliseconds checkpoint_max_period{1000};
     // Encoded frames held for the replicas of one diff: the slowest may lag
     // the fastest by this much.
     uint64_t window_bytes = 64u << 20;
@@ -116,6 +144,18 @@ struct PushOptions {
     std::function<void(const std::vector<ReplicaProgress>&)> on_progress;
     std::chrono::milliseconds progress_interval{250};
 };
+
+// When the next checkpoint is due (a pure function, so that the schedule is
+// tested without a clock).
+struct CheckpointSchedule {
+    uint64_t every_bytes = 0;  // stream bytes between two checkpoints
+    std::chrono::milliseconds min_gap{0};
+    std::chrono::milliseconds max_gap{0};  // 0: none
+};
+// The schedule of `options` for a stream of `stream_bytes` (uncompressed DATA
+// plus the other frames).
+CheckpointSchedule checkpoint_schedule(const PushOptions& options, uint64_t stream_bytes);
+bool checkpoint_due(const CheckpointSchedule& s, uint64_t bytes_since, std::chrono::nanoseconds since);
 
 // Pushes (image, version) to every target. Fails as a whole (Status) only when
 // nothing can start: the version does not exist, the repository or the
