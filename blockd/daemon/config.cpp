@@ -375,11 +375,13 @@ Status read_endpoint(const Reader& r, const std::string& table, std::string& lis
 
 Status read_replication(const Reader& r, NodeConfig& c) {
     if (Status s = read_endpoint(r, "replication", c.replication_listen, c.replication_advertise); !s) return s;
-    if (Status s = take(r.choice("replication.compression", {"zstd", "lz4", "none"}), c.compression); !s) return s;
+    if (Status s = take(r.choice("replication.compression", {"zstd", "lz4", "none", "auto"}), c.compression); !s) return s;
     std::optional<int64_t> level;
     constexpr int64_t lo = std::numeric_limits<int>::min(), hi = std::numeric_limits<int>::max();
     if (Status s = take(r.integer("replication.compression_level", lo, hi), level); !s) return s;
     if (level) c.compression_level = static_cast<int>(*level);
+    if (c.compression_level && c.compression == "auto")
+        return r.fail("replication.compression_level", "compression auto chooses its own levels");
     if (c.compression_level) {
         auto algorithm = repl::parse_compression(c.compression);
         if (*algorithm == repl::Compression::none)
@@ -389,8 +391,12 @@ Status read_replication(const Reader& r, NodeConfig& c) {
         if (!compressor) return r.fail("replication.compression_level", compressor.status().message());
     }
     if (Status s = take(r.size("replication.bandwidth_limit"), c.bandwidth_limit); !s) return s;
+    // Absent: automatic checkpoints (0). Given: bytes, and never zero.
+    constexpr uint64_t kAbsent = UINT64_MAX;
+    c.checkpoint_interval = kAbsent;
     if (Status s = take(r.size("replication.checkpoint_interval"), c.checkpoint_interval); !s) return s;
     if (c.checkpoint_interval == 0) return r.fail("replication.checkpoint_interval", "zero (a push could never resume)");
+    if (c.checkpoint_interval == kAbsent) c.checkpoint_interval = 0;
     return Status::ok();
 }
 

@@ -49,10 +49,12 @@ struct NodeConfig {
     unsigned keepalive_tries = 3;
 
     // Master only: pushes.
-    std::string compression = "zstd";  // zstd | lz4 | none
+    std::string compression = "zstd";  // zstd | lz4 | none | auto (adapts to whether the link or the CPU limits)
     std::optional<int> compression_level;
     uint64_t bandwidth_limit = 0;  // bytes/s; 0 = unlimited ("50M" in the file)
-    uint64_t checkpoint_interval = 4u << 20;
+    // Bytes of frames between checkpoints; 0: automatic (every 1/16 of the
+    // stream, 100 ms to 1 s apart: docs/replication-protocol.md).
+    uint64_t checkpoint_interval = 0;
 
     // Replica only: tgt export.
     int tgt_control_port = 0;  // tgtadm -C N (0 = the system tgtd)

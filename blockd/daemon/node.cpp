@@ -162,9 +162,13 @@ Status Node::open() {
         po.repository = cfg_.repository;
         po.node_name = cfg_.name;
         po.tls = tls();
-        auto comp = repl::parse_compression(cfg_.compression);
-        if (!comp) return comp.status();
-        po.compression = *comp;
+        if (cfg_.compression == "auto") {
+            po.compress_auto = true;
+        } else {
+            auto comp = repl::parse_compression(cfg_.compression);
+            if (!comp) return comp.status();
+            po.compression = *comp;
+        }
         po.compression_level = cfg_.compression_level;
         po.bandwidth_limit = cfg_.bandwidth_limit;
         po.checkpoint_interval = cfg_.checkpoint_interval;

@@ -111,6 +111,7 @@ void PushScheduler::pass() {
             po.node_name = opt_.node_name;
             po.compression = opt_.compression;
             po.compression_level = opt_.compression_level;
+            po.compress_auto = opt_.compress_auto;
             po.bandwidth_limit = opt_.bandwidth_limit;
             po.checkpoint_interval = opt_.checkpoint_interval;
             std::vector<const ReplicaRecord*> go;

@@ -37,9 +37,10 @@ public:
         std::string node_name;
         repl::TlsConfig tls;  // client side
         repl::Compression compression = repl::Compression::zstd;
+        bool compress_auto = false;  // adapt codec and level per window (repl::PushOptions::compress_auto)
         std::optional<int> compression_level;
         uint64_t bandwidth_limit = 0;
-        uint64_t checkpoint_interval = 4u << 20;
+        uint64_t checkpoint_interval = 0;  // 0: the replicator's automatic schedule
     };
     PushScheduler(Options options, NodeStore& store, std::function<Catalog()> catalog);
     ~PushScheduler();

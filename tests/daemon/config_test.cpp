@@ -154,7 +154,7 @@ TEST_F(ConfigTest, MinimalMasterTakesTheDocumentedDefaults) {
     EXPECT_EQ(c.compression, "zstd");
     EXPECT_FALSE(c.compression_level);
     EXPECT_EQ(c.bandwidth_limit, 0u);
-    EXPECT_EQ(c.checkpoint_interval, 4u << 20);
+    EXPECT_EQ(c.checkpoint_interval, 0u) << "absent: the replicator's automatic checkpoints";
     EXPECT_EQ(c.tgt_control_port, 0);
     EXPECT_EQ(c.iqn_prefix, "iqn.2026-12.org.icbd");
     EXPECT_EQ(c.overlay_dir, "/var/lib/icbd/clients");
@@ -505,6 +505,11 @@ TEST_F(ConfigTest, CompressionLevelsAreThoseAPushAccepts) {
     k["replication.compression"] = quote("none");
     k["replication.compression_level"] = "1";
     expect_error(k, ": replication.compression_level: compression none has no level");
+
+    k["replication.compression"] = quote("auto");
+    expect_error(k, ": replication.compression_level: compression auto chooses its own levels");
+    k.erase("replication.compression_level");
+    EXPECT_EQ(parse_ok(k).compression, "auto");
 }
 
 TEST_F(ConfigTest, PathsNamesAndPatternsAreChecked) {
