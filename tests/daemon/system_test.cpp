@@ -81,6 +81,31 @@ uint64_t commit_edit(const BlockdNode& master, const std::string& image, unsigne
     return v["version"].get<uint64_t>();
 }
 
+// Image `image` version 1 (a `mib` MiB disk) imported on the master and
+// waited for on the replica.
+void import_and_wait(const BlockdNode& master, const BlockdNode& replica, const std::string& image, unsigned mib,
+                     unsigned seed) {
+    TempDir src("/var/tmp", "icbd-src-");
+    make_disk(src / "disk.raw", mib, seed);
+    master.ctl_ok({"image", "import", image, "--from", (src / "disk.raw").string()});
+    ASSERT_TRUE(eventually([&] { return newest_on(master, replica.name(), image) == 1; }, std::chrono::seconds(60)))
+        << master.ctl({"node", "list"}).output;
+}
+
+// The initiator name this test process logs in with (IscsiClient's).
+std::string own_initiator() { return "iqn.2026-01.org.icbd:test-initiator-" + std::to_string(getpid()); }
+
+// A desktop whose initiator is this process, once the replica has the image.
+void add_own_client(const BlockdNode& replica, const std::string& name, const std::string& image) {
+    ASSERT_TRUE(eventually(
+        [&] {
+            return replica.ctl({"client", "add", name, "--image", image, "--initiator", own_initiator()}).exit_code ==
+                   0;
+        },
+        std::chrono::seconds(20)))
+        << replica.ctl({"client", "list"}).output;
+}
+
 // Logs in as an initiator would while an export comes back: retrying for a
 // while. Null if it never succeeds.
 std::unique_ptr<IscsiClient> login_eventually(const std::string& url) {
@@ -217,15 +242,8 @@ TEST_F(SystemTest, ClientFollowsItsChannelOnlyBetweenSessions) {
     BlockdNode r1(BlockdNode::Role::replica, "r1", certs_->path());
     r1.set_master(master);
     r1.start();
-    TempDir src("/var/tmp", "icbd-src-");
-    make_disk(src / "disk.raw", 16, 3);
-    master.ctl_ok({"image", "import", "win10", "--from", (src / "disk.raw").string()});
-    ASSERT_TRUE(eventually([&] { return newest_on(master, "r1", "win10") == 1; }, std::chrono::seconds(60)));
-    ASSERT_TRUE(eventually([&] { return r1.ctl({"client", "add", "pc01", "--image", "win10", "--initiator",
-                                                "iqn.2026-01.org.icbd:test-initiator-" + std::to_string(getpid())})
-                                             .exit_code == 0; },
-                           std::chrono::seconds(20)))
-        << r1.ctl({"client", "add", "pc01", "--image", "win10", "--initiator", "iqn.2026-01.org.icbd:x"}).output;
+    ASSERT_NO_FATAL_FAILURE(import_and_wait(master, r1, "win10", 16, 3));
+    ASSERT_NO_FATAL_FAILURE(add_own_client(r1, "pc01", "win10"));
     r1.ctl_ok({"client", "add", "pc02", "--image", "win10", "--initiator", "iqn.2026-01.org.icbd:pc02",
                "--persistent"});
     json pc01 = r1.ctl_ok({"client", "show", "pc01"});
@@ -372,14 +390,8 @@ TEST_F(SystemTest, FullCacheDirectoryRefusesANewDesktopAndKeepsServingTheOthers)
     r1.set_master(master);
     r1.set_cache_dir(small.mount_point());
     r1.start();
-    TempDir src("/var/tmp", "icbd-src-");
-    make_disk(src / "disk.raw", 8, 5);
-    master.ctl_ok({"image", "import", "img", "--from", (src / "disk.raw").string()});
-    ASSERT_TRUE(eventually([&] { return newest_on(master, "r1", "img") == 1; }, std::chrono::seconds(60)));
-    std::string iqn1 = "iqn.2026-01.org.icbd:test-initiator-" + std::to_string(getpid());
-    ASSERT_TRUE(eventually(
-        [&] { return r1.ctl({"client", "add", "pc01", "--image", "img", "--initiator", iqn1}).exit_code == 0; },
-        std::chrono::seconds(20)));
+    ASSERT_NO_FATAL_FAILURE(import_and_wait(master, r1, "img", 8, 5));
+    ASSERT_NO_FATAL_FAILURE(add_own_client(r1, "pc01", "img"));
     auto refused = r1.ctl({"client", "add", "pc02", "--image", "img", "--initiator", "iqn.2026-01.org.example:pc02"});
     EXPECT_EQ(refused.exit_code, 1);
     EXPECT_NE(refused.output.find("cache directory '" + small.mount_point().string() + "'"), std::string::npos)
@@ -417,10 +429,7 @@ TEST_F(SystemTest, Kill9DuringClientAddLeavesAllOrNothing) {
     BlockdNode r1(BlockdNode::Role::replica, "r1", certs_->path());
     r1.set_master(master);
     r1.start();
-    TempDir src("/var/tmp", "icbd-src-");
-    make_disk(src / "disk.raw", 8, 6);
-    master.ctl_ok({"image", "import", "img", "--from", (src / "disk.raw").string()});
-    ASSERT_TRUE(eventually([&] { return newest_on(master, "r1", "img") == 1; }, std::chrono::seconds(60)));
+    ASSERT_NO_FATAL_FAILURE(import_and_wait(master, r1, "img", 8, 6));
     ASSERT_TRUE(eventually([&] { return r1.ctl_ok({"image", "list"}).size() == 1; }, std::chrono::seconds(20)));
     int present = 0, absent = 0;
     for (int i = 0; i < 6; ++i) {
@@ -487,14 +496,8 @@ TEST_F(SystemTest, TgtdRestartedUnderBlockdIsRepaired) {
     BlockdNode r1(BlockdNode::Role::replica, "r1", certs_->path());
     r1.set_master(master);
     r1.start();
-    TempDir src("/var/tmp", "icbd-src-");
-    make_disk(src / "disk.raw", 8, 8);
-    master.ctl_ok({"image", "import", "img", "--from", (src / "disk.raw").string()});
-    ASSERT_TRUE(eventually([&] { return newest_on(master, "r1", "img") == 1; }, std::chrono::seconds(60)));
-    std::string iqn = "iqn.2026-01.org.icbd:test-initiator-" + std::to_string(getpid());
-    ASSERT_TRUE(eventually(
-        [&] { return r1.ctl({"client", "add", "pc01", "--image", "img", "--initiator", iqn}).exit_code == 0; },
-        std::chrono::seconds(20)));
+    ASSERT_NO_FATAL_FAILURE(import_and_wait(master, r1, "img", 8, 8));
+    ASSERT_NO_FATAL_FAILURE(add_own_client(r1, "pc01", "img"));
     std::string target = r1.ctl_ok({"client", "show", "pc01"})["target"].get<std::string>();
     std::vector<uint8_t> mine(4096, 0x77);
     {
@@ -570,14 +573,8 @@ TEST_F(SystemTest, FullReplicaRepositoryFailsThePushClearlyAndKeepsServing) {
     BlockdNode r1(BlockdNode::Role::replica, "r1", certs_->path());
     r1.set_master(master);
     r1.start();
-    TempDir src("/var/tmp", "icbd-src-");
-    make_disk(src / "disk.raw", 16, 10);
-    master.ctl_ok({"image", "import", "img", "--from", (src / "disk.raw").string()});
-    ASSERT_TRUE(eventually([&] { return newest_on(master, "r1", "img") == 1; }, std::chrono::seconds(60)));
-    std::string iqn = "iqn.2026-01.org.icbd:test-initiator-" + std::to_string(getpid());
-    ASSERT_TRUE(eventually(
-        [&] { return r1.ctl({"client", "add", "pc01", "--image", "img", "--initiator", iqn}).exit_code == 0; },
-        std::chrono::seconds(20)));
+    ASSERT_NO_FATAL_FAILURE(import_and_wait(master, r1, "img", 16, 10));
+    ASSERT_NO_FATAL_FAILURE(add_own_client(r1, "pc01", "img"));
     std::string url = "iscsi://127.0.0.1:" + std::to_string(r1.tgtd()->port()) + "/" +
                       r1.ctl_ok({"client", "show", "pc01"})["target"].get<std::string>() + "/1";
 
