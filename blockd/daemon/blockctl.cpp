@@ -488,12 +488,26 @@ void add_push_commands(CLI::App& app, Inputs& in, std::vector<Leaf>& leaves) {
 // blockctl top: samples every LUN's counters (lun.stats) and prints, per
 // desktop, what happened in the last interval. A loop, not one call.
 struct TopOptions {
-    std::string interval = "1", count = "0";
+    std::string interval = "1", count;  // count: default 1 with --json, else until interrupted
 };
+
+// The upper bound (ms) of the log2 bucket (bucket i: <= 2^i us) holding
+// quantile q of the latencies counted in `delta`; 0 when empty.
+double percentile_ms(const std::vector<uint64_t>& delta, double q) {
+    uint64_t total = 0;
+    for (uint64_t n : delta) total += n;
+    if (total == 0) return 0.0;
+    uint64_t rank = static_cast<uint64_t>(q * double(total) + 0.5), seen = 0;
+    for (size_t i = 0; i < delta.size(); ++i) {
+        seen += delta[i];
+        if (seen >= std::max<uint64_t>(rank, 1)) return double(1ull << i) / 1000.0;
+    }
+    return double(1ull << (delta.size() - 1)) / 1000.0;
+}
 
 int run_top(const std::string& socket, bool as_json, const TopOptions& o) {
     auto interval = parse_number("--interval", o.interval, 1);
-    auto count = parse_number("--count", o.count, 0);
+    auto count = parse_number("--count", o.count.empty() ? (as_json ? "1" : "0") : o.count, 0);
     if (!interval || !count) {
         std::cerr << "blockctl: " << (!interval ? interval.status() : count.status()).message() << "\n";
         return kExitUsage;
@@ -525,7 +539,21 @@ int run_top(const std::string& socket, bool as_json, const TopOptions& o) {
                                                 double(rc + wc)
                                           : 0.0;
                 uint64_t total = u64(l, "cache_blocks_total");
+                std::vector<uint64_t> hist;
+                if (l.contains("latency_buckets")) {
+                    for (size_t i = 0; i < l["latency_buckets"].size(); ++i) {
+                        uint64_t a = l["latency_buckets"][i].get<uint64_t>(), z = 0;
+                        if (b != before.end() && i < b->second["latency_buckets"].size())
+                            z = b->second["latency_buckets"][i].get<uint64_t>();
+                        hist.push_back(a >= z ? a - z : a);
+                    }
+                }
                 json row{{"client", str(l, "client")},
+                         {"image", str(l, "image")},
+                         {"version", u64(l, "version")},
+                         {"p50_ms", percentile_ms(hist, 0.50)},
+                         {"p99_ms", percentile_ms(hist, 0.99)},
+                         {"cached", total > 0},
                          {"tid", i64(l, "tid")},
                          {"device", dev},
                          {"read_iops", double(rc) / secs},
@@ -536,16 +564,27 @@ int run_top(const std::string& socket, bool as_json, const TopOptions& o) {
                          {"queue_depth", u64(l, "queue_depth")},
                          {"cache_dirty_pct", total ? 100.0 * double(u64(l, "cache_blocks_dirty")) / double(total) : 0.0}};
                 sample.push_back(row);
-                auto f = [](double v, int prec) {
-                    char buf[32];
-                    std::snprintf(buf, sizeof buf, "%.*f", prec, v);
-                    return std::string(buf);
-                };
-                rows.push_back({row["client"].get<std::string>().empty() ? "-" : row["client"].get<std::string>(),
-                                std::to_string(i64(l, "tid")), f(row["read_iops"], 0), f(row["write_iops"], 0),
-                                f(row["read_mib_s"], 1), f(row["write_mib_s"], 1), f(lat_ms, 2),
-                                std::to_string(u64(l, "queue_depth")),
-                                total ? f(row["cache_dirty_pct"], 0) + "%" : "-"});
+            }
+            // Busiest first, as iostat users expect.
+            std::stable_sort(sample.begin(), sample.end(), [](const json& a, const json& z) {
+                return a["read_iops"].get<double>() + a["write_iops"].get<double>() >
+                       z["read_iops"].get<double>() + z["write_iops"].get<double>();
+            });
+            auto f = [](double v, int prec) {
+                char buf[32];
+                std::snprintf(buf, sizeof buf, "%.*f", prec, v);
+                return std::string(buf);
+            };
+            for (const json& row : sample) {
+                std::string who = row["client"].get<std::string>().empty() ? "-" : row["client"].get<std::string>();
+                std::string what = row["image"].get<std::string>().empty()
+                                       ? "-"
+                                       : row["image"].get<std::string>() + ":v" + std::to_string(u64(row, "version"));
+                rows.push_back({who, what, std::to_string(i64(row, "tid")), f(row["read_iops"], 0),
+                                f(row["write_iops"], 0), f(row["read_mib_s"], 1), f(row["write_mib_s"], 1),
+                                f(row["latency_ms"], 2), f(row["p50_ms"], 3), f(row["p99_ms"], 3),
+                                std::to_string(u64(row, "queue_depth")),
+                                flag(row, "cached") ? f(row["cache_dirty_pct"], 0) + "%" : "-"});
             }
             if (as_json) {
                 std::cout << json{{"at_ms", at}, {"seconds", secs}, {"luns", sample}}.dump() << "\n";
@@ -553,7 +592,9 @@ int run_top(const std::string& socket, bool as_json, const TopOptions& o) {
                 if (tty) std::cout << "\033[H\033[2J";
                 std::cout << "blockctl top: " << rows.size() << " LUN(s), every " << *interval << " s ("
                           << str(*r, "dir") << ")\n";
-                print_table({"CLIENT", "TID", "R/S", "W/S", "R-MIB/S", "W-MIB/S", "LAT-MS", "QD", "DIRTY"}, rows);
+                print_table({"CLIENT", "IMAGE", "TID", "R/S", "W/S", "R-MIB/S", "W-MIB/S", "AVG-MS", "P50-MS", "P99-MS",
+                             "QD", "DIRTY"},
+                            rows);
             }
             std::cout.flush();
             ++shown;

@@ -690,25 +690,33 @@ Result<json> Node::cmd_client(const std::string& verb, const json& args) {
 
 // Every LUN's counters now (blockctl top samples this and shows rates).
 Result<json> Node::cmd_lun_stats() {
-    std::map<std::string, std::string> client_of;  // overlay or cache path -> client
-    if (auto cs = store_->clients()) {
+    std::map<std::string, const ClientRecord*> client_of;  // overlay or cache path -> client
+    auto cs = store_->clients();
+    if (cs) {
         for (const ClientRecord& c : *cs) {
-            client_of[c.overlay_path] = c.name;
-            if (!c.cache_path.empty()) client_of[c.cache_path] = c.name;
+            client_of[c.overlay_path] = &c;
+            if (!c.cache_path.empty()) client_of[c.cache_path] = &c;
         }
     }
     auto reading = metrics::read_lun_dir(cfg_.metrics_dir);
     json luns = json::array();
     for (const metrics::LunSnapshot& l : reading.luns) {
         const metrics::LunCounters& c = l.counters;
-        std::string client;
+        const ClientRecord* client = nullptr;
         for (const std::string* p : {&l.overlay_path, &l.cache_path})
             if (auto it = client_of.find(*p); it != client_of.end()) client = it->second;
+        // Reads and writes together, per log2 bucket: blockctl top's percentiles.
+        json buckets = json::array();
+        for (unsigned b = 0; b < metrics::latency_buckets; ++b)
+            buckets.push_back(c.dir[metrics::dir_read].buckets[b] + c.dir[metrics::dir_write].buckets[b]);
         const auto& rd = c.dir[metrics::dir_read];
         const auto& wr = c.dir[metrics::dir_write];
         luns.push_back({{"tid", l.tid},
                         {"lun", l.lun},
-                        {"client", client},
+                        {"client", client ? client->name : ""},
+                        {"image", client ? client->image : ""},
+                        {"version", client ? client->bound_version : 0},
+                        {"latency_buckets", buckets},
                         {"device", l.identity()},
                         {"read_commands", rd.commands},
                         {"read_bytes", rd.bytes},

@@ -403,7 +403,7 @@ TEST_F(SystemTest, FullCacheDirectoryRefusesANewDesktopAndKeepsServingTheOthers)
                   "/1");
     // `blockctl top` sees this desktop's reads as a rate.
     CtlResult top;
-    std::thread sampler([&] { top = r1.ctl({"top", "--interval", "2", "--count", "1"}); });
+    std::thread sampler([&] { top = r1.ctl({"top", "--interval", "2"}); });  // --json: one sample
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
     for (int i = 0; i < 50; ++i) {
         auto r = c.read16(uint64_t(i) * 8, 8);
@@ -411,10 +411,17 @@ TEST_F(SystemTest, FullCacheDirectoryRefusesANewDesktopAndKeepsServingTheOthers)
     }
     sampler.join();
     ASSERT_EQ(top.exit_code, 0) << top.output;
-    double read_iops = 0;
-    for (const json& l : top.json["luns"])
-        if (l["client"] == "pc01") read_iops = l["read_iops"].get<double>();
+    double read_iops = 0, p99 = 0;
+    for (const json& l : top.json["luns"]) {
+        if (l["client"] != "pc01") continue;
+        read_iops = l["read_iops"].get<double>();
+        p99 = l["p99_ms"].get<double>();
+        EXPECT_EQ(l["image"], "img");
+        EXPECT_EQ(l["version"], 1);
+        EXPECT_GE(p99, l["p50_ms"].get<double>());
+    }
     EXPECT_GT(read_iops, 10.0) << top.output;
+    EXPECT_GT(p99, 0.0) << top.output;
     r1.ctl_ok({"client", "remove", "pc01", "--force"});
 }
 
