@@ -43,7 +43,7 @@ cmake --preset fuzz >/dev/null
 cmake --build --preset fuzz --target bsopts_fuzz scsi_command_fuzz frame_fuzz disk_format_fuzz peer_frame_fuzz
 mkdir -p build/fuzz/artifacts
 for f in bsopts_fuzz scsi_command_fuzz frame_fuzz disk_format_fuzz peer_frame_fuzz; do
-  build/fuzz/tests/fuzz/$f -max_total_time="${ICBD_FUZZ_SECONDS:-25}" -rss_limit_mb=4096 \
+  build/fuzz/tests/fuzz/$f -max_total_time="${ICBD_FUZZ_SECONDS:-15}" -rss_limit_mb=4096 \
     -artifact_prefix=build/fuzz/artifacts/$f- -print_final_stats=1 2>build/fuzz/$f.log \
     || { tail -40 build/fuzz/$f.log; echo "test: $f found a crash" >&2; exit 1; }
   echo "fuzz: $f: $(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' build/fuzz/$f.log | grep -o '[0-9]*$') inputs, no crash"
