@@ -301,13 +301,10 @@ void CommandRunner::on_io(Task& t, uint32_t op_index, int32_t res) {
     if (s.overlay_data && res >= 0 && !(s.op == IoOp::write && res == 0)) {
         uint64_t lun_start = s.start - overlay_->data_offset();
         uint64_t lun_len = s.offset + s.len - s.start;  // the whole range, whatever short transfers happened
-        if (metrics_ && s.op == IoOp::write) {  // blocks that become present: copy-ups and first writes
-            uint64_t fresh = 0;
-            for (uint64_t b = lun_start / OverlayMap::block_size; b * OverlayMap::block_size < lun_start + lun_len; ++b)
-                fresh += !overlay_->present(b);
-            if (fresh) metrics::add(metrics_->counters().overlay_blocks_written, fresh);
-        }
-        overlay_->mark_present(lun_start, lun_len);
+        // Blocks that become present (copy-ups and first writes) come from the
+        // map's own bit setting, not a second walk over the range.
+        uint64_t fresh = overlay_->mark_present(lun_start, lun_len);
+        if (metrics_ && s.op == IoOp::write && fresh) metrics::add(metrics_->counters().overlay_blocks_written, fresh);
         if (s.dsync) {  // durable data: its bits may go to disk now, and must before the command completes
             overlay_->mark_durable(lun_start, lun_len);
             t.map_write_needed = true;

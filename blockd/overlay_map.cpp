@@ -64,23 +64,26 @@ bool OverlayMap::covers(uint64_t offset, uint64_t end, uint64_t b) const {
     return offset <= block_start && end >= block_end;
 }
 
-void OverlayMap::set_bits(std::vector<uint8_t>& m, uint64_t first, uint64_t last, std::vector<uint32_t>& dirty,
-                          std::vector<uint8_t>& flags) {
+uint64_t OverlayMap::set_bits(std::vector<uint8_t>& m, uint64_t first, uint64_t last, std::vector<uint32_t>& dirty,
+                              std::vector<uint8_t>& flags) {
+    uint64_t fresh = 0;
     for (uint64_t b = first; b <= last; ++b) {
         uint8_t mask = uint8_t(1u << (b & 7));
         if (m[b >> 3] & mask) continue;
         m[b >> 3] |= mask;
+        ++fresh;
         uint32_t page = static_cast<uint32_t>((b >> 3) / page_size);
         if (!flags[page]) {
             flags[page] = 1;
             dirty.push_back(page);
         }
     }
+    return fresh;
 }
 
-void OverlayMap::mark_present(uint64_t offset, uint64_t len) {
-    if (len == 0) return;
-    set_bits(mem_, offset / block_size, (offset + len - 1) / block_size, mem_dirty_, mem_dirty_flag_);
+uint64_t OverlayMap::mark_present(uint64_t offset, uint64_t len) {
+    if (len == 0) return 0;
+    return set_bits(mem_, offset / block_size, (offset + len - 1) / block_size, mem_dirty_, mem_dirty_flag_);
 }
 
 void OverlayMap::mark_durable(uint64_t offset, uint64_t len) {

@@ -53,7 +53,8 @@ public:
 
     // A write or punch of [offset, offset+len) completed: the blocks it
     // overlaps now live in the overlay (in memory; not durable yet).
-    void mark_present(uint64_t offset, uint64_t len);
+    // Returns how many of them were not present before (metrics).
+    uint64_t mark_present(uint64_t offset, uint64_t len);
     // Their data is durable too (FUA): the bits may go to disk.
     void mark_durable(uint64_t offset, uint64_t len);
 
@@ -83,7 +84,7 @@ private:
     OverlayMap(UniqueFd fd, std::shared_ptr<GoldenFile> golden, OverlayInfo info, std::string path);
     bool covers(uint64_t offset, uint64_t end, uint64_t block) const;
     static bool bit(const std::vector<uint8_t>& m, uint64_t b) { return m[b >> 3] >> (b & 7) & 1; }
-    void set_bits(std::vector<uint8_t>& m, uint64_t first, uint64_t last, std::vector<uint32_t>& dirty,
+    uint64_t set_bits(std::vector<uint8_t>& m, uint64_t first, uint64_t last, std::vector<uint32_t>& dirty,
                   std::vector<uint8_t>& flags);
 
     UniqueFd fd_;
