@@ -92,6 +92,14 @@ void import_and_wait(const BlockdNode& master, const BlockdNode& replica, const 
         << master.ctl({"node", "list"}).output;
 }
 
+// The usual pair: a master with a fast keepalive and a replica registered with it.
+void start_pair(BlockdNode& master, BlockdNode& replica) {
+    master.set_extra_config(kFastKeepalive);
+    master.start();
+    replica.set_master(master);
+    replica.start();
+}
+
 // The initiator name this test process logs in with (IscsiClient's).
 std::string own_initiator() { return "iqn.2026-01.org.icbd:test-initiator-" + std::to_string(getpid()); }
 
@@ -237,11 +245,8 @@ TEST_F(SystemTest, MasterKilledMidPushFinishesAfterRestart) {
 TEST_F(SystemTest, ClientFollowsItsChannelOnlyBetweenSessions) {
     REQUIRE_SYSTEM();
     BlockdNode master(BlockdNode::Role::master, "master", certs_->path());
-    master.set_extra_config(kFastKeepalive);
-    master.start();
     BlockdNode r1(BlockdNode::Role::replica, "r1", certs_->path());
-    r1.set_master(master);
-    r1.start();
+    start_pair(master, r1);
     ASSERT_NO_FATAL_FAILURE(import_and_wait(master, r1, "win10", 16, 3));
     ASSERT_NO_FATAL_FAILURE(add_own_client(r1, "pc01", "win10"));
     r1.ctl_ok({"client", "add", "pc02", "--image", "win10", "--initiator", "iqn.2026-01.org.icbd:pc02",
@@ -431,11 +436,8 @@ TEST_F(SystemTest, FullCacheDirectoryRefusesANewDesktopAndKeepsServingTheOthers)
 TEST_F(SystemTest, Kill9DuringClientAddLeavesAllOrNothing) {
     REQUIRE_SYSTEM();
     BlockdNode master(BlockdNode::Role::master, "master", certs_->path());
-    master.set_extra_config(kFastKeepalive);
-    master.start();
     BlockdNode r1(BlockdNode::Role::replica, "r1", certs_->path());
-    r1.set_master(master);
-    r1.start();
+    start_pair(master, r1);
     ASSERT_NO_FATAL_FAILURE(import_and_wait(master, r1, "img", 8, 6));
     ASSERT_TRUE(eventually([&] { return r1.ctl_ok({"image", "list"}).size() == 1; }, std::chrono::seconds(20)));
     int present = 0, absent = 0;
@@ -498,11 +500,8 @@ TEST_F(SystemTest, ReplicaReceivesOnlyTheImagesItSubscribesTo) {
 TEST_F(SystemTest, TgtdRestartedUnderBlockdIsRepaired) {
     REQUIRE_SYSTEM();
     BlockdNode master(BlockdNode::Role::master, "master", certs_->path());
-    master.set_extra_config(kFastKeepalive);
-    master.start();
     BlockdNode r1(BlockdNode::Role::replica, "r1", certs_->path());
-    r1.set_master(master);
-    r1.start();
+    start_pair(master, r1);
     ASSERT_NO_FATAL_FAILURE(import_and_wait(master, r1, "img", 8, 8));
     ASSERT_NO_FATAL_FAILURE(add_own_client(r1, "pc01", "img"));
     std::string target = r1.ctl_ok({"client", "show", "pc01"})["target"].get<std::string>();
@@ -575,11 +574,8 @@ TEST_F(SystemTest, ReplicaKilledMidPushResumesFromItsCheckpoint) {
 TEST_F(SystemTest, FullReplicaRepositoryFailsThePushClearlyAndKeepsServing) {
     REQUIRE_SYSTEM();
     BlockdNode master(BlockdNode::Role::master, "master", certs_->path());
-    master.set_extra_config(kFastKeepalive);
-    master.start();
     BlockdNode r1(BlockdNode::Role::replica, "r1", certs_->path());
-    r1.set_master(master);
-    r1.start();
+    start_pair(master, r1);
     ASSERT_NO_FATAL_FAILURE(import_and_wait(master, r1, "img", 16, 10));
     ASSERT_NO_FATAL_FAILURE(add_own_client(r1, "pc01", "img"));
     std::string url = "iscsi://127.0.0.1:" + std::to_string(r1.tgtd()->port()) + "/" +
