@@ -182,7 +182,8 @@ CodecDecision next_codec_step(const CodecObservation& o, CodecControl& st, uint3
     const double speed = o.raw_bytes / o.compress_seconds;  // one worker, input bytes/s
     const double ratio = std::clamp(double(o.coded_bytes) / double(o.raw_bytes), 1e-3, 1.1);
     // Below a millisecond of writing the socket took everything at once: no limit seen.
-    const double link = o.link_seconds > 1e-3 ? o.link_bytes / o.link_seconds : inf;
+    double link = o.link_seconds > 1e-3 ? o.link_bytes / o.link_seconds : inf;
+    if (o.link_limit > 0) link = std::min(link, o.link_limit);
     auto speed_of = [&](size_t s) { return speed * kPrior[s].speed / kPrior[current].speed; };
     auto ratio_of = [&](size_t s) { return std::min(1.0, ratio * kPrior[s].ratio / kPrior[current].ratio); };
     // Input bytes per second the push would move at step s.
@@ -212,7 +213,10 @@ CodecDecision next_codec_step(const CodecObservation& o, CodecControl& st, uint3
             if (allowed(s, capabilities) && workers * speed_of(s) >= 1.2 * link / ratio_of(s)) pick = s;
         return decide(pick, "link-bound", link_raw);
     }
+    st.cpu_windows = cpu_bound ? st.cpu_windows + 1 : 0;
+    if (cpu_bound && st.cpu_windows < 2) return decide(current, "steady", 0);
     if (cpu_bound) {
+        st.cpu_windows = 0;  // a move needs two fresh windows at the new setting
         size_t pick = current;
         for (size_t s = current; s-- > 0;) {
             if (!allowed(s, capabilities)) continue;

@@ -447,6 +447,7 @@ void run_reader(PushContext& ctx, Group& g) {
         o.coded_bytes = cur.coded_bytes;
         o.compress_seconds = cur.busy_seconds;
         o.producer_blocked_seconds = std::chrono::duration<double>(put_wait).count();
+        o.link_limit = static_cast<double>(ctx.opt.bandwidth_limit);
         bool any = false;
         for (size_t i = 0; i < g.sessions.size(); ++i) {
             Session* s = g.sessions[i];

@@ -114,14 +114,47 @@ TEST(CodecController, WaitsUntilFramesOfTheNewSettingReachTheSocket) {
 
 TEST(CodecController, AFastLinkMakesItCompressCheaperOneStepAtATime) {
     // Loopback: the writer starves while the one worker is busy all the time.
+    // Each move takes two CPU-bound windows at the setting it leaves.
     CodecControl c;
     auto d = next_codec_step(window(200e6, 0.37, 0, 0.6, 0), c, kAll);
+    EXPECT_EQ(d.step, step_of("zstd:1"));
+    d = next_codec_step(window(200e6, 0.37, 0, 0.6, 0), c, kAll);
     EXPECT_EQ(d.step, step_of("lz4"));
     EXPECT_STREQ(d.reason, "cpu-bound");
+    d = next_codec_step(window(650e6, 0.43, 0, 0.6, 0), c, kAll);
+    EXPECT_EQ(d.step, step_of("lz4"));
     d = next_codec_step(window(650e6, 0.43, 0, 0.6, 0), c, kAll);
     EXPECT_EQ(d.step, step_of("none"));
     d = next_codec_step(window(4000e6, 1.0, 0, 0.6, 0), c, kAll);
     EXPECT_EQ(d.step, step_of("none"));
+}
+
+TEST(CodecController, OneStarvedWindowIsNotACpuBottleneck) {
+    // Regression: under CI load a push on a 4 MiB/s link went from zstd 1 to
+    // lz4 in its first window (pipeline filling, compressors preempted) and
+    // sent 1.28x the bytes of zstd 3. A window that looks CPU-bound between
+    // two that do not moves nothing.
+    CodecControl c;
+    EXPECT_EQ(next_codec_step(window(200e6, 0.37, 0, 0.6, 0), c, kAll).step, step_of("zstd:1"));
+    EXPECT_EQ(next_codec_step(window(200e6, 0.37, 0, 0, 0), c, kAll).step, step_of("zstd:1"));
+    EXPECT_EQ(next_codec_step(window(200e6, 0.37, 0, 0.6, 0), c, kAll).step, step_of("zstd:1"));
+}
+
+TEST(CodecController, NeverCheaperThanTheBandwidthLimitCanCarry) {
+    // The compressors look slow (10 MB/s per core, a loaded machine) and the
+    // writer starves, but the bandwidth limit (4 MiB/s of frames) carries at
+    // most 11 MB/s of zstd 1's input and 9.8 MB/s of lz4's: lz4 would send
+    // more bytes and move no more data.
+    CodecControl c;
+    for (int i = 0; i < 4; ++i) {
+        auto o = window(10e6, 0.37, 0, 0.6, 0);
+        o.link_limit = 4 * 1048576.0;
+        EXPECT_EQ(next_codec_step(o, c, kAll).step, step_of("zstd:1")) << i;
+    }
+    // Without the limit the same windows do move it.
+    CodecControl u;
+    next_codec_step(window(10e6, 0.37, 0, 0.6, 0), u, kAll);
+    EXPECT_EQ(next_codec_step(window(10e6, 0.37, 0, 0.6, 0), u, kAll).step, step_of("lz4"));
 }
 
 TEST(CodecController, CheaperOnlyWhenItWouldBeFaster) {

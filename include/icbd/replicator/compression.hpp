@@ -118,6 +118,9 @@ struct CodecObservation {
     // Time the reader waited because the frames ahead of the fastest replica
     // reached their limit: the link (or the replica) is the bottleneck.
     double producer_blocked_seconds = 0;
+    // Frame bytes per second the bandwidth limit allows (0: no limit). Caps
+    // the link rate the predictions use even when the socket never blocked.
+    double link_limit = 0;
 };
 
 // The controller's memory from one window to the next.
@@ -127,6 +130,7 @@ struct CodecControl {
     unsigned ceiling_windows = 0;  // windows until the ceiling is lifted
     size_t last_step = SIZE_MAX;   // the setting of the previous window (SIZE_MAX: none yet)
     double last_link_raw = 0;      // input bytes/s the link carried then, when it was the bottleneck
+    unsigned cpu_windows = 0;      // consecutive windows that looked CPU-bound
 };
 
 struct CodecDecision {
@@ -143,8 +147,12 @@ struct CodecDecision {
 //   bottleneck is not the bytes (e.g. the replica's disk or CPU): back one
 //   move, and no harder than that for 20 windows.
 // - CPU-bound (the writer starved a fifth of the window while the workers
-//   were busy at least half of it): one step cheaper, if its predicted
-//   throughput min(workers x speed, link / ratio) is at least 10 % better.
+//   were busy at least half of it) in two windows in a row: one step cheaper,
+//   if its predicted throughput min(workers x speed, link / ratio) is at least
+//   10 % better, the link rate capped by the bandwidth limit. One window is
+//   not enough: the first one of a push is the pipeline filling (writers
+//   starve while the first chunks compress), and a moment of CPU contention
+//   from another process is not the push's bottleneck.
 // Speeds and ratios of other settings are predicted from the measured ones
 // with the relative figures of bench/RESULTS.md.
 CodecDecision next_codec_step(const CodecObservation& o, CodecControl& state, uint32_t capabilities);
