@@ -1,10 +1,14 @@
 // The node's durable state in one SQLite file (WAL, synchronous=FULL): one
 // connection behind a mutex, one transaction per mutating call, lists as JSON.
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <unordered_map>
@@ -678,7 +682,26 @@ int64_t now_ms() {
         .count();
 }
 
+namespace {
+
+// The database holds the desktops' CHAP secrets in clear (tgtd needs them in
+// clear too): only root reads it. Made 0600 before SQLite opens it, and made so
+// again on every start for databases created by older versions; SQLite gives
+// its -wal and -shm files the database's mode.
+Status restrict_to_owner(const fs::path& db_file) {
+    int fd = ::open(db_file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) return Status::ok();  // let SQLite report why it cannot open it
+    int rc = ::fchmod(fd, 0600);
+    int err = errno;
+    ::close(fd);
+    if (rc < 0) return Status::error(err, "state database '" + db_file.string() + "': chmod 0600: " + std::strerror(err));
+    return Status::ok();
+}
+
+}  // namespace
+
 Result<std::unique_ptr<NodeStore>> open_sqlite_store(const fs::path& db_file) {
+    if (Status s = restrict_to_owner(db_file); !s) return s;
     sqlite3* raw = nullptr;
     // NOMUTEX: the store serializes its one connection itself.
     int rc = sqlite3_open_v2(db_file.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,

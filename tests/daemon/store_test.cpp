@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -104,6 +105,25 @@ TEST(StoreNames, LivenessClientStateAndSubscriptions) {
     EXPECT_FALSE(r.wants("win10"));
     int64_t t = now_ms();
     EXPECT_GT(t, 1700000000000);  // unix ms, not seconds or a monotonic clock
+}
+
+// The database holds CHAP secrets in clear: nobody but its owner may read it,
+// including a database an older blockd created 0644.
+TEST_F(StoreTest, TheDatabaseHoldingChapSecretsIsReadableByItsOwnerOnly) {
+    ASSERT_TRUE(store_->put_client(sample_client("desk1", 1)));
+    struct stat st{};
+    ASSERT_EQ(::stat(db().c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0600u);
+    store_.reset();
+    ASSERT_EQ(::chmod(db().c_str(), 0644), 0);
+    reopen();
+    ASSERT_EQ(::stat(db().c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0600u);
+    for (const char* side : {"-wal", "-shm"}) {
+        if (::stat((db().string() + side).c_str(), &st) == 0) {
+            EXPECT_EQ(st.st_mode & 0077, 0u) << side;
+        }
+    }
 }
 
 TEST_F(StoreTest, ReplicaRoundTripAndReregistrationKeepsLiveness) {
