@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "icbd/replicator/compression.hpp"
-#include "icbd/replicator/wire_format.hpp"
+#include "messages.hpp"
 
 namespace icbd::repl {
 

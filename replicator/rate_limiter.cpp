@@ -1,7 +1,7 @@
 // RateLimiter: token bucket in its GCRA form. Each acquire() reserves its bytes
 // on a virtual clock under the mutex and sleeps outside it, so several sender
 // threads share one limit without a refill thread or busy waiting.
-#include "icbd/replicator/rate_limiter.hpp"
+#include "rate_limiter.hpp"
 
 #include <algorithm>
 #include <thread>

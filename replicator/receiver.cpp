@@ -20,7 +20,11 @@
 #include "icbd/replicator/compression.hpp"
 #include "icbd/replicator/image_path.hpp"
 #include "icbd/replicator/repository.hpp"
-#include "icbd/replicator/tree_manifest.hpp"
+#include "digests.hpp"
+#include "frame_codec.hpp"
+#include "messages.hpp"
+#include "name_rules.hpp"
+#include "tree_manifest.hpp"
 
 namespace icbd::repl {
 

@@ -22,9 +22,15 @@
 
 #include "icbd/checksum.hpp"
 #include "icbd/replicator/image_path.hpp"
-#include "icbd/replicator/rate_limiter.hpp"
 #include "icbd/replicator/repository.hpp"
 #include "compression_pool.hpp"
+#include "digests.hpp"
+#include "entry_stat.hpp"
+#include "frame_codec.hpp"
+#include "messages.hpp"
+#include "name_rules.hpp"
+#include "rate_limiter.hpp"
+#include "tree_manifest.hpp"
 
 namespace icbd::repl {
 

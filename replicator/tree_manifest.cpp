@@ -1,6 +1,6 @@
 // manifest_of_tree: walks a version tree (lstat and readlink only, never a
 // symlink followed) and hashes its entries in bytewise path order (section 8.2).
-#include "icbd/replicator/tree_manifest.hpp"
+#include "tree_manifest.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -12,7 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "icbd/replicator/wire_format.hpp"
+#include "digests.hpp"
+#include "entry_stat.hpp"
 #include "icbd/unique_fd.hpp"
 
 namespace icbd::repl {

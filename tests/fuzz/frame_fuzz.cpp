@@ -8,7 +8,8 @@
 #include <vector>
 
 #include "icbd/replicator/compression.hpp"
-#include "icbd/replicator/wire_format.hpp"
+#include "frame_codec.hpp"
+#include "messages.hpp"
 
 using namespace icbd;
 using namespace icbd::repl;

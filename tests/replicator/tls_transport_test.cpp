@@ -22,9 +22,9 @@
 #include <vector>
 
 #include "icbd/checksum.hpp"
-#include "icbd/replicator/rate_limiter.hpp"
 #include "icbd/replicator/transport.hpp"
 #include "icbd/unique_fd.hpp"
+#include "rate_limiter.hpp"
 #include "run_command.hpp"
 #include "temp_dir.hpp"
 

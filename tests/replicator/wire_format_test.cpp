@@ -1,7 +1,11 @@
 // The replication wire format against docs/replication-protocol.md: byte-exact
 // layouts, round trips of every message, a decoder that takes the stream split
 // anywhere, and every kind of bad input refused with a message that names it.
-#include "icbd/replicator/wire_format.hpp"
+#include "digests.hpp"
+#include "entry_stat.hpp"
+#include "frame_codec.hpp"
+#include "messages.hpp"
+#include "name_rules.hpp"
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>

@@ -14,7 +14,8 @@
 #include <vector>
 
 #include "icbd/replicator/transport.hpp"
-#include "icbd/replicator/wire_format.hpp"
+#include "icbd/replicator/compression.hpp"
+#include "icbd/replicator/protocol.hpp"
 #include "icbd/status.hpp"
 
 namespace icbd::repl {

@@ -14,8 +14,7 @@
 #include "icbd/replicator/compression.hpp"
 #include "icbd/replicator/snapshot_diff.hpp"
 #include "icbd/replicator/transport.hpp"
-#include "icbd/replicator/tree_manifest.hpp"
-#include "icbd/replicator/wire_format.hpp"
+#include "icbd/replicator/protocol.hpp"
 #include "icbd/status.hpp"
 
 namespace icbd::repl {

@@ -15,6 +15,7 @@
 #include <string_view>
 #include <vector>
 
+#include "icbd/replicator/entry_attrs.hpp"
 #include "icbd/status.hpp"
 #include "icbd/unique_fd.hpp"
 
@@ -27,7 +28,6 @@ struct ByteRange {
     friend bool operator==(const ByteRange&, const ByteRange&) = default;
 };
 
-enum class EntryType : uint8_t { regular = 1, directory = 2, symlink = 3 };
 enum class ChangeKind : uint8_t { added = 1, modified = 2, deleted = 3 };
 
 // What differs in a `modified` entry (several may be set); informational: a
@@ -39,19 +39,6 @@ enum ChangeBits : uint32_t {
     kChangedOwner = 1u << 3,   // uid or gid
     kChangedMtime = 1u << 4,   // modification time
     kChangedTarget = 1u << 5,  // symlink target
-};
-
-// The attributes of an entry as the replica must reproduce them.
-struct EntryAttrs {
-    EntryType type = EntryType::regular;
-    uint32_t mode = 0;  // permission bits only (st_mode & 07777)
-    uint32_t uid = 0;
-    uint32_t gid = 0;
-    int64_t mtime_sec = 0;
-    uint32_t mtime_nsec = 0;
-    uint64_t size = 0;           // regular file: its size; otherwise 0
-    std::string symlink_target;  // symlink only (any bytes but NUL, <= 4095)
-    friend bool operator==(const EntryAttrs&, const EntryAttrs&) = default;
 };
 
 // One change. For a regular file that is `added` or `modified`, the replica:
