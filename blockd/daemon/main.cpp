@@ -14,19 +14,9 @@
 #include <thread>
 
 #include "config.hpp"
+#include "icbd/journal_log.hpp"
 #include "icbd/log.hpp"
 #include "node.hpp"
-
-namespace {
-
-// stderr lines with syslog level prefixes: journald keeps the level (and a
-// terminal shows them plainly enough).
-void log_sink(icbd::LogLevel level, const char* message) {
-    const char* prefix = level == icbd::LogLevel::error ? "<3>" : level == icbd::LogLevel::warning ? "<4>" : "<6>";
-    std::fprintf(stderr, "%s%s\n", isatty(2) ? "" : prefix, message);
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
     CLI::App app{"blockd: icbd-store node daemon (master or replica); see docs/blockd.md"};
@@ -41,7 +31,8 @@ int main(int argc, char** argv) {
         int rc = app.exit(e);
         return rc == 0 ? 0 : 2;
     }
-    icbd::set_log_sink(log_sink);
+    // Under systemd: journal entries with IMAGE=, PEER=, CLIENT=... fields; else plain lines.
+    icbd::log_to_journal_or_stderr("blockd");
 
     auto config = icbd::node::load_config(config_file);
     if (!config) {

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Daemons' logs: plain lines when stderr is not the journal (also when an
+# inherited $JOURNAL_STREAM names another file), structured journal entries
+# (IMAGE, VERSION, PEER, CLIENT, TARGET, LUN) when it is. The journal part runs
+# a real systemd-journald of its own in a private mount namespace (tmpfs over
+# /run and /var/log/journal: the machine's journal, if any, is not touched),
+# and the probe under systemd-cat, which connects stdout and stderr to the
+# journal, with JOURNAL_STREAM set as systemd sets it for a service.
+# Usage: journal_test.sh PROBE   (root: unshare -m, mounts)
+set -euo pipefail
+probe=${1:?usage: journal_test.sh PROBE}
+work=$(mktemp -d /tmp/icbd-journal-test.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+fail() { echo "journal_test: FAIL: $*" >&2; exit 1; }
+
+# --- stderr is a file: plain lines, no journal
+[ "$(env -u JOURNAL_STREAM "$probe" 2>"$work/err")" = plain ] || fail "probe did not log plainly with stderr on a file"
+grep -qx "warning: probe: image 'win10' version 7 to replica 'cache01' for client 'pc01'" "$work/err" \
+  || { cat "$work/err" >&2; fail "no plain warning line"; }
+grep -qx "error: tgt 4 lun 3: probe: cache '/ssd/x.cache': writing back failed" "$work/err" \
+  || { cat "$work/err" >&2; fail "the LUN's line does not name target and LUN"; }
+grep -qx "probe: no fields" "$work/err" || { cat "$work/err" >&2; fail "no plain info line"; }
+# --- an inherited JOURNAL_STREAM naming another file (a child of a service
+# whose stderr was redirected) is not believed
+touch "$work/other"
+other=$(stat -c '%d:%i' "$work/other")
+[ "$(JOURNAL_STREAM=$other "$probe" 2>"$work/err2")" = plain ] || fail "probe believed a JOURNAL_STREAM that names another file"
+grep -q "^warning: probe: image" "$work/err2" || fail "no plain lines with a foreign JOURNAL_STREAM"
+echo "journal_test: plain lines on a file, also with a foreign JOURNAL_STREAM"
+
+# --- the real journal
+journald=/lib/systemd/systemd-journald
+if [ ! -x "$journald" ] || ! command -v systemd-cat >/dev/null || ! command -v journalctl >/dev/null; then
+  echo "journal_test: SKIP: systemd-journald, systemd-cat or journalctl is not installed here" >&2
+  [ "${ICBD_FORBID_SKIP:-0}" = 1 ] && fail "ICBD_FORBID_SKIP=1 and the journal part cannot run"
+  exit 77
+fi
+# systemd-cat (252) connects stdout and stderr to journald's stream socket but
+# does not set JOURNAL_STREAM; this sets it as systemd does for a service:
+# the device and inode of that socket.
+cat >"$work/as-service.sh" <<'SVC'
+#!/bin/sh
+JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec "$@"
+SVC
+chmod +x "$work/as-service.sh"
+cat >"$work/ns.sh" <<NS
+set -euo pipefail
+mount --make-rprivate /
+mount -t tmpfs tmpfs /run
+mkdir -p /run/systemd/journal /run/log/journal
+if [ -d /var/log/journal ]; then mount -t tmpfs tmpfs /var/log/journal; fi
+$journald &
+jpid=\$!
+trap 'kill \$jpid 2>/dev/null; wait \$jpid 2>/dev/null || true' EXIT
+for _ in \$(seq 100); do [ -S /run/systemd/journal/stdout ] && [ -S /run/systemd/journal/socket ] && break; sleep 0.05; done
+[ -S /run/systemd/journal/socket ] || { echo "journald did not start" >&2; exit 1; }
+systemd-cat -t icbd-log-probe-stream "$work/as-service.sh" "$probe" || true
+for _ in \$(seq 100); do
+  journalctl -D /run/log/journal --no-pager -o json SYSLOG_IDENTIFIER=icbd-log-probe >"$work/entries.json" 2>/dev/null || true
+  [ "\$(wc -l <"$work/entries.json")" -ge 3 ] && break
+  sleep 0.05
+done
+journalctl -D /run/log/journal --no-pager -o json SYSLOG_IDENTIFIER=icbd-log-probe-stream >"$work/stream.json" 2>/dev/null || true
+NS
+unshare -m bash "$work/ns.sh" || fail "the private journald run failed"
+python3 - "$work/entries.json" "$work/stream.json" <<'PY'
+import json, sys
+entries = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+stream = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+def fail(m):
+    print("journal_test: FAIL: " + m, file=sys.stderr)
+    print(json.dumps(entries + stream, indent=1)[:4000], file=sys.stderr)
+    sys.exit(1)
+by_msg = {e.get("MESSAGE"): e for e in entries}
+w = by_msg.get("probe: image 'win10' version 7 to replica 'cache01' for client 'pc01'")
+if not w: fail("the warning did not reach the journal as a native entry")
+want = {"IMAGE": "win10", "VERSION": "7", "PEER": "cache01", "CLIENT": "pc01",
+        "TARGET": "iqn.2026-12.org.icbd:pc01", "LUN": "1", "PRIORITY": "4", "_TRANSPORT": "journal"}
+for k, v in want.items():
+    if w.get(k) != v: fail(f"warning entry: {k}={w.get(k)!r}, expected {v!r}")
+e = by_msg.get("tgt 4 lun 3: probe: cache '/ssd/x.cache': writing back failed")
+if not e: fail("the LUN's error did not reach the journal naming target and LUN")
+for k, v in {"TARGET": "tid 4", "LUN": "3", "PRIORITY": "3"}.items():
+    if e.get(k) != v: fail(f"LUN entry: {k}={e.get(k)!r}, expected {v!r}")
+i = by_msg.get("probe: no fields")
+if not i or i.get("PRIORITY") != "6" or "IMAGE" in i: fail("the info entry is wrong or carries fields it was not given")
+# Only "journal" went through the stdout stream: no log line was written to
+# stderr (it would have come as a second copy without fields).
+msgs = [s.get("MESSAGE") for s in stream]
+if msgs != ["journal"]: fail(f"the stdout/stderr stream carried {msgs!r}, expected only the probe's 'journal'")
+print("journal_test: 3 native journal entries with IMAGE, VERSION, PEER, CLIENT, TARGET, LUN and PRIORITY; nothing on the stream")
+PY
