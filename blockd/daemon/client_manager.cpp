@@ -176,7 +176,8 @@ Status ClientManager::ensure_overlay(const ClientRecord& r) const {
         // Names another version: a move or reset was cut short after the
         // record changed; the writes were being discarded anyway.
         log(LogLevel::warning, what + ": overlay '" + r.overlay_path + "' belongs to " + info->golden.describe() +
-                                   ", replaced by an empty one for version " + std::to_string(r.bound_version));
+                                   ", replaced by an empty one for version " + std::to_string(r.bound_version),
+            {.image = r.image, .version = r.bound_version, .client = r.name});
         if (Status s = remove_file(r.overlay_path, what); !s) return s;
     }
     // A cache holds blocks of the overlay it was in front of: never put it
@@ -256,7 +257,8 @@ Status ClientManager::move(ClientRecord& r, uint64_t to) {
     if (!fresh) return fresh.status();
     if (Status s = ensure_export(r, *fresh); !s) return s;
     log(LogLevel::info, what + ": now on image '" + r.image + "' version " + std::to_string(to) + " (was " +
-                            std::to_string(from) + "), overlay reset");
+                            std::to_string(from) + "), overlay reset",
+        {.image = r.image, .version = to, .client = r.name, .target = target_name(r.name)});
     return Status::ok();
 }
 
@@ -373,7 +375,8 @@ Result<ClientStatus> ClientManager::add(const ClientSpec& spec) {
     if (Status s = store_.put_client(r); !s) return s;
     if (Status s = ensure_export(r, std::nullopt); !s) {
         if (Status u = finish_removal(r, true); !u)
-            log(LogLevel::error, what + ": undoing a failed add: " + u.message() + " (reconcile retries)");
+            log(LogLevel::error, what + ": undoing a failed add: " + u.message() + " (reconcile retries)",
+                {.client = r.name});
         return s;
     }
     r.state = ClientState::ready;
@@ -489,7 +492,8 @@ Status ClientManager::remove_orphans(const std::vector<ClientRecord>& clients, c
         if (ours) continue;
         if (t.sessions > 0) {
             log(LogLevel::warning, "target " + t.iqn + " (tid " + std::to_string(t.tid) +
-                                       ") belongs to no client; kept while its session lasts");
+                                       ") belongs to no client; kept while its session lasts",
+                {.target = t.iqn});
             continue;
         }
         Status s;
@@ -498,7 +502,7 @@ Status ClientManager::remove_orphans(const std::vector<ClientRecord>& clients, c
         if (s) s = tgt_.delete_target(t.tid, false);
         if (s.code() == ENOENT) continue;  // gone meanwhile
         if (s)
-            log(LogLevel::info, "target " + t.iqn + " (tid " + std::to_string(t.tid) + ") belonged to no client: deleted");
+            log(LogLevel::info, "target " + t.iqn + " (tid " + std::to_string(t.tid) + ") belonged to no client: deleted", {.target = t.iqn});
         else if (first)
             first = s;
     }

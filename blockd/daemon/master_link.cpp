@@ -99,7 +99,7 @@ void MasterLink::run() {
             Status st = answer ? registered_from_json(*answer).status() : answer.status();
             lock.lock();
             if (st) {
-                if (!registered_) log(LogLevel::info, "registered with master at " + opt_.master_address);
+                if (!registered_) log(LogLevel::info, "registered with master at " + opt_.master_address, {.peer = opt_.master_address});
                 registered_ = true;
                 last_ping_ = Clock::now();
                 last_error_.clear();
@@ -107,7 +107,8 @@ void MasterLink::run() {
                 std::string msg = "register with master at " + opt_.master_address + ": " + st.message();
                 // One line per distinct failure, not one every two seconds.
                 if (msg != last_error_) log(LogLevel::warning, msg + " (retrying every " +
-                                                                    std::to_string(kRetryInterval.count()) + " ms)");
+                                                                    std::to_string(kRetryInterval.count()) + " ms)",
+                                                   {.peer = opt_.master_address});
                 registered_ = false;
                 last_error_ = std::move(msg);
                 retry_at = Clock::now() + kRetryInterval;

@@ -48,7 +48,7 @@ json Membership::handle_register(const repl::PeerIdentity& peer, const json& req
         std::string msg = "register: node '" + req->node + "' refused: the connection from " + peer.describe() +
                           (peer.authenticated ? " carries the certificate of '" + peer.common_name + "'"
                                               : " is not authenticated");
-        log(LogLevel::warning, msg);
+        log(LogLevel::warning, msg, {.peer = req->node});
         return error_message(msg);
     }
     bool was_alive = true, known = false;
@@ -78,17 +78,19 @@ json Membership::handle_register(const repl::PeerIdentity& peer, const json& req
         if (st) st = registry_.set_liveness(rec.name, Liveness::alive, now, 0);
         if (st) st = registry_.set_replica_versions(rec.name, rec.versions);
         if (!st) {
-            log(LogLevel::error, "register: replica '" + rec.name + "': " + st.message());
+            log(LogLevel::error, "register: replica '" + rec.name + "': " + st.message(), {.peer = rec.name});
             return error_message("register: replica '" + rec.name + "': " + st.message());
         }
     }
     const std::string& name = req->node;
     if (!known)
         log(LogLevel::info, "replica '" + name + "' registered from " + peer.address + " (peer " + req->peer_address +
-                                ", replication " + req->replication_address + ")");
+                                ", replication " + req->replication_address + ")",
+            {.peer = name});
     else
         log(LogLevel::info, "replica '" + name + "' registered again from " + peer.address +
-                                (was_alive ? "" : ": alive again"));
+                                (was_alive ? "" : ": alive again"),
+            {.peer = name});
     if (on_change_) on_change_(name);
     return to_json(RegisteredReply{opt_.node_name, static_cast<uint64_t>(opt_.keepalive_interval.count())});
 }
@@ -212,13 +214,13 @@ void Membership::apply_answer(const std::string& name, const Result<PongReply>& 
             st = registry_.set_replica_versions(name, answered->versions);
             changed = true;
         }
-        if (!st) log(LogLevel::error, "keepalive: replica '" + name + "': " + st.message());
+        if (!st) log(LogLevel::error, "keepalive: replica '" + name + "': " + st.message(), {.peer = name});
         if (state != rec.state) {
             changed = true;
             std::string msg = "replica '" + name + "' is " + liveness_name(state) + " (was " +
                               liveness_name(rec.state) + ")";
             if (!pong) msg += ": " + std::to_string(missed) + " keepalive(s) missed; last: " + cause_of(pong);
-            log(state == Liveness::alive ? LogLevel::info : LogLevel::warning, msg);
+            log(state == Liveness::alive ? LogLevel::info : LogLevel::warning, msg, {.peer = name});
         }
     }
     if (pong) {

@@ -429,7 +429,8 @@ void Node::on_received(const repl::ReceiveReport& report) {
         return;
     }
     log(LogLevel::info, "image '" + report.image + "' version " + std::to_string(report.version) + ": received from " +
-                            report.peer + " (" + std::to_string(report.data_bytes_written) + " bytes written)");
+                            report.peer + " (" + std::to_string(report.data_bytes_written) + " bytes written)",
+        {.image = report.image, .version = report.version, .peer = report.peer});
     {
         std::lock_guard lk(images_mu_);
         if (auto st = images_->recover(); !st) log(LogLevel::error, st.message());

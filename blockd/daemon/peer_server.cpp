@@ -112,7 +112,7 @@ void PeerServer::serve(std::list<Session>::iterator self, repl::PendingConnectio
     };
     if (!stream) {
         log(LogLevel::warning, "peer listener " + listener_.address() + ": connection from " + from +
-                                   " refused: " + stream.status().message());
+                                   " refused: " + stream.status().message(), {.peer = from});
         finish();
         return;
     }

@@ -123,7 +123,7 @@ void PushScheduler::pass() {
                 const ReplicaRecord* r = &*found;
                 auto hp = repl::parse_host_port(r->replication_address);
                 if (!hp) {
-                    log(LogLevel::error, "replica '" + r->name + "': " + hp.status().message());
+                    log(LogLevel::error, "replica '" + r->name + "': " + hp.status().message(), {.peer = r->name});
                     continue;
                 }
                 po.targets.push_back(*hp);
@@ -150,7 +150,8 @@ void PushScheduler::pass() {
                 ids.push_back(id ? *id : 0);
             }
             log(LogLevel::info, "image '" + image + "' version " + std::to_string(version) + ": pushing to " +
-                                    std::to_string(go.size()) + " replica(s)");
+                                    std::to_string(go.size()) + " replica(s)",
+                {.image = image, .version = version});
             auto report = repl::push(po);
             {
                 std::lock_guard lk(mu_);
@@ -187,11 +188,13 @@ void PushScheduler::pass() {
                     }
                     if (auto st = store_.set_replica_versions(r.name, versions); !st) log(LogLevel::error, st.message());
                     log(LogLevel::info, "image '" + image + "' version " + std::to_string(version) + ": replica '" +
-                                            r.name + "' has it (" + std::to_string(rec.wire_bytes) + " bytes sent)");
+                                            r.name + "' has it (" + std::to_string(rec.wire_bytes) + " bytes sent)",
+                        {.image = image, .version = version, .peer = r.name});
                 } else {
                     failed[r.name] = true;
                     log(LogLevel::warning, "image '" + image + "' version " + std::to_string(version) +
-                                               ": push to replica '" + r.name + "' failed: " + rec.message);
+                                               ": push to replica '" + r.name + "' failed: " + rec.message,
+                        {.image = image, .version = version, .peer = r.name});
                 }
             }
             // Versions just recorded are the bases of the next push.
