@@ -18,6 +18,7 @@
 #include "lun_metrics.hpp"
 #include "overlay_map.hpp"
 #include "write_back_cache.hpp"
+#include "icbd/file_io.hpp"
 #include "icbd/log.hpp"
 
 namespace icbd {
@@ -30,9 +31,10 @@ bool on_btrfs(int fd) {
 
 }  // namespace
 
-Result<std::unique_ptr<Lun>> Lun::create(const LunOptions& opts, const LunHost& host, const std::string& name) {
+Result<std::unique_ptr<Lun>> Lun::create(const LunOptions& opts, const LunHost& host, const std::string& name,
+                                         const LunSeams& seams) {
     std::string why;
-    auto engine = make_io_engine(opts.engine, &why);
+    auto engine = seams.make_engine ? seams.make_engine(opts.engine, &why) : make_io_engine(opts.engine, &why);
     if (!engine) return Status::error(engine.status().code(), "I/O engine: " + engine.status().message());
     if (!why.empty())
         log(LogLevel::warning, (name.empty() ? std::string("LUN") : name) + ": io_uring unavailable (" + why +
@@ -152,10 +154,39 @@ void Lun::attach_metrics(const std::string& backing_path) {
     runner_->set_metrics(metrics_.get());
 }
 
+// Closing is the SYNCHRONIZE CACHE the initiator did not send: an overlay
+// block belongs to the client only once its map bit is on disk, and a bit goes
+// there only after its data is durable (docs/overlay-format.md, "Durability
+// rules"). Without this, writes acknowledged since the last SYNCHRONIZE CACHE
+// read as golden data again after the LUN is removed and added back.
+// Everything is drained: plain blocking I/O, once per LUN.
+void Lun::persist_overlay_map() {
+    const std::string who = "overlay '" + opts_.overlay + "'";
+    const int fd = overlay_->fd();
+    OverlayMap::Snapshot written = overlay_->snapshot_unsynced();
+    if (::fdatasync(fd) != 0) {
+        log(LogLevel::error, who + ": fdatasync at close: " + std::strerror(errno) +
+                                 "; writes since the last SYNCHRONIZE CACHE may read as before them when the "
+                                 "overlay is attached again");
+        return;
+    }
+    overlay_->apply_durable(written);
+    if (!overlay_->has_unwritten_pages()) return;
+    std::vector<uint8_t> buf;
+    for (const OverlayMap::PageWrite& w : overlay_->take_unwritten_pages(buf)) {
+        if (Status s = full_pwrite(fd, buf.data() + w.buf_offset, w.len, w.file_offset, who + ": map at close"); !s) {
+            log(LogLevel::error, s.message());
+            return;
+        }
+    }
+    if (::fdatasync(fd) != 0) log(LogLevel::error, who + ": fdatasync of the map at close: " + std::strerror(errno));
+}
+
 int Lun::fd() const { return overlay_ ? overlay_->golden_fd() : fd_.get(); }
 
 void Lun::close() {
     if (runner_) runner_->drain();
+    if (overlay_ && !readonly_) persist_overlay_map();
     runner_.reset();
     metrics_.reset();  // unlinks the file: the LUN is gone
     cache_.reset();

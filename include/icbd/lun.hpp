@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -52,6 +53,16 @@ struct LunHost {
     void* ctx = nullptr;
 };
 
+// Test seam: how a LUN gets its I/O engine. Production leaves it empty and the
+// LUN makes the engine its options ask for (make_io_engine); tests wrap that
+// engine to inject faults below the LUN (tests/support/faulty_engine.hpp,
+// docs/testing.md).
+using EngineFactory =
+    std::function<Result<std::unique_ptr<IoEngine>>(const EngineOptions& opts, std::string* why_fallback)>;
+struct LunSeams {
+    EngineFactory make_engine;  // empty: make_io_engine
+};
+
 class CommandRunner;
 class LunMetrics;
 class OverlayMap;
@@ -61,7 +72,7 @@ class Lun {
 public:
     // `name` identifies the LUN in log lines (e.g. "tgt 1 lun 2").
     static Result<std::unique_ptr<Lun>> create(const LunOptions& opts, const LunHost& host,
-                                               const std::string& name = "");
+                                               const std::string& name = "", const LunSeams& seams = {});
     ~Lun();
 
     const LunOptions& options() const { return opts_; }
@@ -93,6 +104,8 @@ private:
     // With a cache configured: opens it for the device below (the file or
     // the overlay just opened); then makes the command runner.
     Status open_cache(const std::string& device_id, uint64_t size);
+    // Closing an overlay LUN: its writes durable and their map bits on disk.
+    void persist_overlay_map();
     // The LUN's metrics file (docs/metrics.md); none when it cannot be made.
     void attach_metrics(const std::string& backing_path);
     Lun(const LunOptions& opts, const LunHost& host, std::unique_ptr<IoEngine> engine);
