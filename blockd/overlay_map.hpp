@@ -1,7 +1,7 @@
 // An overlay attached to a LUN: its open file, the shared golden file, and the
 // allocation map in memory, with the bookkeeping that keeps a 1 bit on disk
 // from ever getting ahead of its data (docs/overlay-format.md, "Durability").
-// Pure state: the command runner does the I/O.
+// Pure state: the overlay layer (overlay_layer.hpp) does the I/O.
 #pragma once
 
 #include <cstdint>
@@ -78,7 +78,6 @@ public:
     // returns the writes to issue (contiguous pages coalesced).
     std::vector<PageWrite> take_unwritten_pages(std::vector<uint8_t>& buf);
     void requeue_pages(const std::vector<PageWrite>& writes);  // a map write failed
-    bool map_writer_busy = false;
 
 private:
     OverlayMap(UniqueFd fd, std::shared_ptr<GoldenFile> golden, OverlayInfo info, std::string path);

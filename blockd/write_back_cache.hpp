@@ -1,6 +1,6 @@
 // The write-back cache of one LUN as the data path sees it: the open cache
-// file, its map (blockd/cache_map.hpp) and the flags the command runner keeps
-// about it. Opening formats a new file or recovers an existing one
+// file, its map (blockd/cache_map.hpp) and the flags the cache layer keeps
+// about it (blockd/cache_layer.hpp). Opening formats a new file or recovers an existing one
 // (docs/write-back-cache.md).
 #pragma once
 
@@ -23,6 +23,7 @@ public:
 
     int fd() const { return fd_.get(); }
     CacheMap& map() { return *map_; }
+    const CacheMap& map() const { return *map_; }
     const std::string& path() const { return path_; }
     const CacheRecoveryStats& recovery() const { return recovery_; }
     CacheWatermarks watermarks;
