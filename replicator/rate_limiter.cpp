@@ -4,7 +4,6 @@
 #include "rate_limiter.hpp"
 
 #include <algorithm>
-#include <thread>
 
 namespace icbd::repl {
 
@@ -23,8 +22,8 @@ std::chrono::nanoseconds bytes_to_time(uint64_t bytes, uint64_t rate) {
 
 }  // namespace
 
-RateLimiter::RateLimiter(uint64_t bytes_per_second, uint64_t burst_bytes)
-    : rate_(bytes_per_second), burst_(default_burst(bytes_per_second, burst_bytes)) {}
+RateLimiter::RateLimiter(uint64_t bytes_per_second, uint64_t burst_bytes, TimeSource& time)
+    : time_(time), rate_(bytes_per_second), burst_(default_burst(bytes_per_second, burst_bytes)) {}
 
 void RateLimiter::set_rate(uint64_t bytes_per_second, uint64_t burst_bytes) {
     std::lock_guard lock(mu_);
@@ -39,7 +38,7 @@ uint64_t RateLimiter::rate() const {
 
 std::chrono::nanoseconds RateLimiter::acquire(uint64_t bytes) {
     Clock::time_point wake;
-    const Clock::time_point now = Clock::now();
+    const Clock::time_point now = time_.now();
     {
         std::lock_guard lock(mu_);
         if (rate_ == 0 || bytes == 0) return std::chrono::nanoseconds(0);
@@ -49,7 +48,7 @@ std::chrono::nanoseconds RateLimiter::acquire(uint64_t bytes) {
         wake = paid_until_ - bytes_to_time(burst_, rate_);
     }
     if (wake <= now) return std::chrono::nanoseconds(0);
-    std::this_thread::sleep_until(wake);
+    time_.sleep_until(wake);
     return wake - now;
 }
 

@@ -6,13 +6,17 @@
 #include <cstdint>
 #include <mutex>
 
+#include "time_source.hpp"
+
 namespace icbd::repl {
 
 class RateLimiter {
 public:
     // `bytes_per_second` 0 means unlimited. `burst_bytes` is how much may go
     // out at once after an idle period; 0 picks max(64 KiB, 50 ms of the rate).
-    explicit RateLimiter(uint64_t bytes_per_second = 0, uint64_t burst_bytes = 0);
+    // `time`: where it reads the clock and sleeps (a test's clock in tests).
+    explicit RateLimiter(uint64_t bytes_per_second = 0, uint64_t burst_bytes = 0,
+                         TimeSource& time = TimeSource::steady());
     RateLimiter(const RateLimiter&) = delete;
     RateLimiter& operator=(const RateLimiter&) = delete;
 
@@ -27,7 +31,8 @@ public:
     bool unlimited() const { return rate() == 0; }
 
 private:
-    using Clock = std::chrono::steady_clock;
+    using Clock = TimeSource::Clock;
+    TimeSource& time_;
     mutable std::mutex mu_;
     uint64_t rate_ = 0;
     uint64_t burst_ = 0;

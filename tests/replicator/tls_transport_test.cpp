@@ -24,7 +24,6 @@
 #include "icbd/checksum.hpp"
 #include "icbd/replicator/transport.hpp"
 #include "icbd/unique_fd.hpp"
-#include "rate_limiter.hpp"
 #include "run_command.hpp"
 #include "temp_dir.hpp"
 
@@ -501,62 +500,6 @@ TEST_F(TlsTransportTest, ConfigurationErrorsNameTheFile) {
     auto l2 = Listener::bind("127.0.0.1", 0, sc);
     ASSERT_FALSE(l2.is_ok());
     EXPECT_NE(l2.status().message().find("does not match"), std::string::npos) << l2.status().message();
-}
-
-TEST_F(TlsTransportTest, RateLimiterHoldsASharedLimitAcrossStreams) {
-    constexpr uint64_t limit = 4 << 20;  // 4 MiB/s over two TLS streams
-    constexpr size_t chunk = 32 << 10;
-    RateLimiter limiter(limit);
-    Listener l = listen(server_config());
-    auto server = std::async(std::launch::async, [&]() -> Status {
-        std::vector<std::thread> readers;
-        std::vector<Status> results(2);
-        std::vector<Stream> streams;
-        for (int i = 0; i < 2; ++i) {
-            auto s = l.accept(10s);
-            if (!s) return s.status();
-            streams.push_back(std::move(*s));
-        }
-        for (int i = 0; i < 2; ++i)
-            readers.emplace_back([&, i] {
-                std::vector<uint8_t> buf(1 << 16);
-                for (;;) {
-                    auto r = streams[i].read_some(buf);
-                    if (!r) results[i] = r.status();
-                    if (!r || *r == 0) return;
-                }
-            });
-        for (auto& t : readers) t.join();
-        return results[0].is_ok() ? results[1] : results[0];
-    });
-
-    std::atomic<uint64_t> sent{0};
-    std::vector<Status> errors(2);
-    const auto data = pattern(chunk, 5);
-    const auto t0 = Clock::now();
-    std::vector<std::thread> writers;
-    for (int i = 0; i < 2; ++i)
-        writers.emplace_back([&, i] {
-            auto c = connect("127.0.0.1", l.port(), client_config());
-            if (!c) {
-                errors[i] = c.status();
-                return;
-            }
-            while (Clock::now() - t0 < 1s) {
-                limiter.acquire(chunk);
-                if (errors[i] = c->write_all(data); !errors[i]) return;
-                sent += chunk;
-            }
-            errors[i] = c->shutdown();
-        });
-    for (auto& t : writers) t.join();
-    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-    ASSERT_OK(errors[0]);
-    ASSERT_OK(errors[1]);
-    ASSERT_OK(server.get());
-    const double rate = static_cast<double>(sent.load()) / secs;
-    EXPECT_GT(rate, 0.8 * limit) << "achieved " << rate << " B/s over " << secs << " s";
-    EXPECT_LT(rate, 1.2 * limit) << "achieved " << rate << " B/s over " << secs << " s";
 }
 
 }  // namespace

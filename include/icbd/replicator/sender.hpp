@@ -11,35 +11,15 @@
 #include <string_view>
 #include <vector>
 
+#include "icbd/replicator/change_plan.hpp"
 #include "icbd/replicator/compression.hpp"
+#include "icbd/replicator/host_port.hpp"
+#include "icbd/replicator/protocol.hpp"
 #include "icbd/replicator/snapshot_diff.hpp"
 #include "icbd/replicator/transport.hpp"
-#include "icbd/replicator/protocol.hpp"
 #include "icbd/status.hpp"
 
 namespace icbd::repl {
-
-// "host:port" or "[v6addr]:port" -> host and port; EINVAL with the text otherwise.
-struct HostPort {
-    std::string host;
-    uint16_t port = 0;
-    std::string text() const;  // as given, normalized ("[::1]:7000")
-};
-Result<HostPort> parse_host_port(std::string_view text);
-
-// One change frame of the deterministic stream (section 5.1) before its data
-// is read: what the stream is, independently of who receives it.
-struct PlannedChange {
-    FrameType type = FrameType::file;
-    std::string path;
-    uint64_t offset = 0;  // DATA, HOLE
-    uint64_t length = 0;  // DATA, HOLE; TRUNCATE: the size
-    EntryAttrs attrs;     // FILE
-};
-// The change frames of diff(base -> child) in protocol order; the index + 1 is
-// the seq. `child` is the new version's directory (for the attributes of
-// unchanged directories whose contents changed).
-Result<std::vector<PlannedChange>> plan_change_stream(const SnapshotDiff& diff, const std::filesystem::path& child);
 
 // Live figures of one replica during a push (progress callback).
 struct ReplicaProgress {

@@ -1,0 +1,169 @@
+// FrameWindow, the encoded frames one diff's replicas share: every writer gets
+// every frame in order; a full window holds the reader back until the slowest
+// writer moves on; a writer that keeps it full for max_stall is dropped and the
+// others go on. Timed on a clock the test moves (ManualTime).
+#include "frame_window.hpp"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <future>
+#include <thread>
+#include <vector>
+
+#include "manual_time.hpp"
+
+namespace icbd::repl {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::ManualTime;
+
+ChangePtr frame_of(uint64_t seq, size_t bytes) {
+    auto c = std::make_shared<EncodedChange>();
+    c->seq = seq;
+    c->frame.assign(bytes, static_cast<uint8_t>(seq));
+    return c;
+}
+
+// Waits (really) for `cond`, at most 10 s: a thread reaching a state the test
+// must see before it goes on.
+template <typename F>
+bool eventually(F cond) {
+    for (int i = 0; i < 10000 && !cond(); ++i) std::this_thread::sleep_for(1ms);
+    return cond();
+}
+
+struct Drops {
+    std::mutex mu;
+    std::vector<size_t> who;
+    std::function<void(size_t)> fn() {
+        return [this](size_t i) {
+            std::lock_guard lk(mu);
+            who.push_back(i);
+        };
+    }
+    std::vector<size_t> get() {
+        std::lock_guard lk(mu);
+        return who;
+    }
+};
+
+TEST(FrameWindow, EveryConsumerGetsEveryFrameInOrder) {
+    ManualTime time;
+    FrameWindow w(1u << 20, 2, 0, time);
+    Drops drops;
+    for (uint64_t seq = 1; seq <= 3; ++seq) ASSERT_TRUE(w.put(frame_of(seq, 100), 30s, drops.fn()));
+    w.finish(Status::ok());
+    for (size_t c = 0; c < 2; ++c) {
+        for (uint64_t i = 0; i < 3; ++i) {
+            ChangePtr item = w.get(c, i);
+            ASSERT_NE(item, nullptr) << "consumer " << c << " index " << i;
+            EXPECT_EQ(item->seq, i + 1);
+        }
+        EXPECT_EQ(w.get(c, 3), nullptr) << "the end of the stream";
+    }
+    EXPECT_TRUE(w.reader_status().is_ok());
+    EXPECT_TRUE(drops.get().empty());
+}
+
+TEST(FrameWindow, TheReadersFailureReachesTheWriters) {
+    FrameWindow w(1u << 20, 1);
+    w.finish(Status::error(EIO, "'disk.img': read at offset 0: Input/output error"));
+    EXPECT_EQ(w.get(0, 0), nullptr);
+    EXPECT_EQ(w.reader_status().code(), EIO);
+}
+
+TEST(FrameWindow, AFullWindowHoldsTheReaderUntilTheSlowestWriterMovesOn) {
+    ManualTime time;
+    FrameWindow w(200, 2, 0, time);
+    Drops drops;
+    ASSERT_TRUE(w.put(frame_of(1, 100), 30s, drops.fn()));
+    ASSERT_TRUE(w.put(frame_of(2, 100), 30s, drops.fn()));
+    std::atomic<bool> done{false};
+    FrameWindow::Clock::duration waited{};
+    auto third = std::async(std::launch::async, [&] {
+        bool ok = w.put(frame_of(3, 100), 30s, drops.fn(), &waited);
+        done = true;
+        return ok;
+    });
+    ASSERT_TRUE(eventually([&] { return time.waiting() > 0; })) << "the reader did not wait for room";
+    ASSERT_NE(w.get(0, 1), nullptr);  // the fast writer is past frame 1...
+    time.advance(5s);
+    const uint64_t seen = time.wakeups();
+    ASSERT_TRUE(eventually([&] { return time.wakeups() >= seen + 2; }));
+    EXPECT_FALSE(done) << "frame 1 is still needed by the slow writer";
+    ASSERT_NE(w.get(1, 1), nullptr);  // ...and now the slow one: frame 1 goes, room for frame 3
+    EXPECT_TRUE(third.get());
+    EXPECT_EQ(waited, 5s) << "the time the reader waited, on the window's clock";
+    EXPECT_TRUE(drops.get().empty());
+    EXPECT_FALSE(w.dropped(0));
+    EXPECT_FALSE(w.dropped(1));
+    EXPECT_EQ(w.get(1, 2)->seq, 3u);
+}
+
+TEST(FrameWindow, AWriterThatKeepsTheWindowFullForMaxStallIsDropped) {
+    ManualTime time;
+    FrameWindow w(200, 2, 0, time);
+    Drops drops;
+    ASSERT_TRUE(w.put(frame_of(1, 100), 30s, drops.fn()));
+    ASSERT_TRUE(w.put(frame_of(2, 100), 30s, drops.fn()));
+    ASSERT_NE(w.get(0, 0), nullptr);
+    ASSERT_NE(w.get(0, 1), nullptr);  // writer 0 keeps up; writer 1 never reads
+    std::atomic<bool> done{false};
+    auto third = std::async(std::launch::async, [&] {
+        bool ok = w.put(frame_of(3, 100), 30s, drops.fn());
+        done = true;
+        return ok;
+    });
+    ASSERT_TRUE(eventually([&] { return time.waiting() > 0; }));
+    time.advance(30s - 1ms);
+    const uint64_t seen = time.wakeups();
+    ASSERT_TRUE(eventually([&] { return time.wakeups() >= seen + 2; }));
+    EXPECT_FALSE(done) << "dropped before max_stall";
+    EXPECT_TRUE(drops.get().empty());
+
+    time.advance(1ms);
+    EXPECT_TRUE(third.get()) << "the reader goes on for the writer that is left";
+    EXPECT_EQ(drops.get(), std::vector<size_t>{1});
+    EXPECT_TRUE(w.dropped(1));
+    EXPECT_FALSE(w.dropped(0));
+    EXPECT_EQ(w.get(1, 0), nullptr) << "a dropped writer gets nothing more";
+    ChangePtr next = w.get(0, 2);
+    ASSERT_NE(next, nullptr);
+    EXPECT_EQ(next->seq, 3u);
+}
+
+TEST(FrameWindow, TheReaderStopsWhenNoWriterIsLeft) {
+    ManualTime time;
+    FrameWindow w(1u << 20, 2, 0, time);
+    Drops drops;
+    ASSERT_TRUE(w.put(frame_of(1, 100), 30s, drops.fn()));
+    w.leave(0);
+    ASSERT_TRUE(w.put(frame_of(2, 100), 30s, drops.fn()));
+    w.leave(1);
+    EXPECT_FALSE(w.put(frame_of(3, 100), 30s, drops.fn()));
+}
+
+TEST(FrameWindow, TheLeadLimitKeepsTheReaderCloseToTheFastestWriter) {
+    ManualTime time;
+    FrameWindow w(1u << 20, 1, 200, time);  // room for a MiB, but only 200 bytes ahead
+    Drops drops;
+    ASSERT_TRUE(w.put(frame_of(1, 100), 30s, drops.fn()));
+    ASSERT_TRUE(w.put(frame_of(2, 100), 30s, drops.fn()));
+    std::atomic<bool> done{false};
+    auto third = std::async(std::launch::async, [&] {
+        bool ok = w.put(frame_of(3, 100), 30s, drops.fn());
+        done = true;
+        return ok;
+    });
+    ASSERT_TRUE(eventually([&] { return time.waiting() > 0; })) << "the reader ran 300 bytes ahead";
+    EXPECT_FALSE(done);
+    ASSERT_NE(w.get(0, 0), nullptr);
+    ASSERT_NE(w.get(0, 1), nullptr);  // taking frame 1 brings the lead back to 100 bytes
+    EXPECT_TRUE(third.get());
+    EXPECT_TRUE(drops.get().empty());
+}
+
+}  // namespace
+}  // namespace icbd::repl
