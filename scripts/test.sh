@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: installs dependencies, builds the release preset and
 # runs the whole test suite (unit, integration against a real tgtd and libiscsi,
-# libiscsi's conformance suite), then the unit tests again under ASan+UBSan, then
-# the fuzz targets for a bounded time.
+# libiscsi's conformance suite), then, in one clang ASan+UBSan build, the unit
+# and parser tests again and the fuzz targets for a bounded time.
 # Usage: scripts/test.sh [ctest arguments...]   (as root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,28 +19,22 @@ if [ -f build/release/tests/conformance/out/summary.txt ]; then
   cat build/release/tests/conformance/out/summary.txt
 fi
 
-# Sanitizers: the common, engine and LUN unit tests under ASan+UBSan (tgtd itself is
-# not instrumented, so the module-in-tgtd tests run in the release build only).
-cmake --preset debug-asan >/dev/null
-cmake --build --preset debug-asan --target bsopts_test checksum_test json_test parse_size_test endian_test io_engine_test lun_test overlay_test sense_test \
-  cache_format_test cache_map_test cache_recovery_test cache_lun_test
-ctest --test-dir build/debug-asan --output-on-failure -j2 -L unit
-# The replication codecs and path checks, which parse what a peer sends.
-cmake --build --preset debug-asan --target wire_format_test compression_test compression_pool_test image_path_test
-ctest --test-dir build/debug-asan --output-on-failure -j2 -R 'replicator\.(wire_format|compression|compression_pool|image_path)_test'
-
-# blockd's parsers and its state store: the config, the peer and control
-# protocols (what a peer or a local user sends), the SQLite store.
-cmake --build --preset debug-asan --target config_test peer_protocol_test control_protocol_test store_test
-ctest --test-dir build/debug-asan --output-on-failure -j2 -R 'daemon\.(config|peer_protocol|control_protocol|store)_test'
+# Sanitizers, one clang build (preset 'fuzz', ASan+UBSan, UB fatal) for two
+# jobs: the unit tests of common, the engine and the LUN, the tests of what
+# parses a peer's or a local user's bytes (replication codecs and paths,
+# blockd's config, peer and control protocols, its state store), and the
+# fuzz targets below. tgtd itself is not instrumented, so the module-in-tgtd
+# tests run in the release build only.
+cmake --preset fuzz >/dev/null
+cmake --build --preset fuzz --target sanitized_tests bsopts_fuzz scsi_command_fuzz frame_fuzz disk_format_fuzz peer_frame_fuzz
+ctest --test-dir build/fuzz --output-on-failure -j2 -L unit
+ctest --test-dir build/fuzz --output-on-failure -j2 \
+  -R '^(replicator\.(wire_format|compression|compression_pool|image_path)_test|daemon\.(config|peer_protocol|control_protocol|store)_test)$'
 
 # Fuzzing, time-bounded: the bsopts parser, a LUN's SCSI command execution,
 # the on-disk formats a LUN opens, the replication frame decoder and blockd's
-# peer messages
-# (clang + libFuzzer + ASan/UBSan). A crash fails the run and leaves its input
-# in build/fuzz/artifacts.
-cmake --preset fuzz >/dev/null
-cmake --build --preset fuzz --target bsopts_fuzz scsi_command_fuzz frame_fuzz disk_format_fuzz peer_frame_fuzz
+# peer messages. A crash fails the run and leaves its input in
+# build/fuzz/artifacts.
 mkdir -p build/fuzz/artifacts
 for f in bsopts_fuzz scsi_command_fuzz frame_fuzz disk_format_fuzz peer_frame_fuzz; do
   build/fuzz/tests/fuzz/$f -max_total_time="${ICBD_FUZZ_SECONDS:-15}" -rss_limit_mb=4096 \
