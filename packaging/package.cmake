@@ -18,20 +18,8 @@ foreach(t IN LISTS ICBD_PACKAGED_PROGRAMS)
   endif()
 endforeach()
 
-# --- man pages: roff in docs/man, compressed (gzip -9n: reproducible) at build time
-set(ICBD_MAN_PAGES blockd.8 blockctl.8 icbd-replicate.1 icbd-iscsi.1 icbd-overlay.1)
-set(icbd_man_gz)
-foreach(page IN LISTS ICBD_MAN_PAGES)
-  string(REGEX REPLACE ".*\\.([0-9])$" "\\1" section ${page})
-  set(gz ${PROJECT_BINARY_DIR}/man/${page}.gz)
-  add_custom_command(OUTPUT ${gz}
-    COMMAND ${CMAKE_COMMAND} -E make_directory ${PROJECT_BINARY_DIR}/man
-    COMMAND gzip -9n -c ${PROJECT_SOURCE_DIR}/docs/man/${page} > ${gz}
-    DEPENDS ${PROJECT_SOURCE_DIR}/docs/man/${page} VERBATIM)
-  list(APPEND icbd_man_gz ${gz})
-  install(FILES ${gz} DESTINATION ${CMAKE_INSTALL_MANDIR}/man${section})
-endforeach()
-add_custom_target(icbd_man_pages ALL DEPENDS ${icbd_man_gz})
+# --- man pages: Markdown in docs/man, made with pandoc (packaging/man-pages.cmake)
+include(${PROJECT_SOURCE_DIR}/packaging/man-pages.cmake)
 
 # --- docs and the (inactive) targets.conf example
 install(FILES README.md DESTINATION ${CMAKE_INSTALL_DOCDIR})

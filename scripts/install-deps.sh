@@ -30,6 +30,7 @@ PKGS=(
   tgt libiscsi-dev libiscsi-bin lintian
   libsqlite3-dev libtomlplusplus-dev nlohmann-json3-dev libcli11-dev libsystemd-dev libcpp-httplib-dev prometheus
   e2fsprogs util-linux procps rsync zstd openssl python3 iproute2
+  pandoc  # the man pages: docs/man/*.md -> roff at build time
 )
 
 missing=()

@@ -59,8 +59,9 @@ dpkg-deb -c "$deb" | awk '{print $6}' | sed 's|^\./|/|' >"$work/contents"
 for f in /usr/lib/tgt/backing-store/bs_icbd.so /usr/sbin/blockd /usr/sbin/blockctl /usr/bin/icbd-replicate \
          /usr/bin/icbd-iscsi /usr/bin/icbd-overlay /lib/systemd/system/blockd.service \
          /lib/systemd/system/icbd-replicate.service /lib/systemd/system/tgt.service.d/icbd.conf \
-         /usr/share/man/man8/blockd.8.gz /usr/share/man/man8/blockctl.8.gz /usr/share/man/man1/icbd-replicate.1.gz \
-         /usr/share/man/man1/icbd-iscsi.1.gz /usr/share/man/man1/icbd-overlay.1.gz \
+         /usr/share/man/man8/blockd.8.gz /usr/share/man/man8/blockctl.8.gz /usr/share/man/man8/bs_icbd.8.gz \
+         /usr/share/man/man1/icbd-replicate.1.gz /usr/share/man/man1/icbd-iscsi.1.gz /usr/share/man/man1/icbd-overlay.1.gz \
+         /usr/share/man/man5/blockd.toml.5.gz /usr/share/man/man5/icbd-replicate.conf.5.gz \
          /usr/share/doc/icbd-store/copyright /usr/share/doc/icbd-store/changelog.gz /usr/share/doc/icbd-store/README.md; do
   grep -qx "$f" "$work/contents" || fail "the package lacks $f"
 done
@@ -84,7 +85,9 @@ for tool in /usr/sbin/blockd /usr/sbin/blockctl /usr/bin/icbd-replicate /usr/bin
 done
 [ "$commit" != unknown ] || fail "the build did not record a git commit"
 [ "$(man -w blockctl)" = /usr/share/man/man8/blockctl.8.gz ] || fail "man -w blockctl: $(man -w blockctl 2>&1)"
-for page in blockd.8 blockctl.8 icbd-replicate.1 icbd-iscsi.1 icbd-overlay.1; do
+[ "$(man -w 5 blockd.toml)" = /usr/share/man/man5/blockd.toml.5.gz ] || fail "man -w 5 blockd.toml: $(man -w 5 blockd.toml 2>&1)"
+[ "$(man -w bs_icbd)" = /usr/share/man/man8/bs_icbd.8.gz ] || fail "man -w bs_icbd: $(man -w bs_icbd 2>&1)"
+for page in blockd.8 blockctl.8 bs_icbd.8 icbd-replicate.1 icbd-iscsi.1 icbd-overlay.1 blockd.toml.5 icbd-replicate.conf.5; do
   f=/usr/share/man/man${page##*.}/$page.gz
   warnings=$(LC_ALL=C.UTF-8 MANWIDTH=80 man --warnings -l "$f" 2>&1 >/dev/null)
   [ -z "$warnings" ] || fail "man -l $f warns: $warnings"
