@@ -9,6 +9,12 @@
 
 #include <cstdint>
 
+#ifdef ICBD_DURABILITY_CONTROL
+#include <memory>
+
+#include "faulty_engine.hpp"
+#endif
+
 namespace icbd {
 
 bool InlineReader::try_read(const IoRequest& req, int32_t* res) {
@@ -31,7 +37,9 @@ void IoEngine::acknowledge_event() {
     (void)!::read(event_fd(), &count, sizeof count);
 }
 
-Result<std::unique_ptr<IoEngine>> make_io_engine(const EngineOptions& opts, std::string* why_fallback) {
+namespace {
+
+Result<std::unique_ptr<IoEngine>> make_chosen_engine(const EngineOptions& opts, std::string* why_fallback) {
     switch (opts.kind) {
         case EngineKind::io_uring: return make_uring_engine(opts.queue_depth);
         case EngineKind::aio: return make_aio_engine(opts.queue_depth);
@@ -43,6 +51,23 @@ Result<std::unique_ptr<IoEngine>> make_io_engine(const EngineOptions& opts, std:
     // an old kernel): serve the LUN through libaio and say why, once.
     if (why_fallback) *why_fallback = uring.status().message();
     return make_aio_engine(opts.queue_depth);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<IoEngine>> make_io_engine(const EngineOptions& opts, std::string* why_fallback) {
+    auto engine = make_chosen_engine(opts, why_fallback);
+#ifdef ICBD_DURABILITY_CONTROL
+    // Only in the crash test's control module (tests/integration/
+    // durability_control.cmake), never in the shipped one: SYNCHRONIZE CACHE
+    // and FUA become no-ops, and the crash test must notice (docs/testing.md).
+    if (engine) {
+        auto plan = std::make_shared<test::FaultPlan>();
+        plan->drop_durability = true;
+        return std::unique_ptr<IoEngine>(std::make_unique<test::FaultyEngine>(std::move(*engine), plan));
+    }
+#endif
+    return engine;
 }
 
 }  // namespace icbd

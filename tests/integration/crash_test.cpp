@@ -12,10 +12,16 @@
 // drop everything the filesystem had not written yet: the backing files live
 // on an ext4 loop filesystem that is shut down without flushing (the xfstests
 // "godown" way) right after the kill, then mounted again (journal replay).
-// Those modes run 50 iterations; kill9_btrfs puts the file on a BTRFS loop
-// filesystem, where LUNs write O_DIRECT by default (BTRFS has no shutdown
-// ioctl to cut power with). ICBD_CRASH_ITERATIONS sets another count
-// (scripts/crash-soak.sh runs 1000).
+// Those modes run 50 iterations (20 for direct=1, direct=writes and
+// engine=aio); kill9_btrfs puts the file on a BTRFS loop filesystem, where
+// LUNs write O_DIRECT by default (BTRFS has no shutdown ioctl to cut power
+// with). ICBD_CRASH_ITERATIONS sets another count (scripts/crash-soak.sh runs
+// 1000). Every iteration must see a SYNCHRONIZE CACHE complete and the check
+// must find blocks that only a SYNC made durable: a load whose SYNCs stopped
+// (FUA alone would keep the contract) proves nothing about SYNC.
+// The control (integration.crash_test.durability_control, docs/testing.md)
+// runs a power-cut mode against a module built with SYNCHRONIZE CACHE and FUA
+// as no-ops and passes only when this test reports a lost durable write.
 #include <chrono>
 #include <cstdlib>
 #include <map>
@@ -93,18 +99,30 @@ public:
 
     struct Stats {
         uint64_t issued = 0, acked = 0, acked_fua = 0, syncs_done = 0, durable_writes = 0;
+        uint64_t synced_writes = 0;  // of durable_writes: made durable by a SYNCHRONIZE CACHE
     };
 
     // Writes until `kill_at`, then calls kill() and processes what tgtd had
     // already answered; returns when the session is gone.
     void run(IscsiClient& c, Clock::time_point kill_at, const std::function<void()>& kill) {
+        // A fresh session: no SYNC of it is in flight yet, and callbacks of an
+        // earlier session (one libiscsi cancels late) change nothing.
+        ++session_;
+        sync_in_flight_ = false;
+        since_sync_ = 0;
+        const uint64_t syncs_before = stats_.syncs_done;
+        // The kill waits for this session's first completed SYNCHRONIZE CACHE
+        // (a slow start, such as aio on a fresh filesystem, may take longer
+        // than kill_at): every crash has writes only a SYNC made durable.
+        const auto latest_kill = kill_at + 10s;
         bool killed = false;
-        const auto give_up = kill_at + 5s;
+        Clock::time_point give_up;
         for (;;) {
             const auto now = Clock::now();
-            if (!killed && now >= kill_at) {
+            if (!killed && now >= kill_at && (stats_.syncs_done > syncs_before || now >= latest_kill)) {
                 kill();
                 killed = true;
+                give_up = now + 5s;
             }
             while (!killed && c.in_flight() < kDepth && submit(c)) {
             }
@@ -119,13 +137,22 @@ public:
         // lost writes "durable" once the next iteration synced).
         acked_.clear();
         synced_ = 0;
+        sync_in_flight_ = false;
+        since_sync_ = 0;
+        syncs_last_run_ = stats_.syncs_done - syncs_before;
     }
+
+    // SYNCHRONIZE CACHE commands that completed GOOD in the last run().
+    uint64_t syncs_last_run() const { return syncs_last_run_; }
 
     // Checks the working set as read back after the restart; returns the
     // failures (empty = the contract held) and fills the counters.
-    std::vector<std::string> verify(const std::vector<uint8_t>& disk, uint64_t* torn_units, uint64_t* volatile_lost) {
+    // `sync_checked`: sectors whose newest durable write a SYNC (not FUA) made durable.
+    std::vector<std::string> verify(const std::vector<uint8_t>& disk, uint64_t* torn_units, uint64_t* volatile_lost,
+                                    uint64_t* sync_checked = nullptr) {
         std::vector<std::string> failures;
         *torn_units = *volatile_lost = 0;
+        if (sync_checked) *sync_checked = 0;
         for (uint64_t u = 0; u < kUnits; ++u) {
             const Unit& m = units_[u];
             std::set<uint64_t> seen;
@@ -151,6 +178,7 @@ public:
                                        m.durable_how + ")");
                 }
                 if (*seq < m.acked) ++*volatile_lost;
+                if (sync_checked && m.durable && m.durable_how == kBySync) ++*sync_checked;
                 seen.insert(*seq);
             }
             if (seen.size() > 1) ++*torn_units;
@@ -184,14 +212,18 @@ private:
             since_sync_ = 0;
             sync_in_flight_ = true;
             const size_t covers = acked_.size();
-            return c.async_sync_cache16([this, covers](const ScsiResult& r) {
+            const uint64_t session = session_;
+            return c.async_sync_cache16([this, covers, session](const ScsiResult& r) {
+                if (session != session_) return;  // an earlier session's, cancelled late
                 sync_in_flight_ = false;
                 if (r.transport_failed()) return;  // cut off by the crash
                 EXPECT_TRUE(r.good()) << r;
                 if (!r.good()) return;
                 ++stats_.syncs_done;
-                for (size_t i = synced_; i < covers; ++i)
-                    mark_durable(acked_[i], "acknowledged, then SYNCHRONIZE CACHE");
+                for (size_t i = synced_; i < covers; ++i) {
+                    mark_durable(acked_[i], kBySync);
+                    ++stats_.synced_writes;
+                }
                 synced_ = std::max(synced_, covers);
             });
         }
@@ -216,8 +248,10 @@ private:
             units_[u].issued.insert(seq);
             busy_.insert(u);
         }
-        if (!c.async_write16(first * kSectorsPerUnit, std::move(data), fua,
-                             [=, this](const ScsiResult& r) { on_write_done(r, seq, first, n, fua); })) {
+        const uint64_t session = session_;
+        if (!c.async_write16(first * kSectorsPerUnit, std::move(data), fua, [=, this](const ScsiResult& r) {
+                if (session == session_) on_write_done(r, seq, first, n, fua);
+            })) {
             for (uint64_t u = first; u < first + n; ++u) {
                 units_[u].issued.erase(seq);
                 busy_.erase(u);
@@ -253,6 +287,8 @@ private:
         }
     }
 
+    static constexpr const char* kBySync = "acknowledged, then SYNCHRONIZE CACHE";
+
     std::mt19937_64 rng_;
     std::vector<Unit> units_;
     std::set<uint64_t> busy_;
@@ -260,6 +296,8 @@ private:
     size_t synced_ = 0;         // acked_[0, synced_) are durable
     bool sync_in_flight_ = false;
     unsigned since_sync_ = 0;
+    uint64_t session_ = 0;  // run() count: callbacks of older sessions are ignored
+    uint64_t syncs_last_run_ = 0;
     uint64_t next_seq_ = 0;
     bool zeros_initial_;
     Stats stats_;
@@ -277,6 +315,11 @@ struct CrashMode {
     bool overlay;  // the backing file is the golden file: written with "write #0" sectors
     int iterations;
     bool btrfs = false;  // the backing file on a BTRFS loop filesystem (kill -9 only)
+    // A power cut must lose some acknowledged unsynced write over the run (or
+    // the cut is not real). O_DIRECT writes reach the loop device at once, so
+    // with direct=1 / direct=writes only new allocations can be lost: not
+    // asserted there.
+    bool cut_loses_writes = true;
 };
 
 int iterations_for(const CrashMode& m) {
@@ -287,6 +330,17 @@ int iterations_for(const CrashMode& m) {
 std::string expand(std::string s, const std::filesystem::path& dir) {
     for (size_t p; (p = s.find("{dir}")) != std::string::npos;) s.replace(p, 5, dir.string());
     return s;
+}
+
+// The backing file, its size and its directory entry on disk before the first
+// power cut: the test must not rely on the module's fdatasync to make its own
+// set-up durable (the control's module never syncs; the file itself would vanish).
+void make_durable(const std::filesystem::path& file) {
+    for (const auto& p : {file, file.parent_path()}) {
+        UniqueFd fd(::open(p.c_str(), O_RDONLY | O_CLOEXEC));
+        if (!fd.valid() || ::fsync(fd.get()) != 0)
+            throw std::runtime_error("fsync " + p.string() + ": " + std::strerror(errno));
+    }
 }
 
 class CrashTest : public ::testing::TestWithParam<CrashMode> {};
@@ -320,6 +374,7 @@ TEST_P(CrashTest, AcknowledgedDurableWritesSurviveKill9) {
         for (uint64_t lba = 0; lba < kUnits * kSectorsPerUnit; ++lba) make_sector(&golden[lba * kSector], lba, 0);
         write_backing(file, 0, golden);
     }
+    make_durable(file);
     TgtdInstance tgtd;
     tgtd.add_target(1, "iqn.2026-01.org.icbd.test:crash");
     tgtd.add_lun({1, 1, file, expand(mode.bsopts, base)});
@@ -332,7 +387,7 @@ TEST_P(CrashTest, AcknowledgedDurableWritesSurviveKill9) {
     };
 
     CrashWriter writer(seed, !mode.overlay);
-    uint64_t total_volatile_lost = 0;
+    uint64_t total_volatile_lost = 0, total_sync_checked = 0;
     std::mt19937_64 timing(seed ^ 0x5bd1e995);
     std::vector<uint8_t> disk;
     for (int it = 1; it <= iterations; ++it) {
@@ -353,19 +408,28 @@ TEST_P(CrashTest, AcknowledgedDurableWritesSurviveKill9) {
             ASSERT_TRUE(r.good()) << "reading back after the restart: " << r;
             disk.insert(disk.end(), r.data.begin(), r.data.end());
         }
-        uint64_t torn = 0, volatile_lost = 0;
-        auto failures = writer.verify(disk, &torn, &volatile_lost);
+        uint64_t torn = 0, volatile_lost = 0, sync_checked = 0;
+        auto failures = writer.verify(disk, &torn, &volatile_lost, &sync_checked);
         total_volatile_lost += volatile_lost;
+        total_sync_checked += sync_checked;
         const auto& st = writer.stats();
         std::cout << "  iteration " << it << ": kill -9 after " << kill_after.count() << " ms; writes issued "
                   << st.issued << ", acknowledged " << st.acked << " (FUA " << st.acked_fua << "), durable "
-                  << st.durable_writes << ", syncs " << st.syncs_done << "; torn blocks " << torn
-                  << ", acknowledged non-durable sectors not found " << volatile_lost << "\n";
+                  << st.durable_writes << " (by SYNC " << st.synced_writes << "), syncs " << st.syncs_done
+                  << " (this run " << writer.syncs_last_run() << "); sectors checked durable by SYNC "
+                  << sync_checked << "; torn blocks " << torn << ", acknowledged non-durable sectors not found "
+                  << volatile_lost << "\n";
         for (size_t i = 0; i < failures.size() && i < 20; ++i) ADD_FAILURE() << failures[i];
         ASSERT_TRUE(failures.empty()) << failures.size() << " sectors break the durability contract";
+        // Regression: the SYNC state was never reset between crashes, so one
+        // SYNC cut off without a callback stopped every later SYNC, and the
+        // check went on passing on FUA writes alone.
+        EXPECT_GT(writer.syncs_last_run(), 0u) << "no SYNCHRONIZE CACHE completed before this crash";
     }
     EXPECT_GT(writer.stats().durable_writes, 0u) << "the load never got a durable acknowledgement: test proved nothing";
-    if (mode.power_cut) {
+    EXPECT_GT(total_sync_checked, 0u)
+        << "no sector read back was durable by SYNCHRONIZE CACHE alone: SYNC durability went untested";
+    if (mode.power_cut && mode.cut_loses_writes) {
         EXPECT_GT(total_volatile_lost, 0u) << "no power cut ever lost an unsynced write: the cut is not real";
     }
     if (std::string(mode.bsopts).find("cache=") != std::string::npos) {
@@ -419,6 +483,10 @@ INSTANTIATE_TEST_SUITE_P(Modes, CrashTest,
                                            CrashMode{"kill9_aio", "engine=aio", false, false, 6},
                                            CrashMode{"kill9_btrfs", "", false, false, 6, true},
                                            CrashMode{"power_cut", "", true, false, 50},
+                                           CrashMode{"power_cut_direct", "direct=1", true, false, 20, false, false},
+                                           CrashMode{"power_cut_direct_writes", "direct=writes", true, false, 20,
+                                                     false, false},
+                                           CrashMode{"power_cut_aio", "engine=aio", true, false, 20},
                                            CrashMode{"power_cut_overlay", "overlay={dir}/client.ovl", true, true, 50},
                                            // A write-back cache smaller than the working set (8 MiB): the
                                            // flusher writes down while the load runs and the power goes.
