@@ -314,6 +314,12 @@ void CommandRunner::start_unmap(Task& t) {
         uint64_t lba = load_be64(d), n = load_be32(d + 8);
         if (n) t.extents.emplace_back(lba << c.blk_shift, n << c.blk_shift);
     }
+    if (!top_->unmap_rewrites_blocks()) {  // holes only (a raw LUN): every descriptor at once
+        t.extents_done.begin(done_for(t, Next::finish));
+        for (const auto& [offset, len] : t.extents)
+            top_->unmap(offset, len, !c.write_cache_enabled, t.extents_done.child());
+        return t.extents_done.seal();
+    }
     t.cursor = 0;
     next_unmap_extent(t);
 }

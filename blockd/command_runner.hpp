@@ -89,6 +89,7 @@ private:
         ScsiResult result;
         AlignedBuffer scratch;
         std::vector<std::pair<uint64_t, uint64_t>> extents;  // UNMAP: (offset, length) in bytes
+        Join extents_done;  // UNMAP on a raw LUN: all descriptors in parallel
         uint64_t start_ns = 0;  // metrics: when the host submitted it
     };
 
