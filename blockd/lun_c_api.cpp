@@ -9,12 +9,17 @@
 #include <new>
 #include <string>
 
+#include "icbd/journal_log.hpp"
 #include "icbd/log.hpp"
 #include "icbd/lun.hpp"
 
 struct icbd_lun {
     std::unique_ptr<icbd::Lun> lun;
     icbd_lun_host host{};
+    // Every call into the LUN logs under a LogScope of these: each line names
+    // target and LUN (tgtd's log), with TARGET= and LUN= in the journal.
+    std::string log_label;
+    icbd::LogFields log_fields;
 };
 
 namespace {
@@ -45,6 +50,27 @@ void copy_error(const icbd::Status& s, char* err, size_t errlen) {
 void (*g_c_sink)(int, const char*) = nullptr;
 void c_sink_adapter(icbd::LogLevel level, const char* msg) { g_c_sink(static_cast<int>(level), msg); }
 
+// tgtd under systemd (its stderr the journal's stream): the LUNs' lines go to
+// the journal as tgtd's own, with their TARGET= and LUN= fields; the host's
+// sink (tgtd's log) when journald does not take them.
+void journal_sink(icbd::LogLevel level, std::string_view message, const icbd::LogFields& fields) {
+    std::string line = "bs_icbd: " + std::string(message);
+    if (icbd::send_to_journal(icbd::journal_fields(level, line, fields, "tgtd"))) return;
+    g_c_sink(static_cast<int>(level), std::string(message).c_str());
+}
+
+// bs_icbd names a LUN "tgt T lun L"; T is tgtd's tid.
+icbd::LogFields fields_of(const std::string& name) {
+    unsigned tid = 0;
+    unsigned long long lun = 0;
+    int used = 0;
+    if (std::sscanf(name.c_str(), "tgt %u lun %llu%n", &tid, &lun, &used) == 2 && name[used] == '\0')
+        return {.target = std::to_string(tid), .lun = lun};
+    return {};
+}
+
+icbd::LogScope log_scope(const icbd_lun* l) { return icbd::LogScope(l->log_fields, l->log_label); }
+
 void complete_adapter(void* ctx, void* cookie, const icbd::ScsiResult& r) {
     auto* l = static_cast<icbd_lun*>(ctx);
     icbd_result out{r.status, r.sense_key, r.asc, r.has_info, r.info};
@@ -62,7 +88,10 @@ extern "C" {
 
 void icbd_set_log_sink(void (*sink)(int level, const char* msg)) {
     g_c_sink = sink;
-    icbd::set_log_sink(sink ? c_sink_adapter : nullptr);
+    if (sink && icbd::stderr_is_journal())
+        icbd::set_log_fields_sink(journal_sink);
+    else
+        icbd::set_log_sink(sink ? c_sink_adapter : nullptr);
 }
 
 int icbd_lun_create(const char* name, const char* bsopts, const icbd_lun_host* host, icbd_lun** out, char* err,
@@ -74,6 +103,9 @@ int icbd_lun_create(const char* name, const char* bsopts, const icbd_lun_host* h
     }
     auto l = std::make_unique<icbd_lun>();
     l->host = *host;
+    l->log_label = name ? name : "";
+    l->log_fields = fields_of(l->log_label);
+    auto scope = log_scope(l.get());
     icbd::LunHost h{complete_adapter, kick_adapter, l.get()};
     auto lun = icbd::Lun::create(*opts, h, name ? name : "");
     if (!lun) {
@@ -88,15 +120,25 @@ int icbd_lun_create(const char* name, const char* bsopts, const icbd_lun_host* h
     return -ENOMEM;
 }
 
-void icbd_lun_destroy(icbd_lun* lun) { delete lun; }
+void icbd_lun_destroy(icbd_lun* lun) {
+    {
+        auto scope = log_scope(lun);  // the cache's last write-back logs
+        lun->lun.reset();
+    }
+    delete lun;
+}
 
 const char* icbd_lun_engine_name(const icbd_lun* lun) { return lun->lun->engine_name(); }
 int icbd_lun_event_fd(const icbd_lun* lun) { return lun->lun->event_fd(); }
 int icbd_lun_timer_fd(const icbd_lun* lun) { return lun->lun->timer_fd(); }
-void icbd_lun_timer(icbd_lun* lun) { lun->lun->on_timer(); }
+void icbd_lun_timer(icbd_lun* lun) {
+    auto scope = log_scope(lun);
+    lun->lun->on_timer();
+}
 
 int icbd_lun_open(icbd_lun* lun, const char* path, int extra_oflags, int* fd, uint64_t* size, int* readonly,
                   char* err, size_t errlen) try {
+    auto scope = log_scope(lun);
     auto r = lun->lun->open(path, extra_oflags);
     if (!r) {
         copy_error(r.status(), err, errlen);
@@ -111,7 +153,10 @@ int icbd_lun_open(icbd_lun* lun, const char* path, int extra_oflags, int* fd, ui
     return -ENOMEM;
 }
 
-void icbd_lun_close(icbd_lun* lun) { lun->lun->close(); }
+void icbd_lun_close(icbd_lun* lun) {
+    auto scope = log_scope(lun);
+    lun->lun->close();
+}
 
 void icbd_lun_submit(icbd_lun* lun, const icbd_cmd* c) {
     icbd::LunCommand cmd;
@@ -128,10 +173,17 @@ void icbd_lun_submit(icbd_lun* lun, const icbd_cmd* c) {
     cmd.write_cache_enabled = c->write_cache_enabled;
     cmd.thin_provisioning = c->thin_provisioning;
     cmd.max_compare_and_write_blocks = c->max_compare_and_write_blocks;
+    auto scope = log_scope(lun);
     lun->lun->submit(cmd);
 }
 
-void icbd_lun_submit_batch(icbd_lun* lun) { lun->lun->submit_batch(); }
-void icbd_lun_process_completions(icbd_lun* lun) { lun->lun->process_completions(); }
+void icbd_lun_submit_batch(icbd_lun* lun) {
+    auto scope = log_scope(lun);
+    lun->lun->submit_batch();
+}
+void icbd_lun_process_completions(icbd_lun* lun) {
+    auto scope = log_scope(lun);
+    lun->lun->process_completions();
+}
 
 }  // extern "C"

@@ -24,7 +24,7 @@ struct LogFields {
     std::optional<std::uint64_t> version{};
     std::string peer{};    // another node: a replica's or the master's name, or an address
     std::string client{};  // a desktop (blockctl client NAME)
-    std::string target{};  // an iSCSI target: its IQN, or "tid N" in tgtd
+    std::string target{};  // an iSCSI target: its IQN (blockd), or tgtd's tid (the module in tgtd)
     std::optional<std::uint64_t> lun{};
 
     bool empty() const { return image.empty() && !version && peer.empty() && client.empty() && target.empty() && !lun; }
