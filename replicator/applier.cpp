@@ -11,13 +11,12 @@
 #include <cstring>
 
 #include "icbd/checksum.hpp"
+#include "failure_code.hpp"
 #include "icbd/replicator/image_path.hpp"
 
 namespace icbd::repl {
 
 namespace {
-
-Status proto(std::string msg) { return Status::error(EPROTO, std::move(msg)); }
 
 std::string parent_of(std::string_view path) {
     auto slash = path.rfind('/');
@@ -26,31 +25,6 @@ std::string parent_of(std::string_view path) {
 std::string leaf_of(std::string_view path) {
     auto slash = path.rfind('/');
     return std::string(slash == std::string_view::npos ? path : path.substr(slash + 1));
-}
-
-// Opens (creating missing components, mode 0700 until their FILE) the
-// directory `rel` beneath `root`, one component at a time without following symlinks.
-Result<UniqueFd> open_dir_creating(int root, const std::string& rel) {
-    UniqueFd cur(::openat(root, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (!cur.valid()) return Status::from_errno(errno, "open staging root");
-    size_t pos = 0;
-    while (pos < rel.size()) {
-        size_t slash = rel.find('/', pos);
-        std::string comp = rel.substr(pos, slash == std::string::npos ? std::string::npos : slash - pos);
-        std::string sofar = rel.substr(0, slash == std::string::npos ? rel.size() : slash);
-        if (::mkdirat(cur.get(), comp.c_str(), 0700) < 0 && errno != EEXIST)
-            return Status::from_errno(errno, "'" + sofar + "': mkdir");
-        UniqueFd next(::openat(cur.get(), comp.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-        if (!next.valid()) {
-            int e = errno;
-            if (e == ELOOP || e == ENOTDIR) return proto("'" + sofar + "' is not a directory");
-            return Status::from_errno(e, "'" + sofar + "': open");
-        }
-        cur = std::move(next);
-        if (slash == std::string::npos) break;
-        pos = slash + 1;
-    }
-    return cur;
 }
 
 // Removes `leaf` (a directory with everything in it) beneath `dir_fd`, never following symlinks.
@@ -99,7 +73,40 @@ Status set_attrs(int fd, const EntryAttrs& a, const std::string& path, bool set_
 
 }  // namespace
 
+Result<UniqueFd> Applier::open_dir_creating(const std::string& rel) {
+    UniqueFd cur(::openat(tree_, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!cur.valid()) return Status::from_errno(errno, "open staging root");
+    size_t pos = 0;
+    while (pos < rel.size()) {
+        size_t slash = rel.find('/', pos);
+        std::string comp = rel.substr(pos, slash == std::string::npos ? std::string::npos : slash - pos);
+        std::string sofar = rel.substr(0, slash == std::string::npos ? rel.size() : slash);
+        if (::mkdirat(cur.get(), comp.c_str(), 0700) < 0 && errno != EEXIST)
+            return Status::from_errno(errno, "'" + sofar + "': mkdir");
+        UniqueFd next(::openat(cur.get(), comp.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+        if (!next.valid()) {
+            int e = errno;
+            if (e == ELOOP || e == ENOTDIR) return violation("'" + sofar + "' is not a directory");
+            return Status::from_errno(e, "'" + sofar + "': open");
+        }
+        cur = std::move(next);
+        if (slash == std::string::npos) break;
+        pos = slash + 1;
+    }
+    return cur;
+}
+
+Status Applier::violation(int err, std::string msg) {
+    violated_ = true;
+    return Status::error(err, std::move(msg));
+}
+
+ErrorCode Applier::failure_code(const Status& failure) const {
+    return violated_ ? ErrorCode::protocol : code_for_local_failure(failure.code());
+}
+
 Status Applier::apply(const Message& m) {
+    violated_ = false;
     if (auto* d = std::get_if<Data>(&m)) return data(*d);
     // Everything but DATA sees the data written before it.
     if (Status s = writer_.flush(); !s) return s;
@@ -107,7 +114,7 @@ Status Applier::apply(const Message& m) {
     if (auto* h = std::get_if<Hole>(&m)) return hole(*h);
     if (auto* f = std::get_if<FileEntry>(&m)) return file(*f);
     if (auto* x = std::get_if<Delete>(&m)) return del(*x);
-    return proto("not a change frame");
+    return violation("not a change frame");
 }
 
 Result<Applier::Current*> Applier::regular(const std::string& path, const char* frame) {
@@ -116,12 +123,12 @@ Result<Applier::Current*> Applier::regular(const std::string& path, const char* 
     if (!fd) {
         int e = fd.status().code();
         if (e == ENOENT || e == ELOOP || e == EISDIR)
-            return proto(std::string(frame) + " frame for '" + path + "', which is not an existing regular file");
+            return violation(std::string(frame) + " frame for '" + path + "', which is not an existing regular file");
         return fd.status();
     }
     struct ::stat st;
     if (::fstat(fd->get(), &st) < 0) return Status::from_errno(errno, "'" + path + "': stat");
-    if (!S_ISREG(st.st_mode)) return proto(std::string(frame) + " frame for '" + path + "', which is not a regular file");
+    if (!S_ISREG(st.st_mode)) return violation(std::string(frame) + " frame for '" + path + "', which is not a regular file");
     cur_ = Current{path, std::make_shared<UniqueFd>(std::move(fd.value())), static_cast<uint64_t>(st.st_size)};
     return &cur_;
 }
@@ -130,17 +137,17 @@ Status Applier::data(const Data& d) {
     auto c = regular(d.path, "DATA");
     if (!c) return c.status();
     if (d.offset + d.length > (*c)->size)
-        return proto("DATA frame for '" + d.path + "': offset " + std::to_string(d.offset) + " + length " +
+        return violation("DATA frame for '" + d.path + "': offset " + std::to_string(d.offset) + " + length " +
                      std::to_string(d.length) + " is beyond the file's size " + std::to_string((*c)->size));
     Bytes buf(d.length);
     if (d.compression == Compression::none) {
         std::memcpy(buf.data(), d.bytes.data(), d.length);
     } else {
         if ((caps_ & capability_bit(d.compression)) == 0)
-            return proto(std::string("DATA frame compressed with ") + compression_name(d.compression) +
+            return violation(std::string("DATA frame compressed with ") + compression_name(d.compression) +
                          ", which this replica did not offer");
         if (Status s = decomp_.decompress(d.compression, d.bytes, buf); !s)
-            return Status::error(EBADMSG, "DATA frame for '" + d.path + "' at offset " + std::to_string(d.offset) +
+            return violation(EBADMSG, "DATA frame for '" + d.path + "' at offset " + std::to_string(d.offset) +
                                               ": " + s.message());
     }
     last_data_xxh3_ = xxh3_64(buf.data(), buf.size());
@@ -150,18 +157,18 @@ Status Applier::data(const Data& d) {
 
 Status Applier::truncate(const Truncate& t) {
     cur_ = {};
-    auto dir = open_dir_creating(tree_, parent_of(t.path));
+    auto dir = open_dir_creating(parent_of(t.path));
     if (!dir) return dir.status();
     std::string leaf = leaf_of(t.path);
     UniqueFd fd(::openat(dir->get(), leaf.c_str(), O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600));
     if (!fd.valid()) {
         int e = errno;
-        if (e == ELOOP || e == EISDIR) return proto("TRUNCATE frame for '" + t.path + "', which is not a regular file");
+        if (e == ELOOP || e == EISDIR) return violation("TRUNCATE frame for '" + t.path + "', which is not a regular file");
         return Status::from_errno(e, "'" + t.path + "': create");
     }
     struct ::stat st;
     if (::fstat(fd.get(), &st) < 0) return Status::from_errno(errno, "'" + t.path + "': stat");
-    if (!S_ISREG(st.st_mode)) return proto("TRUNCATE frame for '" + t.path + "', which is not a regular file");
+    if (!S_ISREG(st.st_mode)) return violation("TRUNCATE frame for '" + t.path + "', which is not a regular file");
     if (::ftruncate(fd.get(), static_cast<off_t>(t.size)) < 0)
         return Status::from_errno(errno, "'" + t.path + "': truncate to " + std::to_string(t.size));
     cur_ = Current{t.path, std::make_shared<UniqueFd>(std::move(fd)), t.size};
@@ -172,7 +179,7 @@ Status Applier::hole(const Hole& h) {
     auto c = regular(h.path, "HOLE");
     if (!c) return c.status();
     if (h.offset + h.length > (*c)->size)
-        return proto("HOLE frame for '" + h.path + "': range beyond the file's size " + std::to_string((*c)->size));
+        return violation("HOLE frame for '" + h.path + "': range beyond the file's size " + std::to_string((*c)->size));
     if (::fallocate((*c)->fd->get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(h.offset),
                     static_cast<off_t>(h.length)) < 0)
         return Status::from_errno(errno, "'" + h.path + "': punch hole at " + std::to_string(h.offset));
@@ -185,23 +192,23 @@ Status Applier::file(const FileEntry& f) {
         auto fd = open_beneath(tree_, f.path, O_RDONLY | O_NOFOLLOW);
         if (!fd) {
             int e = fd.status().code();
-            if (e == ENOENT || e == ELOOP) return proto("FILE frame for '" + f.path + "', which does not exist as a regular file");
+            if (e == ENOENT || e == ELOOP) return violation("FILE frame for '" + f.path + "', which does not exist as a regular file");
             return fd.status();
         }
         struct ::stat st;
         if (::fstat(fd->get(), &st) < 0) return Status::from_errno(errno, "'" + f.path + "': stat");
         if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) != a.size)
-            return proto("FILE frame for '" + f.path + "': not a regular file of " + std::to_string(a.size) + " bytes");
+            return violation("FILE frame for '" + f.path + "': not a regular file of " + std::to_string(a.size) + " bytes");
         return set_attrs(fd->get(), a, f.path, true);
     }
     cur_ = {};
-    auto dir = open_dir_creating(tree_, parent_of(f.path));
+    auto dir = open_dir_creating(parent_of(f.path));
     if (!dir) return dir.status();
     std::string leaf = leaf_of(f.path);
     struct ::stat st;
     bool exists = ::fstatat(dir->get(), leaf.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
     if (a.type == EntryType::symlink) {
-        if (exists && !S_ISLNK(st.st_mode)) return proto("FILE frame: symlink '" + f.path + "' over an entry of another type");
+        if (exists && !S_ISLNK(st.st_mode)) return violation("FILE frame: symlink '" + f.path + "' over an entry of another type");
         if (exists && ::unlinkat(dir->get(), leaf.c_str(), 0) < 0) return Status::from_errno(errno, "'" + f.path + "': unlink");
         if (::symlinkat(a.symlink_target.c_str(), dir->get(), leaf.c_str()) < 0)
             return Status::from_errno(errno, "'" + f.path + "': symlink");
@@ -212,7 +219,7 @@ Status Applier::file(const FileEntry& f) {
             return Status::from_errno(errno, "'" + f.path + "': set mtime");
         return Status::ok();
     }
-    if (exists && !S_ISDIR(st.st_mode)) return proto("FILE frame: directory '" + f.path + "' over an entry of another type");
+    if (exists && !S_ISDIR(st.st_mode)) return violation("FILE frame: directory '" + f.path + "' over an entry of another type");
     if (!exists && ::mkdirat(dir->get(), leaf.c_str(), 0700) < 0 && errno != EEXIST)
         return Status::from_errno(errno, "'" + f.path + "': mkdir");
     UniqueFd d(::openat(dir->get(), leaf.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));

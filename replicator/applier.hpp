@@ -9,6 +9,7 @@
 
 #include "data_writer.hpp"
 #include "icbd/replicator/compression.hpp"
+#include "icbd/replicator/protocol_error.hpp"
 #include "icbd/status.hpp"
 #include "icbd/unique_fd.hpp"
 #include "messages.hpp"
@@ -25,6 +26,10 @@ public:
     // (DATA for a file that is not there...), EBADMSG for a chunk that does not
     // decompress, the errno of a failed system call otherwise.
     Status apply(const Message& m);
+    // The code to report apply()'s failure with: protocol when the frame was
+    // wrong, else that of a local failure (no_space, io_error).
+    ErrorCode failure_code(const Status& failure) const;
+    // Errors are local failures (failure_code() does not apply).
     Status flush() { return writer_.flush(); }
     // Drops the writes not yet done and closes the open file: before an abort,
     // so that the space of deleted files comes back at once.
@@ -43,6 +48,12 @@ private:
         uint64_t size = 0;
     };
 
+    // A frame that does not fit the tree: the sender's fault, not ours.
+    Status violation(std::string msg) { return violation(EPROTO, std::move(msg)); }
+    Status violation(int err, std::string msg);
+    // Opens (creating missing components, mode 0700 until their FILE) the
+    // directory `rel` beneath the tree, one component at a time without following symlinks.
+    Result<UniqueFd> open_dir_creating(const std::string& rel);
     Result<Current*> regular(const std::string& path, const char* frame);
     Status data(const Data& d);
     Status truncate(const Truncate& t);
@@ -57,6 +68,7 @@ private:
     Current cur_;
     uint64_t data_bytes_ = 0;
     uint64_t last_data_xxh3_ = 0;
+    bool violated_ = false;  // apply()'s failure came from violation()
 };
 
 }  // namespace icbd::repl

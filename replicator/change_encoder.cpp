@@ -11,6 +11,7 @@
 
 #include "compression_pool.hpp"
 #include "digests.hpp"
+#include "failure_code.hpp"
 #include "icbd/checksum.hpp"
 #include "push_session.hpp"
 
@@ -34,7 +35,10 @@ void run_reader(PushContext& ctx, Group& g) {
     std::optional<CodecSetting> pinned;  // the setting of every chunk when not adaptive
     if (adaptive || alg != Compression::none) {
         auto p = CompressionPool::create(adaptive ? Compression::none : alg, ctx.opt.compression_level, workers);
-        if (!p) return g.window->finish(p.status());
+        if (!p) {
+            g.reader_code = ErrorCode::internal;  // the options were checked before anything connected
+            return g.window->finish(p.status());
+        }
         pool = std::move(p.value());
     }
     if (!adaptive) {
@@ -128,7 +132,7 @@ void run_reader(PushContext& ctx, Group& g) {
     };
     std::deque<Pending> pending;
     const size_t max_pending = pool ? pool->max_in_flight() : 1;
-    Status status;
+    Status status;  // the first failure; its code goes to g.reader_code
     bool receivers_left = true;
     // Moves the oldest pending change into the window (waiting for its frame);
     // a failure sets `status`, a window nobody reads any more `receivers_left`.
@@ -138,6 +142,9 @@ void run_reader(PushContext& ctx, Group& g) {
         auto f = p.frame.get();
         if (!f) {
             status = f.status();
+            // DATA: compressing or framing our own chunk failed, a bug; another
+            // frame: the version holds what the protocol cannot carry, or a bug.
+            g.reader_code = p.item->data_bytes ? ErrorCode::internal : code_for_unsendable_frame(status);
             return;
         }
         p.item->frame = std::move(f.value());
@@ -164,6 +171,7 @@ void run_reader(PushContext& ctx, Group& g) {
         item->seq = seq;
         std::optional<std::future<Result<Bytes>>> frame;
         Status err;  // set: the frame cannot be made
+        ErrorCode err_code = ErrorCode::internal;  // ...and what the replicas are told
         auto emit = [&](const auto& m) {  // a frame without data: encoded here, chained
             frame = ready(make_frame(m));
             err = chain.add(m);
@@ -178,6 +186,7 @@ void run_reader(PushContext& ctx, Group& g) {
                 auto r = ChildFileReader::open(ctx.version_dir, pc.path);
                 if (!r) {
                     err = r.status();
+                    err_code = code_for_local_failure(err.code());
                     break;
                 }
                 reader.emplace(std::move(r.value()));
@@ -199,6 +208,7 @@ void run_reader(PushContext& ctx, Group& g) {
             else raw.resize(pc.length);
             if (Status rs = reader->read_at(pc.offset, raw); !rs) {
                 err = rs;
+                err_code = code_for_local_failure(err.code());
                 break;
             }
             g.bytes_read += pc.length;
@@ -229,6 +239,7 @@ void run_reader(PushContext& ctx, Group& g) {
         }
         if (!err) {
             status = err;
+            g.reader_code = err_code;
             break;
         }
         item->chain_after = chain.value();

@@ -429,7 +429,7 @@ Status PushResult::validate() const {
 }
 
 void PushResult::encode_payload(Bytes& out) const {
-    put_u16(out, code);
+    put_u16(out, static_cast<uint16_t>(code));
     put_u64(out, version);
     put_str16(out, image);
     put_str16(out, message);
@@ -438,24 +438,28 @@ void PushResult::encode_payload(Bytes& out) const {
 Result<PushResult> PushResult::decode(ByteView p) {
     Reader r(p, kType);
     PushResult m;
-    r.u16(m.code, "code") && r.u64(m.version, "version") && r.str16(m.image, "image") && r.str16(m.message, "message");
+    uint16_t code = 0;
+    r.u16(code, "code") && r.u64(m.version, "version") && r.str16(m.image, "image") && r.str16(m.message, "message");
+    m.code = static_cast<ErrorCode>(code);  // any value: an unknown code is reported as its number
     return finish_decode(std::move(m), r);
 }
 
 Status Error::validate() const {
-    if (code == 0) return bad(kType, "code 0 (ok) in an ERROR frame");
+    if (code == ErrorCode::ok) return bad(kType, "code 0 (ok) in an ERROR frame");
     return check_message(kType, message);
 }
 
 void Error::encode_payload(Bytes& out) const {
-    put_u16(out, code);
+    put_u16(out, static_cast<uint16_t>(code));
     put_str16(out, message);
 }
 
 Result<Error> Error::decode(ByteView p) {
     Reader r(p, kType);
     Error m;
-    r.u16(m.code, "code") && r.str16(m.message, "message");
+    uint16_t code = 0;
+    r.u16(code, "code") && r.str16(m.message, "message");
+    m.code = static_cast<ErrorCode>(code);  // any value but ok (validate())
     return finish_decode(std::move(m), r);
 }
 

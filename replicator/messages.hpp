@@ -192,12 +192,12 @@ struct End {
 // The RESULT frame (named so it does not hide icbd::Result).
 struct PushResult {
     static constexpr FrameType kType = FrameType::result;
-    uint16_t code = 0;  // ErrorCode; 0 = ok
+    ErrorCode code = ErrorCode::ok;
     uint64_t version = 0;
     std::string image;
     std::string message;
 
-    bool ok() const { return code == 0; }
+    bool ok() const { return code == ErrorCode::ok; }
     Status validate() const;
     void encode_payload(Bytes& out) const;
     static Result<PushResult> decode(ByteView payload);
@@ -206,7 +206,7 @@ struct PushResult {
 
 struct Error {
     static constexpr FrameType kType = FrameType::error;
-    uint16_t code = static_cast<uint16_t>(ErrorCode::internal);  // non-zero
+    ErrorCode code = ErrorCode::internal;  // never ok
     std::string message;
 
     Status validate() const;

@@ -14,18 +14,24 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
-Result<Frame> read_frame(Stream& s, FrameDecoder& d, std::string_view waiting_for) {
+Result<Frame> read_frame(Stream& s, FrameDecoder& d, std::string_view waiting_for, bool& malformed) {
     std::array<uint8_t, 16384> buf;
     for (;;) {
         auto f = d.next();
-        if (!f) return f.status();
+        if (!f) {
+            malformed = true;
+            return f.status();
+        }
         if (f->has_value()) return std::move(**f);
         size_t want = std::clamp<size_t>(d.bytes_wanted(), 1, buf.size());
         auto n = s.read_some(std::span<uint8_t>(buf.data(), want));
         if (!n) return n.status();
         if (*n == 0) {
             Status fin = d.finish();
-            if (!fin) return fin;
+            if (!fin) {
+                malformed = true;  // it closed inside a frame
+                return fin;
+            }
             return Status::error(ECONNRESET, "the replica closed the connection while we waited for " +
                                                  std::string(waiting_for));
         }
@@ -48,11 +54,11 @@ const char* state_name(State s) {
 void Session::fail(const Status& s, ErrorCode code, bool tell_peer) {
     if (report.status.is_ok()) {
         report.status = Status::error(s.code() ? s.code() : EIO, what() + ": " + s.message());
-        report.code = static_cast<uint16_t>(code);
+        report.code = code;
     }
     if (tell_peer && stream.is_open()) {
         Error e;
-        e.code = static_cast<uint16_t>(code == ErrorCode::ok ? ErrorCode::internal : code);
+        e.code = code == ErrorCode::ok ? ErrorCode::internal : code;
         e.message = clamp_message(report.status.message());
         (void)send_message(stream, e);
     }
@@ -61,16 +67,15 @@ void Session::fail(const Status& s, ErrorCode code, bool tell_peer) {
 }
 
 void Session::fail_after_read(const Status& s) {
-    if (remote_code) fail(s, static_cast<ErrorCode>(remote_code), false);
-    else if (protocol_violation || s.code() == EPROTO || s.code() == EBADMSG || s.code() == EMSGSIZE)
-        fail(s, ErrorCode::protocol, true);
-    else fail(s, ErrorCode::io_error, false);
+    if (remote_code != ErrorCode::ok) fail(s, remote_code, false);
+    else if (protocol_violation) fail(s, ErrorCode::protocol, true);
+    else fail(s, ErrorCode::io_error, false);  // the stream failed: nobody to tell
 }
 
 Status Session::reason_for_write_failure(const Status& w) {
     stream.set_io_timeout(std::chrono::milliseconds(2000));
     auto e = expect<Error>("ERROR");
-    return remote_code ? e.status() : w;
+    return remote_code != ErrorCode::ok ? e.status() : w;
 }
 
 void negotiate(PushContext& ctx, Session& s) {

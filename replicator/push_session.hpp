@@ -36,8 +36,9 @@ Status send_message(Stream& s, const M& m) {
 }
 
 // The next frame from `s`; ECONNRESET naming `waiting_for` when the replica
-// closed the connection between frames.
-Result<Frame> read_frame(Stream& s, FrameDecoder& d, std::string_view waiting_for);
+// closed the connection between frames. `malformed` tells a failure of the
+// frames (the decoder's) from one of the stream.
+Result<Frame> read_frame(Stream& s, FrameDecoder& d, std::string_view waiting_for, bool& malformed);
 
 // ---- one replica ----
 
@@ -84,11 +85,18 @@ struct Session {
     // Reads the next frame, expecting M; an ERROR from the replica becomes the failure.
     template <typename M>
     Result<M> expect(std::string_view waiting_for) {
-        auto f = read_frame(stream, decoder, waiting_for);
-        if (!f) return f.status();
+        bool malformed = false;
+        auto f = read_frame(stream, decoder, waiting_for, malformed);
+        if (!f) {
+            protocol_violation = protocol_violation || malformed;
+            return f.status();
+        }
         if (f->type == FrameType::error) {
             auto e = Error::decode(f->payload);
-            if (!e) return e.status();
+            if (!e) {
+                protocol_violation = true;
+                return e.status();
+            }
             remote_code = e->code;
             return Status::error(EREMOTEIO, "replica reported " + error_code_name(e->code) + ": " + e->message);
         }
@@ -101,8 +109,8 @@ struct Session {
         if (!m) protocol_violation = true;
         return m;
     }
-    uint16_t remote_code = 0;
-    bool protocol_violation = false;
+    ErrorCode remote_code = ErrorCode::ok;  // the replica's ERROR or RESULT code
+    bool protocol_violation = false;        // the replica sent what the protocol does not allow
     uint32_t receiver_caps = 0;
 };
 
@@ -117,6 +125,9 @@ struct Group {
     std::atomic<uint64_t> bytes_read{0};
     std::vector<std::string> codec_decisions;  // written by the reader, read after it is joined
     std::atomic<int> codec_step{-1};           // the controller's current setting (index), -1: pinned
+    // The code of the reader's failure, decided where it failed; written before
+    // the window is finished, read by the writers after it ends.
+    ErrorCode reader_code = ErrorCode::ok;
 };
 
 struct PushContext {

@@ -95,9 +95,10 @@ Status Receiver::serve(Listener& listener, bool once) {
             auto st = std::move(pc.value()).handshake();
             if (!st) {
                 log(LogLevel::warning, "refused connection: " + st.status().message());
-                continue;
+                result = Status::error(st.status().code(), "refused connection: " + st.status().message());
+            } else {
+                result = serve_connection(*st);
             }
-            result = serve_connection(*st);
             break;
         }
         auto done = std::make_shared<std::atomic<bool>>(false);
@@ -116,8 +117,7 @@ Status Receiver::serve(Listener& listener, bool once) {
     workers.clear();
     std::lock_guard lk(mu_);
     listener_ = nullptr;
-    (void)result;
-    return Status::ok();
+    return result;  // ok unless `once` and its connection failed
 }
 
 void Receiver::stop() {

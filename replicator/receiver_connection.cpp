@@ -9,6 +9,7 @@
 
 #include "applier.hpp"
 #include "digests.hpp"
+#include "failure_code.hpp"
 #include "icbd/endian.hpp"
 #include "icbd/log.hpp"
 #include "icbd/replicator/repository.hpp"
@@ -75,7 +76,7 @@ Status Receiver::Connection::run() {
     for (;;) {
         auto f = next();
         if (!f) {
-            send_error(ErrorCode::protocol, "replica '" + node + "': " + f.status().message());
+            send_error(read_failure_code(), "replica '" + node + "': " + f.status().message());
             return f.status();
         }
         if (!f->has_value()) return Status::ok();
@@ -92,31 +93,31 @@ Status Receiver::Connection::run() {
         }
         auto o = Offer::decode(fr.payload);
         if (!o) {
-            ErrorCode code = error_code_for(o.status());
+            ErrorCode code = code_for_refused_frame(o.status());
             send_error(code, "OFFER from " + peer + " refused by replica '" + node + "': " + o.status().message());
             ReceiveReport r;
             r.peer = peer;
-            r.code = static_cast<uint16_t>(code);
+            r.code = code;
             r.status = o.status();
             rx.record(r);
             return o.status();
         }
-        if (!offer(*o)) return Status::error(EPROTO, "connection from " + peer + " ended by an error");
+        if (Status s = offer(*o); !s) return s;
     }
 }
 
-bool Receiver::Connection::offer(const Offer& o) {
+Status Receiver::Connection::offer(const Offer& o) {
     ReceiveReport rep;
     rep.peer = peer;
     rep.image = o.image;
     rep.version = o.version;
     const std::string what_s = what(o.image, o.version);
     auto refuse = [&](ErrorCode code, const Status& s) {
-        rep.code = static_cast<uint16_t>(code);
+        rep.code = code;
         rep.status = Status::error(s.code() ? s.code() : EIO, what_s + ": " + s.message());
         send_error(code, rep.status.message());
         rx.record(rep);
-        return false;
+        return rep.status;
     };
 
     auto repo = Repository::open(rx.opt_.root);
@@ -135,10 +136,10 @@ bool Receiver::Connection::offer(const Offer& o) {
         if (Status s = send(*need); !s) {
             rep.status = s;
             rx.record(rep);
-            return false;
+            return s;
         }
         rx.record(rep);
-        return true;
+        return Status::ok();
     }
 
     // Staging: resume the area of the same (image, version, base), discard any other.
@@ -172,8 +173,9 @@ bool Receiver::Connection::offer(const Offer& o) {
                 }
                 if (r.status().code() == EBUSY)
                     return refuse(ErrorCode::busy, Status::error(EBUSY, "another push of this version is in progress"));
+                // EBADMSG: a damaged staging state; ENOENT: gone meanwhile. Both: start over.
                 if (r.status().code() != EBADMSG && r.status().code() != ENOENT)
-                    return refuse(error_code_for(r.status()), r.status());
+                    return refuse(code_for_local_failure(r.status().code()), r.status());
                 (void)repo->discard_staging(o.image, o.version, need->base);
                 break;
             }
@@ -182,10 +184,10 @@ bool Receiver::Connection::offer(const Offer& o) {
     if (!staging) {
         auto b = repo->begin_staging(o.image, o.version, need->base);
         if (!b) {
-            ErrorCode code = error_code_for(b.status());
-            if (b.status().code() == EEXIST || b.status().code() == ESTALE) code = ErrorCode::not_newer;
-            if (b.status().code() == EBUSY) code = ErrorCode::busy;
-            if (code == ErrorCode::bad_name && b.status().code() != EINVAL) code = ErrorCode::io_error;
+            const int err = b.status().code();
+            ErrorCode code = code_for_local_failure(err);
+            if (err == EEXIST || err == ESTALE) code = ErrorCode::not_newer;  // published meanwhile
+            if (err == EBUSY) code = ErrorCode::busy;
             return refuse(code, b.status());
         }
         staging.emplace(std::move(b.value()));
@@ -195,14 +197,14 @@ bool Receiver::Connection::offer(const Offer& o) {
         rep.status = Status::error(s.code(), what_s + ": " + s.message());
         rep.staging_kept = true;
         rx.record(rep);
-        return false;
+        return rep.status;
     }
 
     // The change stream.
     ChangeChain chain(need->resume_seq, need->resume_chain);
     Applier applier(staging->tree_fd(), rx.opt_.capabilities, rx.opt_.use_io_uring);
     auto stop = [&](ErrorCode code, const Status& s, bool tell) {
-        rep.code = static_cast<uint16_t>(code);
+        rep.code = code;
         rep.status = Status::error(s.code() ? s.code() : EIO, what_s + ": " + s.message());
         rep.data_bytes_written = applier.data_bytes();
         // A resume cannot help after these (section 6); a full disk gets its space back.
@@ -215,13 +217,14 @@ bool Receiver::Connection::offer(const Offer& o) {
         rep.staging_kept = !discard;
         if (tell) send_error(code, rep.status.message());
         rx.record(rep);
-        return false;
+        return rep.status;
     };
-    auto code_of = [](const Status& s) { return error_code_for(s); };
+    // A local step (flush, sync, checkpoint, manifest) failed.
+    auto local = [](const Status& s) { return code_for_local_failure(s.code()); };
 
     for (;;) {
         auto f = next();
-        if (!f) return stop(code_of(f.status()), f.status(), true);
+        if (!f) return stop(read_failure_code(), f.status(), true);
         if (!f->has_value())
             return stop(ErrorCode::protocol, Status::error(ECONNRESET, "the sender closed the connection in the middle of the stream"), false);
         const Frame& fr = **f;
@@ -234,9 +237,9 @@ bool Receiver::Connection::offer(const Offer& o) {
         }
         if (is_change_frame(fr.type)) {
             auto m = decode_message(fr);
-            if (!m) return stop(code_of(m.status()), m.status(), true);
+            if (!m) return stop(code_for_refused_frame(m.status()), m.status(), true);
             Status added;
-            if (Status s = applier.apply(*m); !s) return stop(code_of(s), s, true);
+            if (Status s = applier.apply(*m); !s) return stop(applier.failure_code(s), s, true);
             std::visit(
                 [&](const auto& msg) {
                     using T = std::decay_t<decltype(msg)>;
@@ -258,10 +261,10 @@ bool Receiver::Connection::offer(const Offer& o) {
                             proto("CHECKPOINT at change " + std::to_string(c->seq) + " but the last change applied is " +
                                   std::to_string(chain.seq())),
                             true);
-            if (Status s = applier.flush(); !s) return stop(code_of(s), s, true);
-            if (Status s = staging->sync(); !s) return stop(code_of(s), s, true);
+            if (Status s = applier.flush(); !s) return stop(local(s), s, true);
+            if (Status s = staging->sync(); !s) return stop(local(s), s, true);
             if (Status s = staging->write_checkpoint(encode_checkpoint(chain.seq(), chain.value())); !s)
-                return stop(code_of(s), s, true);
+                return stop(local(s), s, true);
             if (Status s = send(CheckpointAck{chain.seq(), chain.value()}); !s)
                 return stop(ErrorCode::io_error, s, false);
             continue;
@@ -269,11 +272,11 @@ bool Receiver::Connection::offer(const Offer& o) {
         if (fr.type == FrameType::end) {
             auto e = End::decode(fr.payload);
             if (!e) return stop(ErrorCode::protocol, e.status(), true);
-            if (Status s = applier.flush(); !s) return stop(code_of(s), s, true);
+            if (Status s = applier.flush(); !s) return stop(local(s), s, true);
             applier.release();  // no file of the tree stays open for publish
-            if (Status s = staging->sync(); !s) return stop(code_of(s), s, true);
+            if (Status s = staging->sync(); !s) return stop(local(s), s, true);
             auto m = manifest_of_tree(staging->tree_fd(), "staging tree of " + what_s);
-            if (!m) return stop(code_of(m.status()), m.status(), true);
+            if (!m) return stop(local(m.status()), m.status(), true);
             std::string differs;
             if (e->change_count != chain.seq()) differs = "change count (" + std::to_string(chain.seq()) + " applied, " + std::to_string(e->change_count) + " sent)";
             else if (e->chain != chain.value()) differs = "change chain differs";
@@ -288,15 +291,15 @@ bool Receiver::Connection::offer(const Offer& o) {
             rep.data_bytes_written = applier.data_bytes();
             if (!differs.empty()) {
                 applier.release();
-                res.code = static_cast<uint16_t>(ErrorCode::digest_mismatch);
+                res.code = ErrorCode::digest_mismatch;
                 res.message = clamp_message(what_s + ": digest mismatch: " + differs);
                 (void)staging->abort();
                 rep.code = res.code;
                 rep.status = Status::error(EBADMSG, res.message);
             } else if (Status p = staging->publish(); !p) {
-                ErrorCode code = (p.code() == EEXIST || p.code() == ESTALE) ? ErrorCode::not_newer : code_of(p);
-                if (code == ErrorCode::bad_name) code = ErrorCode::io_error;
-                res.code = static_cast<uint16_t>(code);
+                // EEXIST, ESTALE: a newer version was published meanwhile.
+                ErrorCode code = (p.code() == EEXIST || p.code() == ESTALE) ? ErrorCode::not_newer : local(p);
+                res.code = code;
                 res.message = clamp_message(what_s + ": " + p.message());
                 if (code == ErrorCode::not_newer || code == ErrorCode::no_space) (void)staging->abort();
                 rep.code = res.code;
@@ -306,7 +309,8 @@ bool Receiver::Connection::offer(const Offer& o) {
             }
             Status sent = send(res);
             rx.record(rep);
-            return sent.is_ok() && res.ok();
+            if (!res.ok()) return rep.status;
+            return sent;
         }
         return stop(ErrorCode::protocol,
                     proto(std::string(frame_type_name(fr.type)) + " frame in the middle of the change stream"), true);

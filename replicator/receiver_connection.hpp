@@ -25,16 +25,24 @@ struct Receiver::Connection {
     std::string peer;  // "master (127.0.0.1:40211)"
     std::vector<uint8_t> buf = std::vector<uint8_t>(256 * 1024);
 
+    bool malformed = false;  // next() failed on the frames (the decoder), not on the stream
+
     // Next frame; nullopt at an orderly end between frames.
     Result<std::optional<Frame>> next() {
         for (;;) {
             auto f = decoder.next();
-            if (!f) return f.status();
+            if (!f) {
+                malformed = true;
+                return f.status();
+            }
             if (f->has_value()) return std::move(*f);
             auto n = stream.read_some(buf);
             if (!n) return n.status();
             if (*n == 0) {
-                if (Status s = decoder.finish(); !s) return s;
+                if (Status s = decoder.finish(); !s) {
+                    malformed = true;  // it closed inside a frame
+                    return s;
+                }
                 return std::optional<Frame>();
             }
             decoder.feed(std::span<const uint8_t>(buf.data(), *n));
@@ -53,7 +61,7 @@ struct Receiver::Connection {
     // than a reset connection.
     void send_error(ErrorCode code, const std::string& message) {
         Error e;
-        e.code = static_cast<uint16_t>(code == ErrorCode::ok ? ErrorCode::internal : code);
+        e.code = code == ErrorCode::ok ? ErrorCode::internal : code;
         e.message = clamp_message(message);
         if (!send(e)) return;
         (void)stream.shutdown();
@@ -70,8 +78,12 @@ struct Receiver::Connection {
     }
 
     Status run();
-    // Handles one OFFER to its end. Returns false when the connection must close.
-    bool offer(const Offer& o);
+    // The code for a failed next(): protocol for a malformed frame, else the
+    // stream failed (io_error).
+    ErrorCode read_failure_code() const { return malformed ? ErrorCode::protocol : ErrorCode::io_error; }
+    // Handles one OFFER to its end. Not ok: the offer failed (as reported) and
+    // the connection must close.
+    Status offer(const Offer& o);
 };
 
 }  // namespace icbd::repl

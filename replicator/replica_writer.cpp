@@ -24,28 +24,36 @@ void run_writer(PushContext& ctx, Session& s) {
     const CheckpointSchedule schedule = checkpoint_schedule(ctx.opt, stream_left);
     std::optional<CodecSetting> last_codec;
 
-    auto read_ack = [&]() -> Status {
+    // Reads the outstanding CHECKPOINT_ACK. false: the session failed (recorded).
+    auto read_ack = [&]() -> bool {
         auto ack = s.expect<CheckpointAck>("CHECKPOINT_ACK");
-        if (!ack) return ack.status();
+        if (!ack) {
+            g.window->leave(s.consumer);
+            s.fail_after_read(ack.status());
+            return false;
+        }
         if (ack->seq != pending->first) {
-            s.protocol_violation = true;
-            return Status::error(EPROTO, "CHECKPOINT_ACK for seq " + std::to_string(ack->seq) + ", expected " +
-                                             std::to_string(pending->first));
+            g.window->leave(s.consumer);
+            s.fail(Status::error(EPROTO, "CHECKPOINT_ACK for seq " + std::to_string(ack->seq) + ", expected " +
+                                             std::to_string(pending->first)),
+                   ErrorCode::protocol, true);
+            return false;
         }
         if (ack->chain != pending->second) {
-            s.remote_code = 0;
-            return Status::error(EBADMSG, "checkpoint at change " + std::to_string(ack->seq) +
-                                              ": the replica's change chain differs from ours");
+            g.window->leave(s.consumer);
+            s.fail(Status::error(EBADMSG, "checkpoint at change " + std::to_string(ack->seq) +
+                                              ": the replica's change chain differs from ours"),
+                   ErrorCode::digest_mismatch, true);
+            return false;
         }
         pending.reset();
         ++s.report.checkpoints;
-        return Status::ok();
+        return true;
     };
-    auto fail_stream = [&](const Status& st) {
+    // A write failed: the replica's ERROR says why, when it sent one.
+    auto fail_after_write = [&](const Status& w) {
         g.window->leave(s.consumer);
-        if (st.code() == EBADMSG && !s.remote_code && !s.protocol_violation)
-            return s.fail(st, ErrorCode::digest_mismatch, true);
-        s.fail_after_read(st);
+        s.fail_after_read(s.reason_for_write_failure(w));
     };
 
     auto last_checkpoint = std::chrono::steady_clock::now();
@@ -74,7 +82,7 @@ void run_writer(PushContext& ctx, Session& s) {
             s.report.dropped = true;
             if (!why.empty()) return s.fail(Status::error(ETIMEDOUT, why), ErrorCode::cancelled, false);
             Status reason = s.reason_for_write_failure(w);
-            if (s.remote_code) return s.fail(reason, static_cast<ErrorCode>(s.remote_code), false);
+            if (s.remote_code != ErrorCode::ok) return s.fail(reason, s.remote_code, false);
             return s.fail(reason, ErrorCode::io_error, false);
         }
         if (!s.report.changes_sent) s.report.timeline.first_frame = seconds_since(s.started);
@@ -102,9 +110,8 @@ void run_writer(PushContext& ctx, Session& s) {
         if (last_seq < n && stream_left >= schedule.every_bytes / 4 &&
             checkpoint_due(schedule, since_checkpoint, std::chrono::steady_clock::now() - last_checkpoint)) {
             last_checkpoint = std::chrono::steady_clock::now();
-            if (pending)
-                if (Status a = read_ack(); !a) return fail_stream(a);
-            if (Status w = send_message(s.stream, Checkpoint{last_seq}); !w) return fail_stream(s.reason_for_write_failure(w));
+            if (pending && !read_ack()) return;
+            if (Status w = send_message(s.stream, Checkpoint{last_seq}); !w) return fail_after_write(w);
             pending = std::make_pair(last_seq, last_chain);
             since_checkpoint = 0;
         }
@@ -115,11 +122,8 @@ void run_writer(PushContext& ctx, Session& s) {
         s.report.dropped = true;
         return s.fail(Status::error(ETIMEDOUT, s.drop_reason), ErrorCode::cancelled, true);
     }
-    if (Status rs = g.window->reader_status(); !rs) {
-        ErrorCode code = error_code_for(rs);
-        if (code == ErrorCode::bad_name && rs.code() != EINVAL) code = ErrorCode::io_error;
-        return s.fail(Status::error(rs.code(), "reading the source: " + rs.message()), code, true);
-    }
+    if (Status rs = g.window->reader_status(); !rs)  // the reader decided the code (change_encoder.cpp)
+        return s.fail(Status::error(rs.code(), "reading the source: " + rs.message()), g.reader_code, true);
     if (last_seq != n) {
         return s.fail(Status::error(EIO, "internal: the stream ended at change " + std::to_string(last_seq) +
                                              " of " + std::to_string(n)),
@@ -127,22 +131,21 @@ void run_writer(PushContext& ctx, Session& s) {
     }
     s.set_state(State::finishing);
     s.report.timeline.last_frame = seconds_since(s.started);
-    if (pending)
-        if (Status a = read_ack(); !a) return fail_stream(a);
+    if (pending && !read_ack()) return;
     End end;
     end.change_count = n;
     end.chain = last_chain;
     end.entry_count = ctx.manifest.entry_count;
     end.manifest_hash = ctx.manifest.hash;
     end.digest = version_digest(ctx.opt.version, g.base, n, last_chain, ctx.manifest.entry_count, ctx.manifest.hash);
-    if (Status w = send_message(s.stream, end); !w) return fail_stream(s.reason_for_write_failure(w));
+    if (Status w = send_message(s.stream, end); !w) return fail_after_write(w);
     auto result = s.expect<PushResult>("RESULT");
     if (!result) return s.fail_after_read(result.status());
     if (!result->ok()) {
         s.remote_code = result->code;
         return s.fail(Status::error(EREMOTEIO, "replica reported " + error_code_name(result->code) + ": " +
                                                    result->message),
-                      static_cast<ErrorCode>(result->code), false);
+                      result->code, false);
     }
     s.report.timeline.result = seconds_since(s.started);
     (void)s.stream.shutdown();

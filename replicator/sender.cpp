@@ -18,6 +18,7 @@
 
 #include "icbd/replicator/image_path.hpp"
 #include "icbd/replicator/repository.hpp"
+#include "failure_code.hpp"
 #include "name_rules.hpp"
 #include "push_session.hpp"
 
@@ -135,20 +136,32 @@ Result<PushReport> push(const PushOptions& opt) {
     // snapshots (tens of ms on BTRFS) instead of after.
     struct Planned {
         Status status;
+        ErrorCode code = ErrorCode::ok;  // what the replicas are told when `status` failed
         std::vector<PlannedChange> plan;
+    };
+    // The diff and the plan refuse a version that holds what the protocol
+    // cannot carry with EINVAL (a name breaking section 7) or ENOTSUP (a FIFO,
+    // socket or device, a nested subvolume); anything else is a local failure.
+    auto failed = [&](const Status& s, uint64_t base) -> Planned {
+        if (base && s.code() == ENOENT && !repo->version_path(opt.image, base))
+            return {s, ErrorCode::unknown_base, {}};  // removed while we diffed
+        if (s.code() == EINVAL || s.code() == ENOTSUP) return {s, ErrorCode::bad_name, {}};
+        return {s, code_for_local_failure(s.code()), {}};
     };
     auto plan_for = [&](uint64_t base) -> Planned {
         std::optional<fs::path> base_dir;
         if (base) {
             auto b = repo->version_path(opt.image, base);
-            if (!b) return {Status::error(ENOENT, "the base version " + std::to_string(base) + " is not held any more"), {}};
+            if (!b)
+                return {Status::error(ENOENT, "the base version " + std::to_string(base) + " is not held any more"),
+                        ErrorCode::unknown_base, {}};
             base_dir = *b;
         }
         auto d = diff_versions(base_dir, *vdir, opt.diff);
-        if (!d) return {d.status(), {}};
+        if (!d) return failed(d.status(), base);
         auto p = plan_change_stream(*d, *vdir);
-        if (!p) return {p.status(), {}};
-        return {Status::ok(), std::move(p.value())};
+        if (!p) return failed(p.status(), base);
+        return {Status::ok(), ErrorCode::ok, std::move(p.value())};
     };
     uint64_t likely_base = 0;
     for (uint64_t v : *held)
@@ -181,14 +194,9 @@ Result<PushReport> push(const PushOptions& opt) {
     std::vector<std::jthread> threads;
     for (auto& [base, g] : groups) {
         Planned planned = base == likely_base && speculative.valid() ? speculative.get() : plan_for(base);
-        Status gs = planned.status;
         g->plan = std::move(planned.plan);
-        if (!gs) {
-            const bool base_gone = base && gs.code() == ENOENT && !repo->version_path(opt.image, base);
-            ErrorCode code = base_gone ? ErrorCode::unknown_base : error_code_for(gs);
-            if (code == ErrorCode::bad_name && gs.code() != EINVAL) code = ErrorCode::io_error;
-            if (gs.code() == ENOTSUP) code = ErrorCode::bad_name;
-            for (Session* s : g->sessions) s->fail(gs, code, true);
+        if (!planned.status) {
+            for (Session* s : g->sessions) s->fail(planned.status, planned.code, true);
             g->sessions.clear();
             continue;
         }

@@ -453,7 +453,7 @@ TEST_F(ReplicationTest, FullIncrementalCatchUpAndAlreadyThereToBtrfsAndExt4) {
     auto old = push(options({r1.target()}, 3));
     ASSERT_TRUE(old);
     EXPECT_FALSE(old->replicas[0].ok());
-    EXPECT_EQ(old->replicas[0].code, uint16_t(ErrorCode::not_newer));
+    EXPECT_EQ(old->replicas[0].code, ErrorCode::not_newer);
     EXPECT_NE(old->replicas[0].status.message().find("version 3"), std::string::npos) << old->replicas[0].status.message();
     EXPECT_NE(old->replicas[0].status.message().find("replica1"), std::string::npos) << old->replicas[0].status.message();
     EXPECT_TRUE(same_tree(btrfs / "repo/images/vm/4", master_version(4)));
@@ -791,11 +791,11 @@ TEST_F(ReplicationTest, FullReplicaDiskFailsCleanlyAndGivesTheSpaceBack) {
     ASSERT_TRUE(r) << r.status().message();
     const auto& rep = r->replicas[0];
     EXPECT_FALSE(rep.ok());
-    EXPECT_EQ(rep.code, uint16_t(ErrorCode::no_space)) << rep.status.message();
+    EXPECT_EQ(rep.code, ErrorCode::no_space) << rep.status.message();
     EXPECT_NE(rep.status.message().find("image 'vm' version 1"), std::string::npos) << rep.status.message();
     auto reports = server.wait_reports(1);
     ASSERT_EQ(reports.size(), 1u);
-    EXPECT_EQ(reports[0].code, uint16_t(ErrorCode::no_space));
+    EXPECT_EQ(reports[0].code, ErrorCode::no_space);
     EXPECT_FALSE(reports[0].staging_kept);
     auto repo = open_repo(small / "repo");
     EXPECT_TRUE(repo.list_versions("vm")->empty());
@@ -852,10 +852,10 @@ public:
     }
     std::variant<Need, Error> answer() {
         auto f = read();
-        if (!f) return Error{static_cast<uint16_t>(ErrorCode::internal), "connection closed"};
+        if (!f) return Error{ErrorCode::internal, "connection closed"};
         if (f->type == FrameType::need) return *Need::decode(f->payload);
         if (f->type == FrameType::error) return *Error::decode(f->payload);
-        return Error{static_cast<uint16_t>(ErrorCode::internal), std::string("unexpected ") + frame_type_name(f->type)};
+        return Error{ErrorCode::internal, std::string("unexpected ") + frame_type_name(f->type)};
     }
     void shutdown() { (void)s_.shutdown(); }
     void close() { s_.close(); }
@@ -865,8 +865,8 @@ private:
     FrameDecoder d_;
 };
 
-uint16_t code_of(const std::variant<Need, Error>& v) {
-    return std::holds_alternative<Error>(v) ? std::get<Error>(v).code : 0;
+ErrorCode code_of(const std::variant<Need, Error>& v) {
+    return std::holds_alternative<Error>(v) ? std::get<Error>(v).code : ErrorCode::ok;
 }
 std::string message_of(const std::variant<Need, Error>& v) {
     return std::holds_alternative<Error>(v) ? std::get<Error>(v).message : "(no error)";
@@ -893,16 +893,16 @@ TEST_F(ReplicationTest, BadInputStopsWithAClearErrorAndLeavesPublishedVersionsAl
     // Streams version 2 up to the point where `bad` is sent.
     auto start_v2 = [&](Evil& e) {
         auto need = e.open("img", 2, {1});
-        EXPECT_EQ(code_of(need), 0u) << message_of(need);
+        EXPECT_EQ(code_of(need), ErrorCode::ok) << message_of(need);
         Truncate t{1, 8192, "new.bin"};
         e.send(t);
     };
     auto expect_error = [&](Evil& e, ErrorCode code, const std::string& what) {
         auto ans = e.answer();
-        EXPECT_EQ(code_of(ans), uint16_t(code)) << what << ": " << message_of(ans);
+        EXPECT_EQ(code_of(ans), code) << what << ": " << message_of(ans);
         e.close();
         auto rep = last_report();
-        EXPECT_EQ(rep.code, uint16_t(code)) << what << ": " << rep.status.message();
+        EXPECT_EQ(rep.code, code) << what << ": " << rep.status.message();
         EXPECT_NE(rep.status.message().find("image 'img'"), std::string::npos) << rep.status.message();
         return rep;
     };
@@ -926,7 +926,7 @@ TEST_F(ReplicationTest, BadInputStopsWithAClearErrorAndLeavesPublishedVersionsAl
     {  // a truncated frame (the sender vanishes in the middle): staging kept, and the next offer resumes it
         Evil e(server.port(), plain);
         auto need = e.open("img", 2, {1});
-        ASSERT_EQ(code_of(need), 0u) << message_of(need);
+        ASSERT_EQ(code_of(need), ErrorCode::ok) << message_of(need);
         EXPECT_EQ(std::get<Need>(need).base, 1u);
         auto f = make_frame(Truncate{1, 8192, "new.bin"});
         e.raw(Bytes(f->begin(), f->begin() + 30));
@@ -982,7 +982,7 @@ TEST_F(ReplicationTest, BadInputStopsWithAClearErrorAndLeavesPublishedVersionsAl
     {  // a version that is not newer
         Evil e(server.port(), plain);
         auto ans = e.open("img", 1, {});
-        EXPECT_EQ(code_of(ans), 0u) << "version 1 is published: NEED nothing";
+        EXPECT_EQ(code_of(ans), ErrorCode::ok) << "version 1 is published: NEED nothing";
         EXPECT_EQ(std::get<Need>(ans).kind, NeedKind::nothing);
         e.close();
         last_report();
@@ -990,7 +990,7 @@ TEST_F(ReplicationTest, BadInputStopsWithAClearErrorAndLeavesPublishedVersionsAl
     {  // a bad image name
         Evil e(server.port(), plain);
         auto ans = e.open("../etc", 5, {});
-        EXPECT_EQ(code_of(ans), uint16_t(ErrorCode::bad_name)) << message_of(ans);
+        EXPECT_EQ(code_of(ans), ErrorCode::bad_name) << message_of(ans);
         e.close();
         last_report();
     }
@@ -1015,7 +1015,7 @@ TEST_F(ReplicationTest, BadInputStopsWithAClearErrorAndLeavesPublishedVersionsAl
         auto f = e.read();
         ASSERT_TRUE(f && f->type == FrameType::result);
         auto res = PushResult::decode(f->payload);
-        EXPECT_EQ(res->code, uint16_t(ErrorCode::digest_mismatch)) << res->message;
+        EXPECT_EQ(res->code, ErrorCode::digest_mismatch) << res->message;
         EXPECT_NE(res->message.find("digest mismatch"), std::string::npos) << res->message;
         e.close();
         last_report();
@@ -1075,6 +1075,46 @@ TEST_F(ReplicationTest, ToolPushPrintsJsonAndExitCodes) {
 
 // On a terminal, push keeps one line per push up to date: each replica's
 // state, bytes sent of the total, rate and ETA (redrawn with \r).
+// Regression: `serve --once` exited 0 after a session that failed before any
+// offer, and after a failed TLS handshake it did not exit at all (it waited
+// for another connection).
+TEST_F(ReplicationTest, ServeOnceExitsNonZeroAfterAFailedHandshakeOrSession) {
+    master_with_v1();
+    LoopFs fsys(LoopFs::Type::ext4, 128 * MiB);
+    {  // a master whose certificate another CA signed: the handshake fails
+        ToolServer srv(fsys / "repo", replica_tls(1));
+        auto o = options({HostPort{"127.0.0.1", srv.port}}, 1);
+        o.tls = certs_->config("rogue", "intruder");
+        o.tls.ca_file = (certs_->dir.path() / "good/ca.crt").string();
+        auto r = push(o);
+        ASSERT_TRUE(r) << r.status().message();
+        EXPECT_FALSE(r->replicas[0].ok());
+        EXPECT_EQ(srv.wait(), 1) << srv.stderr_text();
+        EXPECT_NE(srv.stderr_text().find("refused connection"), std::string::npos) << srv.stderr_text();
+    }
+    {  // a peer that breaks the protocol right after connecting: no offer, no report
+        TlsConfig plain;
+        plain.insecure_plaintext = true;
+        ToolServer srv(fsys / "repo", plain, {"--insecure-plaintext"});
+        Evil e(srv.port, plain);
+        Hello h;
+        h.role = Role::receiver;  // a sender must say it is one
+        h.node_name = "evil";
+        e.send(h);
+        auto answer = e.read();
+        ASSERT_TRUE(answer);
+        EXPECT_EQ(answer->type, FrameType::error);
+        e.close();
+        EXPECT_EQ(srv.wait(), 1) << srv.stderr_text();
+        EXPECT_NE(srv.stderr_text().find("not a sender"), std::string::npos) << srv.stderr_text();
+    }
+    {  // the control: a push that goes through
+        ToolServer srv(fsys / "repo", replica_tls(1));
+        push_ok(options({HostPort{"127.0.0.1", srv.port}}, 1));
+        EXPECT_EQ(srv.wait(), 0) << srv.stderr_text();
+    }
+}
+
 TEST_F(ReplicationTest, ToolPushShowsProgressOnATerminal) {
     master_with_v1();
     LoopFs fsys(LoopFs::Type::ext4, 128 * MiB);

@@ -3,6 +3,7 @@
 // anywhere, and every kind of bad input refused with a message that names it.
 #include "digests.hpp"
 #include "entry_stat.hpp"
+#include "failure_code.hpp"
 #include "frame_codec.hpp"
 #include "messages.hpp"
 #include "name_rules.hpp"
@@ -108,9 +109,9 @@ std::vector<Message> every_message() {
     Checkpoint cp{11};
     CheckpointAck ack{11, 0x1122334455667788ull};
     End end{11, 1, 2, 3, 4};
-    PushResult res{static_cast<uint16_t>(ErrorCode::digest_mismatch), 9, "win11",
+    PushResult res{ErrorCode::digest_mismatch, 9, "win11",
                    "image 'win11' version 9 on replica 'cache-3': digest mismatch"};
-    Error err{static_cast<uint16_t>(ErrorCode::no_space), "image 'win11' version 9: no space left"};
+    Error err{ErrorCode::no_space, "image 'win11' version 9: no space left"};
     return {h, o, n, f, link, dir, data, hole, tr, del, cp, ack, end, res, err};
 }
 
@@ -248,13 +249,13 @@ TEST(WireLayout, ControlFramesMatchTheDoc) {
     Bytes e = payload_of(End{1, 2, 3, 4, 5});
     ASSERT_EQ(e.size(), 40u);
     for (size_t i = 0; i < 5; ++i) EXPECT_EQ(le(e, i * 8, 8), i + 1);
-    Bytes r = payload_of(PushResult{5, 9, "img", "bad"});
+    Bytes r = payload_of(PushResult{ErrorCode::digest_mismatch, 9, "img", "bad"});
     ASSERT_EQ(r.size(), 10u + 5 + 5);
     EXPECT_EQ(le(r, 0, 2), 5u);
     EXPECT_EQ(le(r, 2, 8), 9u);
     EXPECT_EQ(le(r, 10, 2), 3u);
     EXPECT_EQ(le(r, 15, 2), 3u);
-    Bytes er = payload_of(Error{7, "full"});
+    Bytes er = payload_of(Error{ErrorCode::no_space, "full"});
     ASSERT_EQ(er.size(), 2u + 2 + 4);
     EXPECT_EQ(le(er, 0, 2), 7u);
 }
@@ -678,24 +679,57 @@ TEST(WireMessages, ReplicaChoosesWhatItNeeds) {
 }
 
 TEST(WireMessages, ResultAndErrorRules) {
-    EXPECT_FALSE(Error::decode(payload_of(Error{0, "x"})));
-    EXPECT_FALSE(Error::decode(payload_of(Error{1, std::string(1025, 'm')})));
-    EXPECT_FALSE(Error::decode(payload_of(Error{1, std::string("a\0b", 3)})));
-    auto e = Error::decode(payload_of(Error{999, "from the future"}));
+    EXPECT_FALSE(Error::decode(payload_of(Error{ErrorCode::ok, "x"})));
+    EXPECT_FALSE(Error::decode(payload_of(Error{ErrorCode::protocol, std::string(1025, 'm')})));
+    EXPECT_FALSE(Error::decode(payload_of(Error{ErrorCode::protocol, std::string("a\0b", 3)})));
+    auto e = Error::decode(payload_of(Error{static_cast<ErrorCode>(999), "from the future"}));
     ASSERT_TRUE(e);
+    EXPECT_EQ(static_cast<uint16_t>(e->code), 999u) << "an unknown code is kept as its number";
     EXPECT_EQ(error_code_name(e->code), "error 999");
-    EXPECT_EQ(error_code_name(5), "digest_mismatch");
+    EXPECT_EQ(error_code_name(static_cast<ErrorCode>(5)), "digest_mismatch");
     EXPECT_EQ(clamp_message(std::string(5000, 'x') + std::string(1, '\0')).size(), kMaxMessage);
     EXPECT_EQ(clamp_message(std::string("a\0b", 3)), "a?b");
 
-    EXPECT_TRUE(PushResult::decode(payload_of(PushResult{0, 3, "img", ""})));
-    EXPECT_FALSE(PushResult::decode(payload_of(PushResult{0, 0, "img", ""})));
-    EXPECT_FALSE(PushResult::decode(payload_of(PushResult{0, 3, "../img", ""})));
+    EXPECT_TRUE(PushResult::decode(payload_of(PushResult{ErrorCode::ok, 3, "img", ""})));
+    EXPECT_FALSE(PushResult::decode(payload_of(PushResult{ErrorCode::ok, 0, "img", ""})));
+    EXPECT_FALSE(PushResult::decode(payload_of(PushResult{ErrorCode::ok, 3, "../img", ""})));
+}
 
-    EXPECT_EQ(error_code_for(Status::error(ENOSPC, "x")), ErrorCode::no_space);
-    EXPECT_EQ(error_code_for(Status::error(EBADMSG, "x")), ErrorCode::protocol);
-    EXPECT_EQ(error_code_for(Status::error(EINVAL, "x")), ErrorCode::bad_name);
-    EXPECT_EQ(error_code_for(Status::error(EIO, "x")), ErrorCode::io_error);
+// The code of a failure depends on what failed, not on its errno alone.
+TEST(FailureCodes, ALocalFailureIsNoSpaceOrIoErrorWhateverItsErrno) {
+    EXPECT_EQ(code_for_local_failure(ENOSPC), ErrorCode::no_space);
+    EXPECT_EQ(code_for_local_failure(EDQUOT), ErrorCode::no_space);
+    EXPECT_EQ(code_for_local_failure(EIO), ErrorCode::io_error);
+    // Regression: an EINVAL while reading the source reached the replica as bad_name.
+    EXPECT_EQ(code_for_local_failure(EINVAL), ErrorCode::io_error);
+    EXPECT_EQ(code_for_local_failure(EBADMSG), ErrorCode::io_error) << "a filesystem's checksum error is ours";
+}
+
+TEST(FailureCodes, ARefusedFrameIsBadNameOnlyForANameRule) {
+    auto bad_path = FileEntry::decode(payload_of(FileEntry{1, "a/../b", regular(1)}));
+    ASSERT_FALSE(bad_path);
+    EXPECT_EQ(code_for_refused_frame(bad_path.status()), ErrorCode::bad_name) << bad_path.status().message();
+    auto bad_seq = Delete::decode(payload_of(Delete{0, "a"}));
+    ASSERT_FALSE(bad_seq);
+    EXPECT_EQ(code_for_refused_frame(bad_seq.status()), ErrorCode::protocol) << bad_seq.status().message();
+    FrameDecoder d;
+    Bytes junk(kFrameHeaderSize, 0x55);
+    d.feed(junk);
+    auto f = d.next();
+    ASSERT_FALSE(f);
+    EXPECT_EQ(code_for_refused_frame(f.status()), ErrorCode::protocol) << f.status().message();
+}
+
+TEST(FailureCodes, AFrameOfOursTheCodecRefusesIsBadNameForANameElseInternal) {
+    EntryAttrs escaping;
+    escaping.type = EntryType::symlink;
+    escaping.symlink_target = "../../etc/passwd";
+    auto link = make_frame(FileEntry{1, "lnk", escaping});
+    ASSERT_FALSE(link);
+    EXPECT_EQ(code_for_unsendable_frame(link.status()), ErrorCode::bad_name) << link.status().message();
+    auto empty = make_frame(Hole{1, 0, 0, "f"});
+    ASSERT_FALSE(empty);
+    EXPECT_EQ(code_for_unsendable_frame(empty.status()), ErrorCode::internal) << empty.status().message();
 }
 
 // ---- digest, as section 8 defines it ----

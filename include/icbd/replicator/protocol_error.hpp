@@ -1,15 +1,15 @@
 // The codes of RESULT and ERROR (docs/replication-protocol.md, section 4.6):
-// what a replication session tells its peer about a failure.
+// what a replication session tells its peer about a failure, and what the
+// reports of a push or a receive say went wrong.
 #pragma once
 
 #include <cstdint>
 #include <string>
 
-#include "icbd/status.hpp"
-
 namespace icbd::repl {
 
-// Unknown values travel as numbers.
+// Travels as a u16. A value this version does not know (from a newer peer) is
+// kept as its number: the enumeration's underlying type holds any u16.
 enum class ErrorCode : uint16_t {
     ok = 0,
     protocol = 1,
@@ -26,9 +26,6 @@ enum class ErrorCode : uint16_t {
     cancelled = 12,
 };
 // "digest_mismatch", or "error 77" for a value this version does not know.
-std::string error_code_name(uint16_t code);
-// The code to send for a local failure: EINVAL -> bad_name, ENOSPC/EDQUOT ->
-// no_space, EBADMSG/EMSGSIZE/EPROTO -> protocol, other errno -> io_error.
-ErrorCode error_code_for(const Status& s);
+std::string error_code_name(ErrorCode code);
 
 }  // namespace icbd::repl

@@ -32,7 +32,7 @@ struct ReceiveReport {
     uint64_t data_bytes_written = 0;  // uncompressed DATA bytes written
     bool published = false;
     bool staging_kept = false;  // left on disk for a resume
-    uint16_t code = 0;          // ErrorCode; 0 ok
+    ErrorCode code = ErrorCode::ok;  // what the sender was told (or told us)
     Status status;              // ok, or the error (names image, version, peer)
 };
 
@@ -58,13 +58,16 @@ public:
 
     // Runs the protocol on one connected stream until the sender closes it or
     // an error ends it. Returns ok for an orderly end, else the error (also
-    // reported through on_report when an offer was under way).
+    // reported through on_report when an offer was under way): any failed
+    // offer ends the connection.
     Status serve_connection(Stream& stream);
 
     // Accepts connections (TLS handshake and session each on its own thread)
     // until stop(), or, with `once`, until the first connection has ended.
     // Handshake failures (a peer without a valid certificate) are logged and
-    // do not stop the loop. Returns ok after stop()/once.
+    // do not stop the loop, but for `once`. Returns ok after stop(); with
+    // `once`, the outcome of that one connection: its handshake's failure, or
+    // what serve_connection() returned.
     Status serve(Listener& listener, bool once = false);
 
     // Thread-safe: makes serve() return, interrupting the sessions under way

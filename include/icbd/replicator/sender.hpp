@@ -73,9 +73,9 @@ struct ReplicaReport {
     } timeline;
     double seconds = 0;
     Status status;  // ok, or what failed (names image, version and peer)
-    // The protocol code of a failure (ErrorCode): the replica's ERROR/RESULT
-    // code, or the one we sent; 0 when ok.
-    uint16_t code = 0;
+    // The protocol code of a failure: the replica's ERROR/RESULT code, or the
+    // one we sent; ok when ok.
+    ErrorCode code = ErrorCode::ok;
     bool dropped = false;  // fell behind the others (or its connection failed mid-stream)
     bool ok() const { return status.is_ok(); }
 };
