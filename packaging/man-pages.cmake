@@ -4,10 +4,15 @@
 # blockd's configuration, targets.conf, /metrics) from those files, so each
 # text has one source. Output: build/man/NAME.SECTION (for tests) and
 # NAME.SECTION.gz (gzip -9n: reproducible), installed into man<SECTION>.
-set(ICBD_MAN_PAGES
-  blockd.8 blockctl.8 bs_icbd.8              # the daemon, its CLI, the tgtd module and its bsopts
-  icbd-replicate.1 icbd-iscsi.1 icbd-overlay.1
-  blockd.toml.5 icbd-replicate.conf.5)       # configuration files
+# Every docs/man/*.SECTION.md is a page: a new one needs no line here
+# (tests/package/CMakeLists.txt names the program each command's page documents).
+file(GLOB icbd_man_sources CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/docs/man/*.[1-8].md)
+set(ICBD_MAN_PAGES)
+foreach(src IN LISTS icbd_man_sources)
+  get_filename_component(page ${src} NAME)
+  string(REGEX REPLACE "\\.md$" "" page ${page})
+  list(APPEND ICBD_MAN_PAGES ${page})
+endforeach()
 # What the pages include (man.lua); a change there remakes every page.
 set(ICBD_MAN_INCLUDED docs/bsopts.md docs/blockd.md docs/packaging.md docs/metrics.md)
 
