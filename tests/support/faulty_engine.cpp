@@ -14,6 +14,7 @@ const FaultRule* FaultPlan::match(const IoRequest& req, const std::string& path)
         if (!r.file.empty() && (path.size() < r.file.size() || path.compare(path.size() - r.file.size(),
                                                                             r.file.size(), r.file) != 0))
             continue;
+        if (req.offset < r.from || req.offset >= r.to) continue;
         ++a.seen;
         if (a.seen < r.nth || a.hit >= r.times) continue;
         ++a.hit;

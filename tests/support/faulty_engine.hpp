@@ -27,6 +27,9 @@ struct FaultRule {
     // Only operations on a file whose path ends with this ("" = any file):
     // e.g. "lun.cache", "client.ovl", "disk.raw".
     std::string file;
+    // Only operations starting in [from, to) of that file (e.g. a cache's
+    // superblocks: [0, 8192)); fdatasync has offset 0.
+    uint64_t from = 0, to = UINT64_MAX;
     uint64_t nth = 1;    // the nth matching operation after the rule was added is the first hit
     uint64_t times = 1;  // how many matching operations in a row are hit (UINT64_MAX: all from then on)
     FaultKind kind = FaultKind::error;

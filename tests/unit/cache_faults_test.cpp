@@ -83,6 +83,43 @@ TEST_P(CacheFaults, AFuaWriteWhoseCacheCommitFailsIsAMediumError) {
     expect_acknowledged_data_after_reopen();
 }
 
+// The second step of a commit, the superblock write (RWF_DSYNC, slot A or B
+// in the first 8 KiB), fails like its fdatasync would.
+TEST_P(CacheFaults, ASyncWhoseSuperblockWriteFailsIsAMediumErrorAndTheCacheRefusesWrites) {
+    open_cached("4M");
+    const auto before = model_slice(1 << 20, 64 << 10);
+    ASSERT_EQ(write(1 << 20, pattern(64 << 10, 7)).status, scsi::status_good);
+    plan_->add({IoOp::write, "lun.cache", 0, 8192, 1, 1, FaultKind::error, EIO});
+    EXPECT_TRUE(medium_error_write(sync()));
+    EXPECT_EQ(plan_->hits(), 1u);
+    EXPECT_TRUE(medium_error_write(write(2 << 20, pattern(4096, 8))));
+    may_be_lost(1 << 20, before);  // never committed, as the failed SYNC said
+    expect_acknowledged_data_after_reopen();
+}
+
+// A write-back round ends by making the FREE entries of the written-back
+// slots durable; when that fdatasync fails, the cache is failed (its state on
+// disk is unknown): it refuses writes, the next SYNCHRONIZE CACHE tells the
+// initiator, and what was committed reads back after re-opening. Writes
+// acknowledged but not committed yet may be gone, as after a failed commit
+// (docs/write-back-cache.md, "A full cache device").
+TEST_P(CacheFaults, AFailedFreeEntrySyncFailsTheCacheAndKeepsWhatWasCommitted) {
+    open_cached("1M");  // 252 blocks: write-back starts above 126
+    EXPECT_EQ(write_until_failure(0, 448 << 10, 110).status, scsi::status_good);
+    ASSERT_EQ(sync().status, scsi::status_good);  // 112 blocks committed
+    // The flusher's first round: the commit's fdatasync, then the one after
+    // the FREE entries.
+    fault(IoOp::fdatasync, "lun.cache", 2);
+    const auto before = model_slice(448 << 10, 256 << 10);
+    write_until_failure(448 << 10, 704 << 10, 120);
+    may_be_lost(448 << 10, before);
+    settle();
+    ASSERT_EQ(plan_->hits(), 1u) << "no write-back round reached its FREE entries";
+    EXPECT_TRUE(medium_error_write(sync())) << "the initiator must learn that its writes are not durable";
+    EXPECT_TRUE(medium_error_write(write(1 << 20, pattern(4096, 130)))) << "a failed cache takes no more writes";
+    expect_acknowledged_data_after_reopen();
+}
+
 // The flusher's writes below fail while the host keeps writing (the cache
 // is above its low watermark): the blocks stay dirty in the cache, every
 // command succeeds, and once the device below works again closing writes all

@@ -90,10 +90,10 @@ protected:
         bsopts_ = bsopts;
     }
     void fault(IoOp op, const std::string& file, uint64_t nth = 1, int err = EIO, uint64_t times = 1) {
-        plan_->add({op, file, nth, times, FaultKind::error, err});
+        plan_->add({op, file, 0, UINT64_MAX, nth, times, FaultKind::error, err});
     }
     void short_transfer(IoOp op, const std::string& file, uint64_t nth = 1) {
-        plan_->add({op, file, nth, 1, FaultKind::short_transfer, 0});
+        plan_->add({op, file, 0, UINT64_MAX, nth, 1, FaultKind::short_transfer, 0});
     }
 
     Cmd make(uint8_t op, uint64_t lba, uint32_t blocks, uint8_t byte1 = 0) {
