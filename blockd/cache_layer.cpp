@@ -279,52 +279,34 @@ void CacheLayer::changed() {
 
 void CacheLayer::unmap(uint64_t offset, uint64_t len, bool dsync, Done done) {
     constexpr uint64_t zero_chunk = zero_source_bytes;
-    UnmapOp& op = unmaps_.get();
-    op.layer = this;
-    op.done = done;
-    op.dsync = dsync;
-    op.pieces.clear();
-    op.next = 0;
+    UnmapPieces& u = UnmapPieces::begin(unmaps_, &CacheLayer::unmap_piece, this, dsync, done);
     const uint64_t end = offset + len;
     const uint64_t a = std::min(end, (offset + bs - 1) / bs * bs), b = std::max(a, end / bs * bs);
-    if (offset < a) op.pieces.push_back({false, offset, a - offset});  // partial blocks: zeros
+    if (offset < a) u.add(false, offset, a - offset);  // partial blocks: zeros
     const std::vector<uint64_t> cached = map().cached_lbas(a / bs, b / bs);
     size_t i = 0;
     for (uint64_t o = a; o < b;) {
         uint64_t e;
         if (i < cached.size() && cached[i] * bs == o) {  // cached: zeros, in chunks the zero source covers
             for (e = o + bs, ++i; i < cached.size() && cached[i] * bs == e && e - o < zero_chunk; ++i) e += bs;
-            op.pieces.push_back({false, o, e - o});
+            u.add(false, o, e - o);
         } else {  // up to the next cached block: unmapped below
             e = i < cached.size() ? cached[i] * bs : b;
-            op.pieces.push_back({true, o, e - o});
+            u.add(true, o, e - o);
         }
         o = e;
     }
-    if (b < end && b >= a) op.pieces.push_back({false, b, end - b});
-    next_piece(op);
+    if (b < end && b >= a) u.add(false, b, end - b);
+    u.run();
 }
 
-void CacheLayer::next_piece(UnmapOp& op) {
-    if (op.next >= op.pieces.size()) {
-        Done done = op.done;
-        unmaps_.put(op);
-        return done(0, IoOp::punch_hole);
+void CacheLayer::unmap_piece(void* self, const UnmapPieces::Piece& p, bool dsync, Done done) {
+    auto& cache = *static_cast<CacheLayer*>(self);
+    if (p.hole) {
+        cache.below_dirty_ = true;
+        return cache.below_.unmap(p.offset, p.len, dsync, done);
     }
-    const UnmapOp::Piece p = op.pieces[op.next++];
-    if (p.below) {
-        below_dirty_ = true;
-        return below_.unmap(p.offset, p.len, op.dsync, {&CacheLayer::piece_done, &op});
-    }
-    write(zero_source(), p.len, p.offset, op.dsync, {&CacheLayer::piece_done, &op});
-}
-
-void CacheLayer::piece_done(void* ctx, int error, IoOp failed) {
-    auto& op = *static_cast<UnmapOp*>(ctx);
-    if (!error) return op.layer->next_piece(op);
-    Done done = op.done;
-    op.layer->unmaps_.put(op);
-    done(error, failed);
+    cache.write(zero_source(), p.len, p.offset, dsync, done);
 }
 
 // Acknowledged writes are durable once committed in the cache; what went

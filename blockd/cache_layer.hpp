@@ -13,6 +13,7 @@
 #include "data_layer.hpp"
 #include "io_queue.hpp"
 #include "lun_metrics.hpp"
+#include "unmap_pieces.hpp"
 #include "write_back_cache.hpp"
 
 namespace icbd {
@@ -84,17 +85,6 @@ private:
         std::vector<uint32_t> pins;  // slots read from: not reused meanwhile
         Join join;
     };
-    struct UnmapOp {
-        CacheLayer* layer;
-        Done done;
-        bool dsync;
-        struct Piece {
-            bool below;  // unmapped below; else zeros into the cache
-            uint64_t offset, len;
-        };
-        std::vector<Piece> pieces;
-        size_t next;
-    };
     struct SyncOp {
         CacheLayer* layer;
         Done done;
@@ -114,8 +104,7 @@ private:
     static void run_io_done(void* ctx, int error, IoOp failed);
     void settle(WriteOp& op);
     void end_write(WriteOp& op);
-    void next_piece(UnmapOp& op);
-    static void piece_done(void* ctx, int error, IoOp failed);
+    static void unmap_piece(void* self, const UnmapPieces::Piece& piece, bool dsync, Done done);
     static void below_synced(void* ctx, int error, IoOp failed);
     void commit_synced(int error, IoOp failed);
     void commit_written(int error, IoOp failed);
@@ -128,7 +117,7 @@ private:
     bool below_dirty_ = false;  // UNMAP went below: the next sync syncs below too
     OpPool<ReadOp> reads_;
     OpPool<WriteOp> writes_;
-    OpPool<UnmapOp> unmaps_;
+    OpPool<UnmapPieces> unmaps_;
     OpPool<SyncOp> syncs_;
     struct Segment {
         bool cached;

@@ -98,48 +98,28 @@ void OverlayLayer::punched(void* ctx, int error, IoOp failed) {
 
 void OverlayLayer::unmap(uint64_t offset, uint64_t len, bool dsync, Done done) {
     constexpr uint64_t bs = OverlayMap::block_size;
-    UnmapOp& op = unmaps_.get();
-    op.layer = this;
-    op.done = done;
-    op.dsync = dsync;
-    op.pieces.clear();
-    op.next = 0;
+    UnmapPieces& u = UnmapPieces::begin(unmaps_, &OverlayLayer::unmap_piece, this, dsync, done);
     const uint64_t end = offset + len;
     const uint64_t a = (offset + bs - 1) / bs * bs;
     const uint64_t b = end == map_.size() ? (end + bs - 1) / bs * bs : end / bs * bs;
     if (a >= b) {
         for (uint64_t o = offset; o < end;) {  // within one or two blocks, no whole one
             uint64_t n = std::min(end, (o / bs + 1) * bs) - o;
-            op.pieces.push_back({false, o, n});
+            u.add(false, o, n);
             o += n;
         }
     } else {
-        if (offset < a) op.pieces.push_back({false, offset, a - offset});
-        op.pieces.push_back({true, a, b - a});
-        if (b < end) op.pieces.push_back({false, b, end - b});
+        if (offset < a) u.add(false, offset, a - offset);
+        u.add(true, a, b - a);
+        if (b < end) u.add(false, b, end - b);
     }
-    next_piece(op);
+    u.run();
 }
 
-// One piece at a time: a partial block's zeros may copy it up, which must
-// not race with the punch or zeros of a neighbouring piece.
-void OverlayLayer::next_piece(UnmapOp& op) {
-    if (op.next >= op.pieces.size()) {
-        Done done = op.done;
-        unmaps_.put(op);
-        return done(0, IoOp::punch_hole);
-    }
-    const UnmapOp::Piece p = op.pieces[op.next++];
-    if (p.punch) return punch(p.offset, p.len, {&OverlayLayer::piece_done, &op});
-    write(zero_source(), p.len, p.offset, op.dsync, {&OverlayLayer::piece_done, &op});
-}
-
-void OverlayLayer::piece_done(void* ctx, int error, IoOp failed) {
-    auto& op = *static_cast<UnmapOp*>(ctx);
-    if (!error) return op.layer->next_piece(op);
-    Done done = op.done;
-    op.layer->unmaps_.put(op);
-    done(error, failed);
+void OverlayLayer::unmap_piece(void* self, const UnmapPieces::Piece& p, bool dsync, Done done) {
+    auto& overlay = *static_cast<OverlayLayer*>(self);
+    if (p.hole) return overlay.punch(p.offset, p.len, done);
+    overlay.write(zero_source(), p.len, p.offset, dsync, done);
 }
 
 // Every map bit set before the fdatasync started has its data covered by

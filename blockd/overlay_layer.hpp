@@ -13,6 +13,7 @@
 #include "io_queue.hpp"
 #include "lun_metrics.hpp"
 #include "overlay_map.hpp"
+#include "unmap_pieces.hpp"
 
 namespace icbd {
 
@@ -45,17 +46,6 @@ private:
         BlockFill fill;
         Join edges;
     };
-    struct UnmapOp {
-        OverlayLayer* layer;
-        Done done;
-        bool dsync;
-        struct Piece {
-            bool punch;  // else: write zeros (a partial block)
-            uint64_t offset, len;
-        };
-        std::vector<Piece> pieces;
-        size_t next;
-    };
     struct PunchOp {
         OverlayLayer* layer;
         Done done;
@@ -73,8 +63,7 @@ private:
     static void end_write(void* ctx, int error, IoOp failed);
     void punch(uint64_t offset, uint64_t len, Done done);
     static void punched(void* ctx, int error, IoOp failed);
-    void next_piece(UnmapOp& op);
-    static void piece_done(void* ctx, int error, IoOp failed);
+    static void unmap_piece(void* self, const UnmapPieces::Piece& piece, bool dsync, Done done);
     static void synced(void* ctx, int error, IoOp failed);
     // Writes the map pages whose bits are durable: one batch at a time for
     // the whole LUN (a later batch is always a superset of an earlier one:
@@ -87,7 +76,7 @@ private:
     LunMetrics* metrics_ = nullptr;
     OpPool<FanIn> reads_;
     OpPool<WriteOp> writes_;
-    OpPool<UnmapOp> unmaps_;
+    OpPool<UnmapPieces> unmaps_;
     OpPool<SyncOp> syncs_;
     OpPool<PunchOp> punches_;
     // The map writer: one batch in flight, the others wait in order.
