@@ -72,6 +72,15 @@ Result<LunOptions> parse_bsopts(std::string_view text) {
             if (value != "off" && (value.empty() || value.front() != '/'))
                 return bad_value(key, value, "an absolute path or off");
             o.metrics_dir = std::string(value);
+        } else if (key == "bootset") {
+            if (value.empty() || value.front() != '/') return bad_value(key, value, "an absolute path");
+            o.bootset = std::string(value);
+        } else if (key == "bootset_window") {
+            uint32_t s = 0;
+            auto [p, ec] = std::from_chars(value.data(), value.data() + value.size(), s);
+            if (ec != std::errc() || p != value.data() + value.size() || s > 86400)
+                return bad_value(key, value, "seconds from 0 (off) to 86400");
+            o.bootset_window_s = s;
         } else if (key == "cache_size") {
             Result<uint64_t> n = parse_size(value);
             if (!n || *n < (1u << 20)) return bad_value(key, value, "a size of at least 1M, e.g. 512M or 4G");
@@ -84,7 +93,7 @@ Result<LunOptions> parse_bsopts(std::string_view text) {
             o.cache_idle_ms = ms;
         } else {
             return Status::error(ENOENT, "bsopts: unknown option '" + std::string(key) +
-                                             "' (known: readonly, direct, queue_depth, engine, overlay, cache, cache_size, cache_idle, metrics_dir)");
+                                             "' (known: readonly, direct, queue_depth, engine, overlay, cache, cache_size, cache_idle, metrics_dir, bootset, bootset_window)");
         }
     }
     return o;

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "boot_recorder.hpp"
 #include "icbd/endian.hpp"
 #include "scsi.hpp"
 #include "sense.hpp"
@@ -161,6 +162,7 @@ void CommandRunner::start(Task& t) {
         case Kind::read: {
             uint32_t len = std::min(c.in_len, c.tl);
             if (len == 0) return fail(t, 0, 0);
+            if (recorder_) recorder_->on_read(c.offset, len);
             return top_->read(c.in_buf, len, c.offset, done_for(t, Next::finish));
         }
         case Kind::write:

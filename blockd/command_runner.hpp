@@ -29,6 +29,8 @@
 
 namespace icbd {
 
+class BootRecorder;
+
 class CommandRunner {
 public:
     // `fd` serves everything; writes go to `write_fd` instead when it is open
@@ -54,6 +56,8 @@ public:
     void on_idle_timer();
     // Counters of host commands, the cache and the overlay go here (nullptr: none).
     void set_metrics(LunMetrics* m);
+    // Every READ's range goes to it (docs/boot-set.md); null: no recording.
+    void set_boot_recorder(BootRecorder* r) { recorder_ = r; }
 
 private:
     enum class Kind : uint8_t { read, write, write_verify, orwrite, compare_and_write, sync, write_same, unmap,
@@ -129,6 +133,7 @@ private:
     std::deque<uint32_t> parked_;    // waiting for an overlapping read-modify-write
     std::vector<uint32_t> deferred_;  // finished at submit time, delivered in submit_batch
     LunMetrics* metrics_ = nullptr;
+    BootRecorder* recorder_ = nullptr;
 };
 
 }  // namespace icbd

@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "boot_recorder.hpp"
 #include "command_runner.hpp"
 #include "golden_file.hpp"
 #include "lun_metrics.hpp"
@@ -109,6 +110,7 @@ Result<uint64_t> Lun::open(const std::string& path, int extra_oflags) {
                                               nullptr, cache_.get());
     runner_->set_idle_timer(timer_fd_.get(), opts_.cache_idle_ms);
     attach_metrics(path);
+    attach_recorder(size);
     return size;
 }
 
@@ -132,6 +134,7 @@ Result<uint64_t> Lun::open_overlay(const std::string& golden_path) {
                                               overlay_.get(), cache_.get());
     runner_->set_idle_timer(timer_fd_.get(), opts_.cache_idle_ms);
     attach_metrics(golden_path);
+    attach_recorder(overlay_->size());
     return overlay_->size();
 }
 
@@ -152,6 +155,19 @@ void Lun::attach_metrics(const std::string& backing_path) {
                           readonly_};
     metrics_ = LunMetrics::create(id);
     runner_->set_metrics(metrics_.get());
+}
+
+void Lun::attach_recorder(uint64_t size) {
+    if (opts_.bootset.empty() || opts_.bootset_window_s == 0) return;
+    const std::string what = name_.empty() ? std::string("LUN") : name_;
+    auto r = BootRecorder::create(opts_.bootset, size, opts_.bootset_window_s, what);
+    if (!r) {
+        // Recording is an optimisation: the LUN serves without it.
+        log(LogLevel::warning, what + ": not recording a boot set: " + r.status().message());
+        return;
+    }
+    recorder_ = std::move(*r);
+    runner_->set_boot_recorder(recorder_.get());
 }
 
 // Closing is the SYNCHRONIZE CACHE the initiator did not send: an overlay
@@ -189,6 +205,7 @@ void Lun::close() {
     if (overlay_ && !readonly_) persist_overlay_map();
     runner_.reset();
     metrics_.reset();  // unlinks the file: the LUN is gone
+    recorder_.reset();  // merges a window still open, waits for the merge
     cache_.reset();
     overlay_.reset();
     write_fd_.reset();

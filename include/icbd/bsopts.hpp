@@ -31,6 +31,11 @@ struct LunOptions {
     // Directory of the LUN's metrics file (docs/metrics.md); "" = $ICBD_METRICS_DIR
     // or /run/icbd/luns, "off" = none.
     std::string metrics_dir;
+    // Boot set sidecar of the golden file (docs/boot-set.md): the chunks read
+    // from the first READ for bootset_window_s seconds are merged into it.
+    // "": no recording; a window of 0 turns it off too.
+    std::string bootset;
+    uint32_t bootset_window_s = 120;
 };
 
 // Status codes: EINVAL for a bad value, ENOENT for an unknown option name.

@@ -63,6 +63,7 @@ struct LunSeams {
     EngineFactory make_engine;  // empty: make_io_engine
 };
 
+class BootRecorder;
 class CommandRunner;
 class LunMetrics;
 class OverlayMap;
@@ -108,6 +109,8 @@ private:
     void persist_overlay_map();
     // The LUN's metrics file (docs/metrics.md); none when it cannot be made.
     void attach_metrics(const std::string& backing_path);
+    // The boot set recorder (docs/boot-set.md) when bsopts name a sidecar.
+    void attach_recorder(uint64_t size);
     Lun(const LunOptions& opts, const LunHost& host, std::unique_ptr<IoEngine> engine);
     LunOptions opts_;
     LunHost host_;
@@ -121,6 +124,7 @@ private:
     UniqueFd timer_fd_;
     std::string name_;
     std::unique_ptr<LunMetrics> metrics_;  // outlives runner_, which writes to it
+    std::unique_ptr<BootRecorder> recorder_;  // outlives runner_, which feeds it
 };
 
 }  // namespace icbd
