@@ -126,9 +126,21 @@ Result<uint64_t> ClientManager::initial_version(const std::string& image, const 
                                      (catalog.count(image) ? "" : " (and the master's catalog does not list it)"));
 }
 
-std::string ClientManager::bsopts(const ClientRecord& r) const {
+// The golden file is <repo>/images/<image>/<version>/<file>; its boot set
+// sidecar <repo>/images/<image>/.bootsets/<version>/<file>.bset
+// (docs/boot-set.md): the LUN records the desktop's boot into it.
+static std::optional<fs::path> boot_set_of(const fs::path& golden, const std::string& image, uint64_t version) {
+    const std::string v = std::to_string(version);
+    for (fs::path dir = golden.parent_path(); dir.has_relative_path(); dir = dir.parent_path())
+        if (dir.filename() == v && dir.parent_path().filename() == image)
+            return dir.parent_path() / ".bootsets" / v / (golden.lexically_relative(dir).string() + ".bset");
+    return std::nullopt;
+}
+
+std::string ClientManager::bsopts(const ClientRecord& r, const fs::path& golden) const {
     std::string s = "overlay=" + r.overlay_path;
     if (!r.cache_path.empty()) s += ";cache=" + r.cache_path + ";cache_size=" + std::to_string(opt_.cache_size);
+    if (auto b = boot_set_of(golden, r.image, r.bound_version)) s += ";bootset=" + b->string();
     return s;
 }
 
@@ -209,7 +221,7 @@ Status ClientManager::ensure_export(const ClientRecord& r, const std::optional<T
     }
     if (!lun) {
         if (Status s = ensure_overlay(r); !s) return s;
-        if (Status s = tgt_.create_lun(r.tid, kLun, golden->string(), "icbd", bsopts(r)); !s) return s;
+        if (Status s = tgt_.create_lun(r.tid, kLun, golden->string(), "icbd", bsopts(r, *golden)); !s) return s;
     }
     if (!r.chap_user.empty() && !(target && has(target->accounts, r.chap_user))) {
         if (Status s = tgt_.bind_chap(r.tid, r.chap_user, r.chap_secret); !s) return s;

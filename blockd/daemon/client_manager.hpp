@@ -100,7 +100,7 @@ private:
     bool have_version(const std::string& image, uint64_t version) const;
     uint64_t desired_version(const ClientRecord& r, const Catalog& catalog) const;
     Result<uint64_t> initial_version(const std::string& image, const std::string& channel, const Catalog& catalog) const;
-    std::string bsopts(const ClientRecord& r) const;
+    std::string bsopts(const ClientRecord& r, const std::filesystem::path& golden) const;
     Status validate(const ClientSpec& spec, const std::string& channel) const;
     Result<int> pick_tid(const std::vector<ClientRecord>& clients) const;
     Status ensure_overlay(const ClientRecord& r) const;

@@ -4,6 +4,7 @@
 // persistent desktop stays pinned; a tgtd restart is healed by reconcile; bad
 // input and busy desktops are refused with nothing changed.
 #include "client_manager.hpp"
+#include "icbd/boot_set.hpp"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -292,6 +293,25 @@ TEST_F(ClientManagerTest, BusyDesktopIsNotRemovedWithoutForce) {
     auto list = manager_->list();
     ASSERT_TRUE(list);
     EXPECT_TRUE(list->empty());
+}
+
+// The desktop's LUN records its boot beside the version (docs/boot-set.md),
+// where blockd ships it from and the prefetcher reads it.
+TEST_F(ClientManagerTest, ADesktopsBootIsRecordedBesideItsVersion) {
+    add(spec("pc01", test_initiator()));
+    {
+        IscsiClient c(url("pc01"));
+        expect_reads(c, 0, slice(golden_[1], 0, 8));
+        expect_reads(c, 4096, slice(golden_[1], 4096, kBlocks));  // 2 MiB in: chunk 32
+    }
+    wait_sessions("pc01", 0);
+    ASSERT_TRUE(manager_->remove("pc01"));  // the LUN closes: its boot is merged
+    const fs::path sidecar = boot_set_path(dir_.path(), "win10", 1, "disk.raw");
+    auto set = load_boot_set(sidecar);
+    ASSERT_TRUE(set) << set.status().message() << "\n" << tgtd_->log_tail(20);
+    EXPECT_EQ(set->runs(), (std::vector<BootSet::Run>{{0, 64 << 10}, {2 << 20, 64 << 10}}));
+    EXPECT_EQ(set->boots, 1u);
+    EXPECT_EQ(set->version, 1u);
 }
 
 TEST_F(ClientManagerTest, ForcedRemovalEndsTheSession) {
