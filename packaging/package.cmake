@@ -10,7 +10,7 @@ add_custom_target(icbd_build_version
           -DVERSION=${PROJECT_VERSION} -P ${PROJECT_SOURCE_DIR}/packaging/gen-version.cmake
   BYPRODUCTS ${ICBD_GENERATED_DIR}/icbd/build_version.hpp
   COMMENT "Version header with the git commit")
-set(ICBD_PACKAGED_PROGRAMS blockd-daemon blockctl icbd-iscsi icbd-overlay icbd-replicate)
+set(ICBD_PACKAGED_PROGRAMS blockd-daemon blockctl icbd-iscsi icbd-overlay icbd-replicate icbd-prefetch)
 foreach(t IN LISTS ICBD_PACKAGED_PROGRAMS)
   if(TARGET ${t})
     add_dependencies(${t} icbd_build_version)
