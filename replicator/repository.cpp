@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 
 #include "btrfs_subvolume.hpp"
@@ -524,6 +525,10 @@ Status Repository::remove_version(std::string_view image, uint64_t version) {
     if (!p) return p.status();
     std::string what = image_what(image, version);
     if (Status s = remove_tree(*p, btrfs_, what); !s) return s;
+    // Its boot sets go with it (docs/boot-set.md): plain files beside it.
+    std::error_code ec;
+    std::filesystem::remove_all(p->parent_path() / ".bootsets" / std::to_string(version), ec);
+    if (ec) return Status::error(ec.value(), what + ": removing its boot sets: " + ec.message());
     return fsync_dir(p->parent_path(), what);
 }
 

@@ -327,7 +327,13 @@ TEST_F(RepositoryTest, SupersededStagingAreasAreReclaimed) {
 
 TEST_F(RepositoryTest, RemoveVersionDeletesTheSubvolume) {
     ASSERT_TRUE(repo_->commit("img", 2, *fs_ / "work"));
+    // Boot sets live beside their version (docs/boot-set.md) and go with it.
+    fs::create_directories(image_dir() / ".bootsets/1/sub");
+    fs::create_directories(image_dir() / ".bootsets/2");
+    std::ofstream(image_dir() / ".bootsets/1/sub/disk.raw.bset") << "x";
     ASSERT_TRUE(repo_->remove_version("img", 1));
+    EXPECT_FALSE(fs::exists(image_dir() / ".bootsets/1"));
+    EXPECT_TRUE(fs::exists(image_dir() / ".bootsets/2"));
     EXPECT_EQ(*repo_->list_versions("img"), (std::vector<uint64_t>{2}));
     EXPECT_EQ(repo_->remove_version("img", 1).code(), ENOENT);
 }
