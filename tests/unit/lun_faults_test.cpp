@@ -172,9 +172,9 @@ TEST_F(OverlayLunFaults, AFailedSynchronizeCacheIsAMediumErrorAndTheNextOneSucce
 // DISABLED: it fails, and the fix is in the data path, not here. BUG: when the
 // fdatasync of a SYNCHRONIZE CACHE on an overlay LUN fails, the map pages
 // snapshot_unsynced() took out of the "set since the last sync" list are
-// dropped (HEAD: blockd/data_layers.cpp:61 takes them, command_runner.cpp:339
-// finishes the command on the error without giving them back; the layered
-// data path: blockd/overlay_layer.cpp OverlayLayer::synced). Their bits never
+// dropped (OverlayLayer::sync takes them, blockd/overlay_layer.cpp:151;
+// OverlayLayer::synced returns the error without giving them back, :161;
+// before the layers: data_layers.cpp sync_lower / advance). Their bits never
 // reach the disk unless a later write sets another bit on the same 4 KiB map
 // page (128 MiB of LUN): the next SYNCHRONIZE CACHE succeeds, yet after the
 // LUN is removed and added again those blocks read as golden data.
