@@ -13,11 +13,12 @@
 #include <iostream>
 #include <map>
 #include <optional>
-#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <CLI/CLI.hpp>
 
 #include "icbd/build_version.hpp"
 #include "icbd/log.hpp"
@@ -52,53 +53,44 @@ struct UsageError {
     std::string message;
 };
 
-// Options of one command: --flag VALUE (repeatable where noted) and switches.
+// The options of one command, parsed by CLI11 and read back by name: --NAME
+// VALUE (at most once, or repeatable) and switches. The checks that need
+// several options or our own grammars (sizes, versions) run after parsing.
 class Args {
 public:
-    Args(int argc, char** argv, int first, const std::vector<std::string>& with_value,
-         const std::vector<std::string>& switches) {
-        for (int i = first; i < argc; ++i) {
-            std::string a = argv[i];
-            std::string value;
-            bool inline_value = false;
-            if (auto eq = a.find('='); a.rfind("--", 0) == 0 && eq != std::string::npos) {
-                value = a.substr(eq + 1);
-                a = a.substr(0, eq);
-                inline_value = true;
-            }
-            if (std::find(with_value.begin(), with_value.end(), a) != with_value.end()) {
-                if (!inline_value) {
-                    if (i + 1 >= argc) throw UsageError{"option " + a + " needs a value"};
-                    value = argv[++i];
-                }
-                values_[a].push_back(value);
-            } else if (std::find(switches.begin(), switches.end(), a) != switches.end() && !inline_value) {
-                switches_.insert(a);
-            } else {
-                throw UsageError{"unknown option '" + std::string(argv[i]) + "'"};
-            }
-        }
+    explicit Args(CLI::App* cmd) : cmd_(cmd) {}
+    Args& value(const std::string& name, const std::string& help) {
+        cmd_->add_option(name, values_[name], help);
+        return *this;
     }
+    Args& repeatable(const std::string& name, const std::string& help) {
+        cmd_->add_option(name, lists_[name], help)->allow_extra_args(false)->take_all();
+        return *this;
+    }
+    Args& flag(const std::string& name, const std::string& help) {
+        cmd_->add_flag(name, flags_[name], help);
+        return *this;
+    }
+    bool parsed() const { return cmd_->parsed(); }
+
     std::optional<std::string> get(const std::string& k) const {
-        auto it = values_.find(k);
-        if (it == values_.end()) return std::nullopt;
-        if (it->second.size() > 1) throw UsageError{"option " + k + " given more than once"};
-        return it->second.front();
+        if (cmd_->get_option(k)->count() == 0) return std::nullopt;
+        return values_.at(k);
     }
     std::string need(const std::string& k) const {
         auto v = get(k);
         if (!v || v->empty()) throw UsageError{"option " + k + " is required"};
         return *v;
     }
-    std::vector<std::string> all(const std::string& k) const {
-        auto it = values_.find(k);
-        return it == values_.end() ? std::vector<std::string>{} : it->second;
-    }
-    bool has(const std::string& k) const { return switches_.count(k) > 0; }
+    std::vector<std::string> all(const std::string& k) const { return lists_.at(k); }
+    bool has(const std::string& k) const { return flags_.at(k); }
 
 private:
-    std::map<std::string, std::vector<std::string>> values_;
-    std::set<std::string> switches_;
+    CLI::App* cmd_;
+    // Node-based maps: CLI11 keeps pointers to the values.
+    std::map<std::string, std::string> values_;
+    std::map<std::string, std::vector<std::string>> lists_;
+    std::map<std::string, bool> flags_;
 };
 
 uint64_t parse_version_arg(const std::string& s) {
@@ -164,9 +156,7 @@ const char* kind_name(std::optional<NeedKind> k) {
 
 // ---- serve ----
 
-int cmd_serve(int argc, char** argv) {
-    Args a(argc, argv, 2, {"--root", "--listen", "--ca", "--cert", "--key", "--allow-peer", "--name"},
-           {"--insecure-plaintext", "--once"});
+int cmd_serve(const Args& a) {
     std::string root = a.need("--root");
     auto hp = parse_host_port(a.need("--listen"));
     if (!hp) throw UsageError{"--listen: " + hp.status().message()};
@@ -215,11 +205,7 @@ int cmd_serve(int argc, char** argv) {
 
 // ---- push ----
 
-int cmd_push(int argc, char** argv) {
-    Args a(argc, argv, 2,
-           {"--root", "--image", "--version", "--to", "--ca", "--cert", "--key", "--allow-peer", "--compress",
-            "--compress-level", "--compress-threads", "--bwlimit", "--name", "--checkpoint-interval"},
-           {"--json", "--insecure-plaintext"});
+int cmd_push(const Args& a) {
     PushOptions o;
     o.root = a.need("--root");
     o.image = a.need("--image");
@@ -339,8 +325,7 @@ int cmd_push(int argc, char** argv) {
 
 // ---- commit, list ----
 
-int cmd_commit(int argc, char** argv) {
-    Args a(argc, argv, 2, {"--root", "--image", "--version", "--from"}, {});
+int cmd_commit(const Args& a) {
     std::string root = a.need("--root");
     std::string image = a.need("--image");
     if (Status s = validate_image_name(image); !s) throw UsageError{"--image: " + s.message()};
@@ -356,8 +341,7 @@ int cmd_commit(int argc, char** argv) {
     return kExitOk;
 }
 
-int cmd_list(int argc, char** argv) {
-    Args a(argc, argv, 2, {"--root"}, {"--json"});
+int cmd_list(const Args& a) {
     auto repo = Repository::open(a.need("--root"));
     if (!repo) {
         std::fprintf(stderr, "icbd-replicate list: %s\n", repo.status().message().c_str());
@@ -404,25 +388,77 @@ int cmd_list(int argc, char** argv) {
     return kExitOk;
 }
 
+// The TLS options serve and push share.
+void add_tls_options(Args& a) {
+    a.value("--ca", "PEM file: the CA that signed the peers' certificates")
+        .value("--cert", "PEM file: our certificate")
+        .value("--key", "PEM file: our private key")
+        .repeatable("--allow-peer", "Accept only a peer with this certificate name (repeatable)")
+        .flag("--insecure-plaintext", "Plain TCP, no TLS: for tests only");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (argc == 2 && std::string(argv[1]) == "--version") return std::puts(ICBD_VERSION_LINE("icbd-replicate")) < 0;
-    if (argc < 2) {
-        std::fputs(kUsage, stderr);
+    CLI::App app{"Replication of image versions between icbd nodes.", "icbd-replicate"};
+    app.set_version_flag("--version", ICBD_VERSION_LINE("icbd-replicate"));
+    app.require_subcommand(1);
+    app.footer(kUsage);
+
+    Args serve(app.add_subcommand("serve", "Receive pushes into a replica's repository"));
+    serve.value("--root", "The replica's repository").value("--listen", "HOST:PORT to listen on");
+    add_tls_options(serve);
+    serve.value("--name", "Our node name in HELLO (default: the host name)")
+        .flag("--once", "Exit after the first connection: 0 if it went well, 1 otherwise");
+
+    Args push(app.add_subcommand("push", "Push one version of an image to one or more replicas"));
+    push.value("--root", "The master's repository")
+        .value("--image", "Image name")
+        .value("--version", "Version number")
+        .repeatable("--to", "A replica's HOST:PORT (one per replica)");
+    add_tls_options(push);
+    push.value("--name", "Our node name in HELLO (default: the host name)")
+        .value("--compress", "auto, zstd, lz4 or none")
+        .value("--compress-level", "zstd level or lz4 acceleration")
+        .value("--compress-threads", "Compression threads (1..64)")
+        .value("--bwlimit", "Bandwidth over all replicas, bytes per second (K, M, G suffixes)")
+        .value("--checkpoint-interval", "Bytes of frames between checkpoints (K, M, G suffixes)")
+        .flag("--json", "Print the report as JSON");
+
+    Args commit(app.add_subcommand("commit", "Make a directory the next version of an image"));
+    commit.value("--root", "The repository").value("--image", "Image name").value("--version", "Version number")
+        .value("--from", "The directory to commit");
+
+    Args list(app.add_subcommand("list", "List images, versions and staging areas"));
+    list.value("--root", "The repository").flag("--json", "Print JSON");
+
+    CLI::App* help = app.add_subcommand("help", "Show the usage of every command");
+
+    try {
+        // CLI11 would only say that a command is required.
+        if (argc > 1 && argv[1][0] != '-') (void)app.get_subcommand(argv[1]);
+    } catch (const CLI::OptionNotFound&) {
+        std::fprintf(stderr, "icbd-replicate: unknown command '%s'\n%s", argv[1], kUsage);
         return kExitUsage;
     }
-    std::string cmd = argv[1];
     try {
-        if (cmd == "serve") return cmd_serve(argc, argv);
-        if (cmd == "push") return cmd_push(argc, argv);
-        if (cmd == "commit") return cmd_commit(argc, argv);
-        if (cmd == "list") return cmd_list(argc, argv);
-        if (cmd == "-h" || cmd == "--help" || cmd == "help") {
+        app.parse(argc, argv);
+    } catch (const CLI::Success& e) {
+        return app.exit(e);  // --help, --version
+    } catch (const CLI::ParseError& e) {
+        std::fprintf(stderr, "icbd-replicate: %s\n%s", e.what(), kUsage);
+        return kExitUsage;
+    }
+    try {
+        if (serve.parsed()) return cmd_serve(serve);
+        if (push.parsed()) return cmd_push(push);
+        if (commit.parsed()) return cmd_commit(commit);
+        if (list.parsed()) return cmd_list(list);
+        if (help->parsed()) {
             std::fputs(kUsage, stdout);
             return kExitOk;
         }
-        throw UsageError{"unknown command '" + cmd + "'"};
+        throw UsageError{"no command given"};
     } catch (const UsageError& e) {
         std::fprintf(stderr, "icbd-replicate: %s\n%s", e.message.c_str(), kUsage);
         return kExitUsage;

@@ -1115,6 +1115,40 @@ TEST_F(ReplicationTest, ServeOnceExitsNonZeroAfterAFailedHandshakeOrSession) {
     }
 }
 
+// The tool's command line (CLI11): a usage error exits 2 and names the
+// option; a negative compression level is a value, not an option.
+TEST_F(ReplicationTest, ToolUsageErrorsExitTwoAndNameTheOption) {
+    const std::string tool = ToolServer::tool().string();
+    struct Case {
+        std::vector<std::string> args;
+        std::string says;
+    };
+    const std::vector<Case> cases = {
+        {{tool, "push", "--root", "/nonexistent", "--bogus"}, "--bogus"},
+        {{tool, "push", "--image", "vm"}, "--root is required"},
+        {{tool, "push", "--root", "/r", "--root", "/s"}, "--root"},
+        {{tool, "push", "--root", "/r", "--image", "vm", "--version", "0", "--to", "127.0.0.1:1", "--insecure-plaintext"},
+         "--version '0'"},
+        {{tool, "push", "--root", "/r", "--image", "vm", "--version", "1", "--insecure-plaintext"}, "--to is required"},
+        {{tool, "serve", "--root", "/r", "--listen", "127.0.0.1:0"}, "--ca is required"},
+        {{tool, "list", "--json=yes", "extra"}, "extra"},
+        {{tool, "frobnicate"}, "frobnicate"},
+        {{tool}, "subcommand"},
+    };
+    for (const auto& c : cases) {
+        auto r = test::run_command(c.args);
+        EXPECT_EQ(r.exit_code, 2) << r.describe();
+        EXPECT_NE(r.output.find(c.says), std::string::npos) << r.describe();
+    }
+    auto neg = test::run_command({tool, "push", "--root", "/nonexistent", "--image", "vm", "--version", "1", "--to",
+                                  "127.0.0.1:1", "--insecure-plaintext", "--compress", "zstd", "--compress-level", "-5"});
+    EXPECT_EQ(neg.exit_code, 1) << "past the options, the repository is missing: " << neg.describe();
+    EXPECT_NE(neg.output.find("/nonexistent"), std::string::npos) << neg.describe();
+    auto help = test::run_command({tool, "help"});
+    EXPECT_EQ(help.exit_code, 0) << help.describe();
+    EXPECT_NE(help.output.find("icbd-replicate push --root DIR"), std::string::npos) << help.describe();
+}
+
 TEST_F(ReplicationTest, ToolPushShowsProgressOnATerminal) {
     master_with_v1();
     LoopFs fsys(LoopFs::Type::ext4, 128 * MiB);
