@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "icbd/log.hpp"
 #include "icbd/replicator/image_path.hpp"
 #include "icbd/replicator/snapshot_diff.hpp"
 
@@ -284,6 +285,7 @@ Status ImageService::recover_intent(const Intent& in) {
         if (*on_disk) {
             if (Status s = repo_.remove_version(image, version); !s) return s;
         }
+        remove_boot_sets(image, version);
         if (Status s = store_.delete_version(image, version); !s) return s;
         return store_.clear_intent(in.id);
     }
@@ -504,6 +506,15 @@ Result<std::vector<VersionInfo>> ImageService::versions(const std::string& image
 
 // ---- deletion ----------------------------------------------------------------------------
 
+// A version's boot sets (docs/boot-set.md) go with it; they live outside the
+// read-only version, so the repository does not know them.
+void ImageService::remove_boot_sets(const std::string& image, uint64_t version) {
+    std::error_code ec;
+    fs::remove_all(repo_.images_dir() / image / ".bootsets" / repl::version_name(version), ec);
+    if (ec) log(LogLevel::warning, version_what(image, version) + ": removing its boot sets: " + ec.message(),
+                {.image = image, .version = version});
+}
+
 Status ImageService::remove_locked(const std::string& image, uint64_t version) {
     std::string what = version_what(image, version);
     auto on_disk = repo_.has_version(image, version);
@@ -521,6 +532,7 @@ Status ImageService::remove_locked(const std::string& image, uint64_t version) {
     auto intent = store_.add_intent(kRemoveIntent, args.dump());
     if (!intent) return intent.status();
     if (Status s = repo_.remove_version(image, version); !s) return s;  // the intent finishes it at restart
+    remove_boot_sets(image, version);
     if (Status s = store_.delete_version(image, version); !s) return s;
     if (c->previous_production == version) {
         // Rollback must not lead to a version that is gone.

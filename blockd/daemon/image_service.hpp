@@ -86,6 +86,7 @@ public:
 private:
     // Unlocked bodies of the public calls (they hold mu_).
     Status remove_locked(const std::string& image, uint64_t version);
+    void remove_boot_sets(const std::string& image, uint64_t version);
     std::vector<std::string> users(const std::string& image, uint64_t version, const Channels& c) const;
     // The tail of a commit or import once the version is published: working
     // tree gone, metadata and channels recorded, intent cleared. Idempotent,

@@ -182,6 +182,11 @@ Status Node::open() {
         membership_ = std::make_unique<Membership>(
             mo, *store_, [this] { return catalog(); }, [this](const std::string&) { pushes_->trigger(); });
 
+        bootsets_ = std::make_unique<BootSetExchange>(cfg_.repository, [this](const std::string& node) {
+            auto reps = store_->replicas();
+            return reps && std::any_of(reps->begin(), reps->end(), [&](const ReplicaRecord& r) { return r.name == node; });
+        });
+
         auto hp = listen_address(cfg_.peer_listen, "peer.listen");
         if (!hp) return hp.status();
         auto peer = PeerServer::start(hp->host, hp->port, tls(),
@@ -263,8 +268,15 @@ Status Node::open() {
         lo.reregister_after = std::max(cfg_.keepalive_interval * 3, std::chrono::milliseconds(3000));
         link_ = std::make_unique<MasterLink>(
             lo, [this] { return local_versions(); }, [this](const PingRequest& p) { return on_ping(p); });
+        BootSetUploader::Options uo;
+        uo.repo = cfg_.repository;
+        uo.node_name = cfg_.name;
+        uo.master_address = cfg_.master_address;
+        uo.tls = from_master;
+        uploader_ = std::make_unique<BootSetUploader>(uo, *store_);
         clients_->start();
         link_->start();
+        uploader_->start();
     }
 
     fs::path sock = cfg_.control_socket.empty() ? cfg_.runtime_dir / "blockd.sock" : cfg_.control_socket;
@@ -288,6 +300,7 @@ void Node::stop() {
     if (metrics_) metrics_->stop();
     if (control_) control_->stop();
     if (link_) link_->stop();
+    if (uploader_) uploader_->stop();
     if (membership_) membership_->stop();
     if (pushes_) pushes_->stop();
     if (peer_) peer_->stop();
@@ -412,6 +425,8 @@ PongReply Node::on_ping(const PingRequest& ping) {
         }
         for (auto& [image, v] : pong.in_use) std::sort(v.begin(), v.end());
     }
+    // Boot sets go out after each keepalive, on the uploader's thread: the pong never waits for them.
+    if (uploader_) uploader_->trigger();
     return pong;
 }
 
@@ -419,6 +434,8 @@ json Node::on_peer(const repl::PeerIdentity& peer, const json& request) {
     std::string type = request.value("type", "");
     if (type == "register" && membership_) return membership_->handle_register(peer, request);
     if (type == "ping" && link_) return link_->handle_ping(peer, request);
+    if (type == "bootset.put" && bootsets_) return bootsets_->handle_put(peer, request);
+    if (type == "bootset.get" && bootsets_) return bootsets_->handle_get(peer, request);
     return error_message("node '" + cfg_.name + "' (" + role_name(cfg_.role) + "): request '" + type +
                          "' not accepted here");
 }

@@ -12,6 +12,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "boot_set_exchange.hpp"
+#include "boot_set_uploader.hpp"
 #include "client_manager.hpp"
 #include "config.hpp"
 #include "control_protocol.hpp"
@@ -69,6 +71,8 @@ private:
     std::unique_ptr<repl::Receiver> receiver_;
     std::unique_ptr<repl::Listener> replication_listener_;
     std::thread receiver_thread_;
+    std::unique_ptr<BootSetExchange> bootsets_;   // master: bootset.put/get
+    std::unique_ptr<BootSetUploader> uploader_;   // replica: boot sets to the master
     std::unique_ptr<PeerServer> peer_;
     std::unique_ptr<ControlServer> control_;
     std::unique_ptr<MetricsServer> metrics_;  // GET /metrics (docs/metrics.md)

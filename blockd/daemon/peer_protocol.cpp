@@ -145,6 +145,35 @@ public:
         return out;
     }
 
+    Result<std::string> image(const json& obj, const std::string& field) const {
+        auto s = string(obj, field);
+        if (!s) return s;
+        if (Status v = repl::validate_image_name(*s); !v) return error(field, v.message());
+        return s;
+    }
+
+    Result<uint64_t> version(const json& obj, const std::string& field) const {
+        auto v = u64(obj, field);
+        if (!v) return v;
+        if (*v == 0) return error(field, "a version must be >= 1");
+        return v;
+    }
+
+    Result<std::string> file(const json& obj, const std::string& field) const {
+        auto s = string(obj, field);
+        if (!s) return s;
+        if (Status v = repl::validate_relative_path(*s); !v) return error(field, v.message());
+        return s;
+    }
+
+    Result<std::vector<uint8_t>> bytes(const json& obj, const std::string& field) const {
+        auto s = string(obj, field);
+        if (!s) return s.status();
+        auto b = base64_decode(*s);
+        if (!b) return error(field, b.status().message());
+        return b;
+    }
+
     // The header every message carries: the expected type and a spoken version.
     Status header(const json& j, const char* type) const {
         if (!j.is_object()) return Status::error(EBADMSG, std::string(what_) + ": expected a JSON object, got " + j.type_name());
@@ -197,7 +226,101 @@ Result<CatalogImage> catalog_image_from_json(const Fields& f, const json& entry,
     return c;
 }
 
+constexpr char kBase64Alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+int base64_value(char c) {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+}
+
+// The fields every boot set message names: image, version, file.
+struct BootSetTarget {
+    std::string image;
+    uint64_t version = 0;
+    std::string file;
+};
+
+Result<BootSetTarget> boot_set_target(const Fields& f, const json& j) {
+    auto image = f.image(j, "image");
+    if (!image) return image.status();
+    auto version = f.version(j, "version");
+    if (!version) return version.status();
+    auto file = f.file(j, "file");
+    if (!file) return file.status();
+    return BootSetTarget{std::move(*image), *version, std::move(*file)};
+}
+
+json boot_set_base(const char* type, const std::string& image, uint64_t version, const std::string& file) {
+    json j = base(type);
+    j["image"] = image;
+    j["version"] = version;
+    j["file"] = file;
+    return j;
+}
+
 }  // namespace
+
+std::string base64_encode(const std::vector<uint8_t>& bytes) {
+    std::string out;
+    out.reserve((bytes.size() + 2) / 3 * 4);
+    size_t i = 0;
+    for (; i + 3 <= bytes.size(); i += 3) {
+        uint32_t v = (uint32_t{bytes[i]} << 16) | (uint32_t{bytes[i + 1]} << 8) | bytes[i + 2];
+        for (int k = 3; k >= 0; --k) out.push_back(kBase64Alphabet[(v >> (6 * k)) & 63]);
+    }
+    if (size_t rest = bytes.size() - i; rest > 0) {
+        uint32_t v = uint32_t{bytes[i]} << 16;
+        if (rest == 2) v |= uint32_t{bytes[i + 1]} << 8;
+        out.push_back(kBase64Alphabet[(v >> 18) & 63]);
+        out.push_back(kBase64Alphabet[(v >> 12) & 63]);
+        out.push_back(rest == 2 ? kBase64Alphabet[(v >> 6) & 63] : '=');
+        out.push_back('=');
+    }
+    return out;
+}
+
+Result<std::vector<uint8_t>> base64_decode(std::string_view text) {
+    if (text.size() % 4 != 0)
+        return Status::error(EINVAL, "base64 of " + std::to_string(text.size()) + " characters, not a multiple of 4");
+    std::vector<uint8_t> out;
+    out.reserve(text.size() / 4 * 3);
+    for (size_t i = 0; i < text.size(); i += 4) {
+        const bool last = i + 4 == text.size();
+        int v[4];
+        size_t pad = 0;
+        for (size_t k = 0; k < 4; ++k) {
+            char c = text[i + k];
+            if (c == '=' && last && k >= 2) {
+                v[k] = 0;
+                ++pad;
+                continue;
+            }
+            if (pad > 0 || (v[k] = base64_value(c)) < 0)
+                return Status::error(EINVAL, "base64: character " + std::to_string(i + k) + " is not allowed there");
+        }
+        uint32_t w = (uint32_t(v[0]) << 18) | (uint32_t(v[1]) << 12) | (uint32_t(v[2]) << 6) | uint32_t(v[3]);
+        // Bits the padding drops must be 0: one encoding per byte string.
+        if ((pad == 1 && (w & 0xff) != 0) || (pad == 2 && (w & 0xffff) != 0))
+            return Status::error(EINVAL, "base64: nonzero bits before the padding");
+        out.push_back(static_cast<uint8_t>(w >> 16));
+        if (pad < 2) out.push_back(static_cast<uint8_t>(w >> 8));
+        if (pad < 1) out.push_back(static_cast<uint8_t>(w));
+    }
+    return out;
+}
+
+const char* boot_set_kind_name(BootSetKind k) {
+    switch (k) {
+        case BootSetKind::recorded: return "recorded";
+        case BootSetKind::predicted: return "predicted";
+        case BootSetKind::none: return "none";
+    }
+    return "?";
+}
 
 Status validate_node_name(std::string_view name) {
     auto bad = [&](const std::string& cause) {
@@ -422,6 +545,105 @@ Result<RegisteredReply> registered_from_json(const json& j) {
     auto interval = f.u64(j, "keepalive_interval_ms");
     if (!interval) return interval.status();
     return RegisteredReply{std::move(*master), *interval};
+}
+
+json to_json(const BootSetPut& r) {
+    json j = boot_set_base("bootset.put", r.image, r.version, r.file);
+    j["node"] = r.node;
+    j["sidecar"] = base64_encode(r.sidecar);
+    return j;
+}
+
+json to_json(const BootSetAck& r) {
+    json j = boot_set_base("bootset.ack", r.image, r.version, r.file);
+    j["boots"] = r.boots;
+    return j;
+}
+
+json to_json(const BootSetGet& r) {
+    json j = boot_set_base("bootset.get", r.image, r.version, r.file);
+    j["node"] = r.node;
+    return j;
+}
+
+json to_json(const BootSetReply& r) {
+    json j = boot_set_base("bootset", r.image, r.version, r.file);
+    j["kind"] = boot_set_kind_name(r.kind);
+    j["source"] = r.source;
+    j["sidecar"] = base64_encode(r.sidecar);
+    return j;
+}
+
+Result<BootSetPut> bootset_put_from_json(const json& j) {
+    Fields f("bootset.put");
+    if (Status s = f.header(j, "bootset.put"); !s) return s;
+    auto node = f.node_name(j, "node");
+    if (!node) return node.status();
+    auto t = boot_set_target(f, j);
+    if (!t) return t.status();
+    auto sidecar = f.bytes(j, "sidecar");
+    if (!sidecar) return sidecar.status();
+    if (sidecar->empty()) return f.error("sidecar", "empty");
+    return BootSetPut{std::move(*node), std::move(t->image), t->version, std::move(t->file), std::move(*sidecar)};
+}
+
+Result<BootSetAck> bootset_ack_from_json(const json& j) {
+    Fields f("bootset.ack");
+    if (Status s = f.header(j, "bootset.ack"); !s) return s;
+    auto t = boot_set_target(f, j);
+    if (!t) return t.status();
+    auto boots = f.u64(j, "boots");
+    if (!boots) return boots.status();
+    return BootSetAck{std::move(t->image), t->version, std::move(t->file), *boots};
+}
+
+Result<BootSetGet> bootset_get_from_json(const json& j) {
+    Fields f("bootset.get");
+    if (Status s = f.header(j, "bootset.get"); !s) return s;
+    auto node = f.node_name(j, "node");
+    if (!node) return node.status();
+    auto t = boot_set_target(f, j);
+    if (!t) return t.status();
+    return BootSetGet{std::move(*node), std::move(t->image), t->version, std::move(t->file)};
+}
+
+Result<BootSetReply> bootset_reply_from_json(const json& j) {
+    Fields f("bootset");
+    if (Status s = f.header(j, "bootset"); !s) return s;
+    auto t = boot_set_target(f, j);
+    if (!t) return t.status();
+    auto kind = f.string(j, "kind");
+    if (!kind) return kind.status();
+    BootSetReply r;
+    if (*kind == "recorded") r.kind = BootSetKind::recorded;
+    else if (*kind == "predicted") r.kind = BootSetKind::predicted;
+    else if (*kind == "none") r.kind = BootSetKind::none;
+    else return f.error("kind", "expected 'recorded', 'predicted' or 'none', got '" + kind->substr(0, 64) + "'");
+    auto source = f.u64(j, "source");
+    if (!source) return source.status();
+    auto sidecar = f.bytes(j, "sidecar");
+    if (!sidecar) return sidecar.status();
+    switch (r.kind) {
+        case BootSetKind::none:
+            if (*source != 0) return f.error("source", "must be 0 when kind is 'none'");
+            if (!sidecar->empty()) return f.error("sidecar", "must be empty when kind is 'none'");
+            break;
+        case BootSetKind::recorded:
+            if (*source != t->version) return f.error("source", "a recorded set's source must be the version asked for");
+            if (sidecar->empty()) return f.error("sidecar", "empty");
+            break;
+        case BootSetKind::predicted:
+            if (*source == 0 || *source >= t->version)
+                return f.error("source", "a predicted set's source must be an older version, >= 1");
+            if (sidecar->empty()) return f.error("sidecar", "empty");
+            break;
+    }
+    r.image = std::move(t->image);
+    r.version = t->version;
+    r.file = std::move(t->file);
+    r.source = *source;
+    r.sidecar = std::move(*sidecar);
+    return r;
 }
 
 }  // namespace icbd::node

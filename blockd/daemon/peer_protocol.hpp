@@ -78,6 +78,51 @@ struct RegisteredReply {
 nlohmann::json to_json(const RegisteredReply& r);
 Result<RegisteredReply> registered_from_json(const nlohmann::json& j);
 
+// Boot sets (docs/blockd-peer-protocol.md, "bootset.put" .. "bootset"): the
+// sidecar travels as its raw bytes here, base64 on the wire; what they hold
+// is checked by whoever uses them (BootSet::decode), not by the conversions.
+struct BootSetPut {  // replica -> master
+    std::string node;
+    std::string image;
+    uint64_t version = 0;
+    std::string file;  // relative to the version's directory
+    std::vector<uint8_t> sidecar;
+};
+struct BootSetAck {  // master -> replica
+    std::string image;
+    uint64_t version = 0;
+    std::string file;
+    uint64_t boots = 0;  // the master's total after the merge
+};
+struct BootSetGet {  // replica -> master
+    std::string node;
+    std::string image;
+    uint64_t version = 0;
+    std::string file;
+};
+enum class BootSetKind { recorded, predicted, none };
+const char* boot_set_kind_name(BootSetKind k);  // "recorded", "predicted", "none"
+struct BootSetReply {  // master -> replica
+    std::string image;
+    uint64_t version = 0;
+    std::string file;
+    BootSetKind kind = BootSetKind::none;
+    uint64_t source = 0;  // version whose boots the set holds; 0 for none
+    std::vector<uint8_t> sidecar;  // empty for none
+};
+nlohmann::json to_json(const BootSetPut& r);
+nlohmann::json to_json(const BootSetAck& r);
+nlohmann::json to_json(const BootSetGet& r);
+nlohmann::json to_json(const BootSetReply& r);
+Result<BootSetPut> bootset_put_from_json(const nlohmann::json& j);
+Result<BootSetAck> bootset_ack_from_json(const nlohmann::json& j);
+Result<BootSetGet> bootset_get_from_json(const nlohmann::json& j);
+Result<BootSetReply> bootset_reply_from_json(const nlohmann::json& j);
+
+// RFC 4648 base64 with padding; decode refuses anything else (EINVAL).
+std::string base64_encode(const std::vector<uint8_t>& bytes);
+Result<std::vector<uint8_t>> base64_decode(std::string_view text);
+
 // "proto" present and spoken here: EBADMSG when missing or mistyped,
 // EPROTONOSUPPORT naming the supported versions otherwise.
 Status check_peer_version(const nlohmann::json& msg);

@@ -10,9 +10,16 @@
 #include <thread>
 #include <vector>
 
+#include <fstream>
+
+#include "boot_set_exchange.hpp"
+#include "boot_set_uploader.hpp"
+#include "icbd/boot_set.hpp"
 #include "peer_certs.hpp"
 #include "peer_protocol.hpp"
 #include "peer_server.hpp"
+#include "store.hpp"
+#include "temp_dir.hpp"
 
 namespace icbd::node {
 namespace {
@@ -380,6 +387,289 @@ TEST_F(PeerServerTest, StopDoesNotWaitForASilentPeer) {
     auto t0 = std::chrono::steady_clock::now();
     server->stop();
     EXPECT_LT(std::chrono::steady_clock::now() - t0, 10s) << "stop() waited for the silent peer's io_timeout";
+}
+
+// ---- boot sets (docs/blockd-peer-protocol.md, "bootset.put" .. "bootset") ----
+
+std::vector<uint8_t> sample_sidecar(uint32_t boots = 1, uint64_t version = 7) {
+    auto set = BootSet::create(8 << 20);
+    EXPECT_TRUE(set) << set.status().message();
+    set->mark(0, 4096);
+    set->mark(3 << 20, 200 << 10);
+    set->boots = boots;
+    set->version = version;
+    return set->encode();
+}
+
+BootSetPut sample_put() { return BootSetPut{"r1", "win10", 7, "sub/disk.raw", sample_sidecar()}; }
+BootSetGet sample_get() { return BootSetGet{"r1", "win10", 7, "disk.raw"}; }
+BootSetReply sample_reply(BootSetKind kind = BootSetKind::predicted) {
+    BootSetReply r{"win10", 7, "disk.raw", kind, 0, {}};
+    if (kind == BootSetKind::recorded) r.source = 7;
+    if (kind == BootSetKind::predicted) r.source = 5;
+    if (kind != BootSetKind::none) r.sidecar = sample_sidecar(0, r.source);
+    return r;
+}
+
+TEST(PeerFrame, Base64IsStrictAndRoundTrips) {
+    for (size_t n = 0; n < 10; ++n) {
+        std::vector<uint8_t> bytes;
+        for (size_t i = 0; i < n; ++i) bytes.push_back(uint8_t(0xf7 * (i + 1)));
+        auto back = base64_decode(base64_encode(bytes));
+        ASSERT_TRUE(back) << back.status().message();
+        EXPECT_EQ(*back, bytes);
+    }
+    EXPECT_EQ(base64_encode({'f', 'o', 'o', 'b'}), "Zm9vYg==");
+    for (const char* bad : {"Zm9", "Zm9vYg=", "Zm=vYg==", "Zm9vY===", "Zm9v\nYg==", "Zm9vYh==", "Zm9-"}) {
+        auto r = base64_decode(bad);
+        EXPECT_FALSE(r) << bad << " was accepted";
+        if (!r) {
+            EXPECT_EQ(r.status().code(), EINVAL);
+        }
+    }
+}
+
+TEST(PeerFrame, BootSetMessagesRoundTripThroughFrames) {
+    auto put = bootset_put_from_json(*decode(encode_peer_frame(to_json(sample_put()))));
+    ASSERT_TRUE(put) << put.status().message();
+    EXPECT_EQ(put->node, "r1");
+    EXPECT_EQ(put->image, "win10");
+    EXPECT_EQ(put->version, 7u);
+    EXPECT_EQ(put->file, "sub/disk.raw");
+    EXPECT_EQ(put->sidecar, sample_sidecar());
+
+    auto ack = bootset_ack_from_json(*decode(encode_peer_frame(to_json(BootSetAck{"win10", 7, "disk.raw", 12}))));
+    ASSERT_TRUE(ack) << ack.status().message();
+    EXPECT_EQ(ack->boots, 12u);
+
+    auto get = bootset_get_from_json(*decode(encode_peer_frame(to_json(sample_get()))));
+    ASSERT_TRUE(get) << get.status().message();
+    EXPECT_EQ(get->file, "disk.raw");
+
+    for (BootSetKind kind : {BootSetKind::recorded, BootSetKind::predicted, BootSetKind::none}) {
+        auto reply = bootset_reply_from_json(*decode(encode_peer_frame(to_json(sample_reply(kind)))));
+        ASSERT_TRUE(reply) << boot_set_kind_name(kind) << ": " << reply.status().message();
+        EXPECT_EQ(reply->kind, kind);
+        EXPECT_EQ(reply->source, sample_reply(kind).source);
+        EXPECT_EQ(reply->sidecar, sample_reply(kind).sidecar);
+    }
+    for (const json& j : {to_json(sample_put()), to_json(sample_get()), to_json(sample_reply())})
+        EXPECT_EQ(j.at("proto"), kPeerProtocolVersion) << j.dump();
+}
+
+TEST(PeerFrame, BootSetValidatorsNameTheWrongField) {
+    auto put = [](auto edit) {
+        json j = to_json(sample_put());
+        edit(j);
+        return bootset_put_from_json(j);
+    };
+    EXPECT_BADMSG(put([](json& j) { j.erase("node"); }), "bootset.put: field 'node': missing");
+    EXPECT_BADMSG(put([](json& j) { j["node"] = "r 1"; }), "'node'");
+    EXPECT_BADMSG(put([](json& j) { j.erase("image"); }), "'image': missing");
+    EXPECT_BADMSG(put([](json& j) { j["image"] = "../win10"; }), "'image'");
+    EXPECT_BADMSG(put([](json& j) { j["image"] = 3; }), "'image': expected a string");
+    EXPECT_BADMSG(put([](json& j) { j["version"] = 0; }), "'version': a version must be >= 1");
+    EXPECT_BADMSG(put([](json& j) { j["version"] = -7; }), "'version'");
+    EXPECT_BADMSG(put([](json& j) { j["version"] = "7"; }), "'version'");
+    EXPECT_BADMSG(put([](json& j) { j.erase("file"); }), "'file': missing");
+    EXPECT_BADMSG(put([](json& j) { j["file"] = "../../etc/passwd"; }), "'file'");
+    EXPECT_BADMSG(put([](json& j) { j["file"] = "/disk.raw"; }), "'file'");
+    EXPECT_BADMSG(put([](json& j) { j["file"] = "a//disk.raw"; }), "'file'");
+    EXPECT_BADMSG(put([](json& j) { j["file"] = ""; }), "'file'");
+    EXPECT_BADMSG(put([](json& j) { j.erase("sidecar"); }), "'sidecar': missing");
+    EXPECT_BADMSG(put([](json& j) { j["sidecar"] = ""; }), "'sidecar': empty");
+    EXPECT_BADMSG(put([](json& j) { j["sidecar"] = "not base64!"; }), "'sidecar': base64");
+    EXPECT_BADMSG(put([](json& j) { j["sidecar"] = json::array({1, 2}); }), "'sidecar': expected a string");
+    EXPECT_BADMSG(put([](json& j) { j["type"] = "bootset.get"; }), "'type'");
+    EXPECT_BADMSG(put([](json& j) { j.erase("proto"); }), "'proto'");
+
+    auto get = [](auto edit) {
+        json j = to_json(sample_get());
+        edit(j);
+        return bootset_get_from_json(j);
+    };
+    EXPECT_BADMSG(get([](json& j) { j.erase("node"); }), "bootset.get: field 'node': missing");
+    EXPECT_BADMSG(get([](json& j) { j["image"] = ".hidden"; }), "'image'");
+    EXPECT_BADMSG(get([](json& j) { j["version"] = 1.5; }), "'version'");
+    EXPECT_BADMSG(get([](json& j) { j["file"] = "a/../b"; }), "'file'");
+    EXPECT_BADMSG(get([](json& j) { j["file"] = std::string(5000, 'a'); }), "'file'");
+
+    auto reply = [](BootSetKind kind, auto edit) {
+        json j = to_json(sample_reply(kind));
+        edit(j);
+        return bootset_reply_from_json(j);
+    };
+    EXPECT_BADMSG(reply(BootSetKind::recorded, [](json& j) { j["kind"] = "guessed"; }), "'kind'");
+    EXPECT_BADMSG(reply(BootSetKind::recorded, [](json& j) { j["source"] = 6; }), "'source'");
+    EXPECT_BADMSG(reply(BootSetKind::predicted, [](json& j) { j["source"] = 7; }), "'source'");
+    EXPECT_BADMSG(reply(BootSetKind::predicted, [](json& j) { j["source"] = 0; }), "'source'");
+    EXPECT_BADMSG(reply(BootSetKind::predicted, [](json& j) { j["sidecar"] = ""; }), "'sidecar': empty");
+    EXPECT_BADMSG(reply(BootSetKind::none, [](json& j) { j["source"] = 3; }), "'source'");
+    EXPECT_BADMSG(reply(BootSetKind::none, [](json& j) { j["sidecar"] = "AAAA"; }), "'sidecar'");
+    EXPECT_BADMSG(reply(BootSetKind::none, [](json& j) { j.erase("file"); }), "'file': missing");
+    EXPECT_BADMSG(bootset_ack_from_json(json{{"type", "bootset.ack"}, {"proto", 1}, {"image", "w"}, {"version", 1},
+                                             {"file", "d"}, {"boots", -1}}),
+                  "'boots'");
+}
+
+// The master's handlers over real mutual TLS, against a repository in a temp dir.
+class BootSetExchangeTest : public PeerServerTest {
+protected:
+    void SetUp() override {
+        PeerServerTest::SetUp();
+        fs_path_ = repo_.path();
+        version_dir(7);
+    }
+    std::filesystem::path version_dir(uint64_t v) {
+        auto d = repo_.path() / "images" / "win10" / std::to_string(v);
+        std::filesystem::create_directories(d / "sub");
+        std::ofstream(d / "disk.raw") << "golden";
+        std::ofstream(d / "sub" / "disk.raw") << "golden";
+        return d;
+    }
+    std::unique_ptr<PeerServer> master() {
+        exchange_ = std::make_unique<BootSetExchange>(repo_.path(), [](const std::string& n) { return n != "r2"; });
+        auto s = PeerServer::start("127.0.0.1", 0, tls("master"), [this](const repl::PeerIdentity& p, const json& r) {
+            return r.at("type") == "bootset.put" ? exchange_->handle_put(p, r) : exchange_->handle_get(p, r);
+        });
+        EXPECT_TRUE(s) << s.status().message();
+        return s ? std::move(*s) : nullptr;
+    }
+    test::TempDir repo_;
+    std::filesystem::path fs_path_;
+    std::unique_ptr<BootSetExchange> exchange_;
+};
+
+TEST_F(BootSetExchangeTest, PutMergesAndGetAnswersOwnThenPredictedThenNone) {
+    auto server = master();
+    ASSERT_TRUE(server);
+    auto ack = peer_call(address(*server), tls("r1"), to_json(sample_put()));
+    ASSERT_TRUE(ack) << ack.status().message();
+    EXPECT_EQ((*ack)["boots"], 1);
+    ack = peer_call(address(*server), tls("r1"), to_json(sample_put()));
+    ASSERT_TRUE(ack) << ack.status().message();
+    EXPECT_EQ((*ack)["boots"], 2) << "boots add up over puts";
+    auto stored = load_boot_set(boot_set_path(repo_.path(), "win10", 7, "sub/disk.raw"));
+    ASSERT_TRUE(stored) << stored.status().message();
+    EXPECT_EQ(stored->boots, 2u);
+    EXPECT_TRUE(stored->has_chunk(0));
+    EXPECT_TRUE(stored->has_chunk(48));
+
+    // Own set.
+    auto get = [&](uint64_t v) {
+        auto a = peer_call(address(*server), tls("r1"), to_json(BootSetGet{"r1", "win10", v, "sub/disk.raw"}));
+        EXPECT_TRUE(a) << a.status().message();
+        auto r = bootset_reply_from_json(a ? *a : json());
+        EXPECT_TRUE(r) << r.status().message();
+        return r ? *r : BootSetReply{};
+    };
+    BootSetReply own = get(7);
+    EXPECT_EQ(own.kind, BootSetKind::recorded);
+    EXPECT_EQ(own.source, 7u);
+    // Version 9 was never booted: 7's set, as a prediction that says so itself.
+    version_dir(9);
+    BootSetReply predicted = get(9);
+    EXPECT_EQ(predicted.kind, BootSetKind::predicted);
+    EXPECT_EQ(predicted.source, 7u);
+    auto p = BootSet::decode(predicted.sidecar, "answer");
+    ASSERT_TRUE(p) << p.status().message();
+    EXPECT_EQ(p->boots, 0u);
+    EXPECT_EQ(p->version, 7u);
+    EXPECT_TRUE(p->has_chunk(48));
+    // Nothing older than 7.
+    version_dir(3);
+    EXPECT_EQ(get(3).kind, BootSetKind::none);
+}
+
+TEST_F(BootSetExchangeTest, CorruptSidecarIsRefusedNamingReplicaImageVersionAndFile) {
+    auto server = master();
+    ASSERT_TRUE(server);
+    BootSetPut put = sample_put();
+    put.sidecar[60] ^= 0x10;  // a bitmap byte: the CRC no longer matches
+    auto r = peer_call(address(*server), tls("r1"), to_json(put));
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.status().code(), EREMOTEIO);
+    for (const char* needle : {"'r1'", "'win10'", "version 7", "'sub/disk.raw'", "checksum"})
+        EXPECT_NE(r.status().message().find(needle), std::string::npos) << r.status().message();
+    put.sidecar.resize(20);  // truncated
+    r = peer_call(address(*server), tls("r1"), to_json(put));
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.status().message().find("'sub/disk.raw'"), std::string::npos) << r.status().message();
+    EXPECT_FALSE(std::filesystem::exists(boot_set_path(repo_.path(), "win10", 7, "sub/disk.raw")));
+
+    // A corrupt set on the master is never sent: the answer falls back as if it were absent.
+    auto path = boot_set_path(repo_.path(), "win10", 7, "disk.raw");
+    std::filesystem::create_directories(path.parent_path());
+    std::ofstream(path) << "ICBDBSET garbage";
+    auto a = peer_call(address(*server), tls("r1"), to_json(sample_get()));
+    ASSERT_TRUE(a) << a.status().message();
+    EXPECT_EQ((*a)["kind"], "none");
+}
+
+TEST_F(BootSetExchangeTest, RefusesStrangersMissingVersionsAndFilesOutsideTheVersion) {
+    auto server = master();
+    ASSERT_TRUE(server);
+    // r2's certificate is the CA's, but r2 is not registered (the test's is_replica).
+    auto r = peer_call(address(*server), tls("r2"), to_json(BootSetPut{"r2", "win10", 7, "disk.raw", sample_sidecar()}));
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.status().message().find("not a replica registered here"), std::string::npos) << r.status().message();
+    // r1 speaking as r2.
+    r = peer_call(address(*server), tls("r1"), to_json(BootSetGet{"r2", "win10", 7, "disk.raw"}));
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.status().message().find("comes from"), std::string::npos) << r.status().message();
+    r = peer_call(address(*server), tls("r1"), to_json(BootSetPut{"r1", "win10", 8, "disk.raw", sample_sidecar()}));
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.status().message().find("no such version"), std::string::npos) << r.status().message();
+    r = peer_call(address(*server), tls("r1"), to_json(BootSetPut{"r1", "win10", 7, "sub", sample_sidecar()}));
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.status().message().find("not a regular file"), std::string::npos) << r.status().message();
+}
+
+// The replica's uploader: only new boots travel, once, even across a restart.
+TEST_F(BootSetExchangeTest, UploaderSendsOnlyNewBootsAndRemembersThemAcrossRestarts) {
+    auto server = master();
+    ASSERT_TRUE(server);
+    test::TempDir replica_repo;
+    test::TempDir state;
+    auto store = open_sqlite_store(state.path() / "blockd.db");
+    ASSERT_TRUE(store) << store.status().message();
+    auto options = [&] {
+        BootSetUploader::Options o;
+        o.repo = replica_repo.path();
+        o.node_name = "r1";
+        o.master_address = address(*server);
+        o.tls = tls("r1");
+        return o;
+    };
+    auto seen = BootSet::decode(sample_sidecar(1), "sample");
+    ASSERT_TRUE(seen);
+    const auto local = boot_set_path(replica_repo.path(), "win10", 7, "disk.raw");
+    const auto on_master = boot_set_path(repo_.path(), "win10", 7, "disk.raw");
+    ASSERT_TRUE(merge_into_boot_set(local, *seen));
+    {
+        BootSetUploader up(options(), **store);
+        auto n = up.scan_once();
+        ASSERT_TRUE(n) << n.status().message();
+        EXPECT_EQ(*n, 1u);
+        EXPECT_EQ(*up.scan_once(), 0u) << "an unchanged sidecar is not sent again";
+        ASSERT_TRUE(merge_into_boot_set(local, *seen));  // a second boot on the replica: 2 boots locally
+        EXPECT_EQ(*up.scan_once(), 1u);
+        auto m = load_boot_set(on_master);
+        ASSERT_TRUE(m) << m.status().message();
+        EXPECT_EQ(m->boots, 2u) << "the master counts each boot once";
+        // A prediction saved from the master is not sent back.
+        auto predicted = *seen;
+        predicted.boots = 0;
+        ASSERT_TRUE(up.save_from_master("win10", 7, "sub/disk.raw", predicted));
+        EXPECT_EQ(*up.scan_once(), 0u);
+    }
+    // blockd restarted: the record is in the state DB.
+    BootSetUploader again(options(), **store);
+    EXPECT_EQ(*again.scan_once(), 0u);
+    auto m = load_boot_set(on_master);
+    ASSERT_TRUE(m);
+    EXPECT_EQ(m->boots, 2u);
+    EXPECT_FALSE(std::filesystem::exists(boot_set_path(repo_.path(), "win10", 7, "sub/disk.raw")));
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 // libFuzzer target: blockd's node-to-node messages (docs/blockd-peer-protocol.md)
 // on arbitrary bytes. The frame decoder (the input as a raw frame, and as the
 // body of a well-formed header so the JSON parser is reached), every message
-// validator, and the address and name checks never crash; every error carries
+// validator (the boot set messages and their base64 included), and the
+// address and name checks never crash; every error carries
 // a code and a message; whatever a validator accepts converts back to JSON that
 // it accepts again unchanged.
 #include <cerrno>
@@ -50,6 +51,10 @@ void check_message(const json& j, const std::string& text) {
     check_round_trip(j, ping_from_json);
     check_round_trip(j, pong_from_json);
     check_round_trip(j, registered_from_json);
+    check_round_trip(j, bootset_put_from_json);
+    check_round_trip(j, bootset_ack_from_json);
+    check_round_trip(j, bootset_get_from_json);
+    check_round_trip(j, bootset_reply_from_json);
     // What the server does with a request it cannot serve: an error answer
     // that always encodes (invalid UTF-8 in the message is replaced).
     std::vector<uint8_t> e = encode_peer_frame(error_message(text));
@@ -88,6 +93,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // Names and addresses as they come in messages.
     std::string_view text(reinterpret_cast<const char*>(data), size);
     if (Status s = validate_node_name(text); !s) check_error(s);
+    // base64 as sidecars travel: what decodes encodes back to the same text.
+    if (auto b = base64_decode(text); !b) {
+        check_error(b.status());
+    } else if (base64_encode(*b) != text) {
+        std::abort();
+    }
     if (auto a = parse_peer_address(text); !a) {
         check_error(a.status());
     } else if (a->second == 0 || a->first.empty()) {
