@@ -49,6 +49,23 @@ struct Drops {
     }
 };
 
+// A put() on a thread of its own, for the tests where it has to wait.
+class BackgroundPut {
+public:
+    BackgroundPut(FrameWindow& w, ChangePtr item, Drops& drops, FrameWindow::Clock::duration* waited = nullptr)
+        : result_(std::async(std::launch::async, [this, &w, item, &drops, waited] {
+              bool ok = w.put(item, 30s, drops.fn(), waited);
+              done_ = true;
+              return ok;
+          })) {}
+    bool done() const { return done_; }
+    bool get() { return result_.get(); }
+
+private:
+    std::atomic<bool> done_{false};  // before result_: the thread may set it at once
+    std::future<bool> result_;
+};
+
 TEST(FrameWindow, EveryConsumerGetsEveryFrameInOrder) {
     ManualTime time;
     FrameWindow w(1u << 20, 2, 0, time);
@@ -80,19 +97,14 @@ TEST(FrameWindow, AFullWindowHoldsTheReaderUntilTheSlowestWriterMovesOn) {
     Drops drops;
     ASSERT_TRUE(w.put(frame_of(1, 100), 30s, drops.fn()));
     ASSERT_TRUE(w.put(frame_of(2, 100), 30s, drops.fn()));
-    std::atomic<bool> done{false};
     FrameWindow::Clock::duration waited{};
-    auto third = std::async(std::launch::async, [&] {
-        bool ok = w.put(frame_of(3, 100), 30s, drops.fn(), &waited);
-        done = true;
-        return ok;
-    });
+    BackgroundPut third(w, frame_of(3, 100), drops, &waited);
     ASSERT_TRUE(eventually([&] { return time.waiting() > 0; })) << "the reader did not wait for room";
     ASSERT_NE(w.get(0, 1), nullptr);  // the fast writer is past frame 1...
     time.advance(5s);
     const uint64_t seen = time.wakeups();
     ASSERT_TRUE(eventually([&] { return time.wakeups() >= seen + 2; }));
-    EXPECT_FALSE(done) << "frame 1 is still needed by the slow writer";
+    EXPECT_FALSE(third.done()) << "frame 1 is still needed by the slow writer";
     ASSERT_NE(w.get(1, 1), nullptr);  // ...and now the slow one: frame 1 goes, room for frame 3
     EXPECT_TRUE(third.get());
     EXPECT_EQ(waited, 5s) << "the time the reader waited, on the window's clock";
@@ -110,17 +122,12 @@ TEST(FrameWindow, AWriterThatKeepsTheWindowFullForMaxStallIsDropped) {
     ASSERT_TRUE(w.put(frame_of(2, 100), 30s, drops.fn()));
     ASSERT_NE(w.get(0, 0), nullptr);
     ASSERT_NE(w.get(0, 1), nullptr);  // writer 0 keeps up; writer 1 never reads
-    std::atomic<bool> done{false};
-    auto third = std::async(std::launch::async, [&] {
-        bool ok = w.put(frame_of(3, 100), 30s, drops.fn());
-        done = true;
-        return ok;
-    });
+    BackgroundPut third(w, frame_of(3, 100), drops);
     ASSERT_TRUE(eventually([&] { return time.waiting() > 0; }));
     time.advance(30s - 1ms);
     const uint64_t seen = time.wakeups();
     ASSERT_TRUE(eventually([&] { return time.wakeups() >= seen + 2; }));
-    EXPECT_FALSE(done) << "dropped before max_stall";
+    EXPECT_FALSE(third.done()) << "dropped before max_stall";
     EXPECT_TRUE(drops.get().empty());
 
     time.advance(1ms);
@@ -151,14 +158,9 @@ TEST(FrameWindow, TheLeadLimitKeepsTheReaderCloseToTheFastestWriter) {
     Drops drops;
     ASSERT_TRUE(w.put(frame_of(1, 100), 30s, drops.fn()));
     ASSERT_TRUE(w.put(frame_of(2, 100), 30s, drops.fn()));
-    std::atomic<bool> done{false};
-    auto third = std::async(std::launch::async, [&] {
-        bool ok = w.put(frame_of(3, 100), 30s, drops.fn());
-        done = true;
-        return ok;
-    });
+    BackgroundPut third(w, frame_of(3, 100), drops);
     ASSERT_TRUE(eventually([&] { return time.waiting() > 0; })) << "the reader ran 300 bytes ahead";
-    EXPECT_FALSE(done);
+    EXPECT_FALSE(third.done());
     ASSERT_NE(w.get(0, 0), nullptr);
     ASSERT_NE(w.get(0, 1), nullptr);  // taking frame 1 brings the lead back to 100 bytes
     EXPECT_TRUE(third.get());
