@@ -57,10 +57,11 @@ for f in /etc/icbd/blockd-master.toml.example /etc/icbd/blockd-replica.toml.exam
 done
 dpkg-deb -c "$deb" | awk '{print $6}' | sed 's|^\./|/|' >"$work/contents"
 for f in /usr/lib/tgt/backing-store/bs_icbd.so /usr/sbin/blockd /usr/sbin/blockctl /usr/bin/icbd-replicate \
-         /usr/bin/icbd-iscsi /usr/bin/icbd-overlay /lib/systemd/system/blockd.service \
+         /usr/bin/icbd-iscsi /usr/bin/icbd-overlay /usr/bin/icbd-prefetch /lib/systemd/system/blockd.service \
          /lib/systemd/system/icbd-replicate.service /lib/systemd/system/tgt.service.d/icbd.conf \
          /usr/share/man/man8/blockd.8.gz /usr/share/man/man8/blockctl.8.gz /usr/share/man/man8/bs_icbd.8.gz \
          /usr/share/man/man1/icbd-replicate.1.gz /usr/share/man/man1/icbd-iscsi.1.gz /usr/share/man/man1/icbd-overlay.1.gz \
+         /usr/share/man/man1/icbd-prefetch.1.gz \
          /usr/share/man/man5/blockd.toml.5.gz /usr/share/man/man5/icbd-replicate.conf.5.gz \
          /usr/share/doc/icbd-store/copyright /usr/share/doc/icbd-store/changelog.gz /usr/share/doc/icbd-store/README.md; do
   grep -qx "$f" "$work/contents" || fail "the package lacks $f"
@@ -78,7 +79,8 @@ apt-get install -y --no-install-recommends "$deb" >"$work/apt.log" 2>&1 || { cat
 dpkg-query -W -f='${Status}' icbd-store | grep -q 'install ok installed' || fail "icbd-store not installed after apt-get"
 dpkg -L icbd-store >"$work/files"
 
-for tool in /usr/sbin/blockd /usr/sbin/blockctl /usr/bin/icbd-replicate /usr/bin/icbd-iscsi /usr/bin/icbd-overlay; do
+for tool in /usr/sbin/blockd /usr/sbin/blockctl /usr/bin/icbd-replicate /usr/bin/icbd-iscsi /usr/bin/icbd-overlay \
+            /usr/bin/icbd-prefetch; do
   out=$("$tool" --version) || fail "$tool --version exited non-zero"
   [ "$out" = "$(basename "$tool") $version (commit $commit)" ] \
     || fail "$tool --version printed '$out', expected '$(basename "$tool") $version (commit $commit)'"
@@ -87,12 +89,13 @@ done
 [ "$(man -w blockctl)" = /usr/share/man/man8/blockctl.8.gz ] || fail "man -w blockctl: $(man -w blockctl 2>&1)"
 [ "$(man -w 5 blockd.toml)" = /usr/share/man/man5/blockd.toml.5.gz ] || fail "man -w 5 blockd.toml: $(man -w 5 blockd.toml 2>&1)"
 [ "$(man -w bs_icbd)" = /usr/share/man/man8/bs_icbd.8.gz ] || fail "man -w bs_icbd: $(man -w bs_icbd 2>&1)"
-for page in blockd.8 blockctl.8 bs_icbd.8 icbd-replicate.1 icbd-iscsi.1 icbd-overlay.1 blockd.toml.5 icbd-replicate.conf.5; do
+for page in blockd.8 blockctl.8 bs_icbd.8 icbd-replicate.1 icbd-iscsi.1 icbd-overlay.1 icbd-prefetch.1 \
+            blockd.toml.5 icbd-replicate.conf.5; do
   f=/usr/share/man/man${page##*.}/$page.gz
   warnings=$(LC_ALL=C.UTF-8 MANWIDTH=80 man --warnings -l "$f" 2>&1 >/dev/null)
   [ -z "$warnings" ] || fail "man -l $f warns: $warnings"
 done
-step "5 tools print '$version (commit $commit)'; man finds and renders every page without warnings"
+step "6 tools print '$version (commit $commit)'; man finds and renders every page without warnings"
 
 # --- Debian's tgtd from the package's files, no preload
 TGTD_PORT=$(free_tcp_port)
