@@ -51,6 +51,16 @@ protected:
         ASSERT_EQ(plan_->hits(), 1u) << "the flusher never synced below: the test proved nothing";
         expect_acknowledged_data_after_reopen();
     }
+    // Every `op` of the flusher below fails while the host fills the cache
+    // to 70 %: each write is acknowledged all the same, and the flusher did
+    // try to write back.
+    void fill_while_write_back_fails(IoOp op, uint32_t seed) {
+        open_cached("1M");
+        fault(op, below_file(), 1, EIO, UINT64_MAX);
+        EXPECT_EQ(write_until_failure(0, 704 << 10, seed).status, scsi::status_good);
+        settle();
+        EXPECT_GT(plan_->hits(), 0u) << "the flusher never reached the device below: the test proved nothing";
+    }
     // 64 KiB writes from `from` on until one fails or `until`; returns the
     // failed one's result (GOOD when none failed).
     ScsiResult write_until_failure(uint64_t from, uint64_t until, uint32_t seed) {
@@ -75,11 +85,8 @@ TEST_P(CacheFaults, ASyncWhoseCacheCommitFailsIsAMediumErrorAndTheCacheRefusesWr
     EXPECT_TRUE(medium_error_write(sync()));
     EXPECT_EQ(plan_->hits(), 1u);
     EXPECT_TRUE(medium_error_write(write(2 << 20, pattern(4096, 3)))) << "a failed cache takes no more writes";
-    std::vector<uint8_t> got;
-    ASSERT_EQ(read(0, 64 << 10, &got).status, scsi::status_good);
-    EXPECT_EQ(got, a);
-    ASSERT_EQ(read(1 << 20, 64 << 10, &got).status, scsi::status_good);
-    EXPECT_EQ(got, b);
+    EXPECT_EQ(read_good(0, 64 << 10), a);
+    EXPECT_EQ(read_good(1 << 20, 64 << 10), b);
     // The initiator was told the SYNC failed: b was never made durable, and a
     // failed cache writes back only what it had committed (documented).
     may_be_lost(1 << 20, before_b);
@@ -138,15 +145,9 @@ TEST_P(CacheFaults, AFailedFreeEntrySyncFailsTheCacheAndKeepsWhatWasCommitted) {
 // command succeeds, and once the device below works again closing writes all
 // of it back.
 TEST_P(CacheFaults, AFailingWriteBackKeepsTheBlocksAndClosingWritesThemBack) {
-    open_cached("1M");
-    fault(IoOp::write, below_file(), 1, EIO, UINT64_MAX);
-    EXPECT_EQ(write_until_failure(0, 704 << 10, 10).status, scsi::status_good);
-    settle();
-    EXPECT_GT(plan_->hits(), 0u) << "the flusher never wrote below: the test proved nothing";
+    fill_while_write_back_fails(IoOp::write, 10);
     EXPECT_EQ(sync().status, scsi::status_good);
-    std::vector<uint8_t> got;
-    ASSERT_EQ(read(0, 704 << 10, &got).status, scsi::status_good);
-    EXPECT_EQ(got, model_slice(0, 704 << 10));
+    EXPECT_EQ(read_good(0, 704 << 10), model_slice(0, 704 << 10));
     plan_->clear();
     lun_->close();
     if (!GetParam().overlay) {
@@ -156,11 +157,7 @@ TEST_P(CacheFaults, AFailingWriteBackKeepsTheBlocksAndClosingWritesThemBack) {
 }
 
 TEST_P(CacheFaults, AFailingFdatasyncBelowKeepsTheBlocksInTheCache) {
-    open_cached("1M");
-    fault(IoOp::fdatasync, below_file(), 1, EIO, UINT64_MAX);
-    EXPECT_EQ(write_until_failure(0, 704 << 10, 20).status, scsi::status_good);
-    settle();
-    EXPECT_GT(plan_->hits(), 0u) << "the flusher never synced below: the test proved nothing";
+    fill_while_write_back_fails(IoOp::fdatasync, 20);
     plan_->clear();
     expect_acknowledged_data_after_reopen();
 }
@@ -199,24 +196,14 @@ TEST_P(CacheFaults, WritersParkedOnAFullCacheFailWithSpaceAllocationFailedWhenTh
 // write fails, its slots are freed, and the cache goes on.
 TEST_P(CacheFaults, AFullCacheDeviceFailsTheWriteWithSpaceAllocationFailedAndTheCacheGoesOn) {
     open_cached("4M");
-    fault(IoOp::write, "lun.cache", 1, ENOSPC);
-    EXPECT_TRUE(space_allocation_failed(write(1 << 20, pattern(32 << 10, 70))));
-    EXPECT_EQ(plan_->hits(), 1u);
-    ASSERT_EQ(write(2 << 20, pattern(32 << 10, 71)).status, scsi::status_good);
+    expect_full_device_is_space_allocation_failed("lun.cache", 1 << 20, 70);
     ASSERT_EQ(sync().status, scsi::status_good);
     expect_acknowledged_data_after_reopen();
 }
 
 TEST_P(CacheFaults, ACacheReadEioIsAMediumError) {
     open_cached("4M");
-    const auto a = pattern(32 << 10, 80);
-    ASSERT_EQ(write(1 << 20, a).status, scsi::status_good);
-    fault(IoOp::read, "lun.cache");
-    EXPECT_TRUE(medium_error_read(read(1 << 20, 32 << 10)));
-    EXPECT_EQ(plan_->hits(), 1u);
-    std::vector<uint8_t> got;
-    ASSERT_EQ(read(1 << 20, 32 << 10, &got).status, scsi::status_good);
-    EXPECT_EQ(got, a);
+    expect_read_eio_is_a_medium_error(1 << 20, 32 << 10, "lun.cache", 80);
     expect_acknowledged_data_after_reopen();
 }
 
@@ -244,9 +231,7 @@ TEST_P(CacheFaults, ShortTransfersOnTheCacheFileAreContinued) {
     short_transfer(IoOp::write, "lun.cache");
     ASSERT_EQ(write(0, a, true).status, scsi::status_good);
     short_transfer(IoOp::read, "lun.cache");
-    std::vector<uint8_t> got;
-    ASSERT_EQ(read(0, 128 << 10, &got).status, scsi::status_good);
-    EXPECT_EQ(got, a);
+    EXPECT_EQ(read_good(0, 128 << 10), a);
     EXPECT_EQ(plan_->hits(), 2u);
     expect_acknowledged_data_after_reopen();
 }

@@ -129,6 +129,32 @@ protected:
         if (out) *out = r.in;
         return res;
     }
+    // A read that must succeed; its data.
+    std::vector<uint8_t> read_good(uint64_t offset, uint64_t len) {
+        std::vector<uint8_t> got;
+        ScsiResult r = read(offset, len, &got);
+        EXPECT_EQ(r.status, scsi::status_good) << "read at " << offset << ": " << describe(r);
+        return got;
+    }
+    // Writes `len` bytes at `offset` and fails the next read of `file` with
+    // EIO: the initiator gets MEDIUM ERROR / UNRECOVERED READ ERROR, and the
+    // read after it returns the data written.
+    void expect_read_eio_is_a_medium_error(uint64_t offset, uint64_t len, const std::string& file, uint32_t seed) {
+        const auto a = pattern(len, seed);
+        ASSERT_EQ(write(offset, a).status, scsi::status_good);
+        fault(IoOp::read, file);
+        EXPECT_TRUE(medium_error_read(read(offset, len)));
+        EXPECT_EQ(plan_->hits(), 1u);
+        EXPECT_EQ(read_good(offset, len), a);
+    }
+    // Fails the next write to `file` with ENOSPC: the initiator gets DATA
+    // PROTECT / SPACE ALLOCATION FAILED, and the write after it succeeds.
+    void expect_full_device_is_space_allocation_failed(const std::string& file, uint64_t offset, uint32_t seed) {
+        fault(IoOp::write, file, 1, ENOSPC);
+        EXPECT_TRUE(space_allocation_failed(write(offset, pattern(32 << 10, seed))));
+        EXPECT_EQ(plan_->hits(), 1u);
+        ASSERT_EQ(write(offset + (64 << 10), pattern(32 << 10, seed + 1)).status, scsi::status_good);
+    }
     ScsiResult sync() {
         Cmd c = make(scsi::op::synchronize_cache_16, 0, 0);
         return run_cmd(*lun_, rec_, c);

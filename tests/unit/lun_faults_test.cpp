@@ -24,14 +24,7 @@ protected:
 };
 
 TEST_P(RawLunFaults, AReadEioIsAMediumErrorAndTheNextReadSucceeds) {
-    const auto a = pattern(64 << 10, 1);
-    ASSERT_EQ(write(1 << 20, a).status, scsi::status_good);
-    fault(IoOp::read, "disk.raw");
-    EXPECT_TRUE(medium_error_read(read(1 << 20, 64 << 10)));
-    EXPECT_EQ(plan_->hits(), 1u);
-    std::vector<uint8_t> got;
-    ASSERT_EQ(read(1 << 20, 64 << 10, &got).status, scsi::status_good);
-    EXPECT_EQ(got, a);
+    expect_read_eio_is_a_medium_error(1 << 20, 64 << 10, "disk.raw", 1);
     expect_acknowledged_data_after_reopen();
 }
 
@@ -46,10 +39,7 @@ TEST_P(RawLunFaults, AWriteEioIsAMediumErrorWriteErrorAndLosesNothingAcknowledge
 }
 
 TEST_P(RawLunFaults, AFullDeviceIsSpaceAllocationFailed) {
-    fault(IoOp::write, "disk.raw", 1, ENOSPC);
-    EXPECT_TRUE(space_allocation_failed(write(4096, pattern(4096, 5))));
-    EXPECT_EQ(plan_->hits(), 1u);
-    ASSERT_EQ(write(8192, pattern(4096, 6)).status, scsi::status_good);
+    expect_full_device_is_space_allocation_failed("disk.raw", 4096, 5);
     expect_acknowledged_data_after_reopen();
 }
 
@@ -74,9 +64,7 @@ TEST_P(RawLunFaults, ShortTransfersAreContinuedUntilTheCommandIsDone) {
     short_transfer(IoOp::write, "disk.raw");
     ASSERT_EQ(write(128 << 10, a).status, scsi::status_good);
     short_transfer(IoOp::read, "disk.raw");
-    std::vector<uint8_t> got;
-    ASSERT_EQ(read(128 << 10, 256 << 10, &got).status, scsi::status_good);
-    EXPECT_EQ(got, a);
+    EXPECT_EQ(read_good(128 << 10, 256 << 10), a);
     EXPECT_EQ(plan_->hits(), 2u);
     EXPECT_EQ(file_bytes(backing_), expected_) << "the backing file holds every byte of the short write";
     expect_acknowledged_data_after_reopen();
@@ -109,16 +97,12 @@ TEST_F(OverlayLunFaults, AGoldenFileReadEioIsAMediumError) {
     fault(IoOp::read, "disk.raw");
     EXPECT_TRUE(medium_error_read(read(0, 16 << 10)));
     EXPECT_EQ(plan_->hits(), 1u);
-    std::vector<uint8_t> got;
-    ASSERT_EQ(read(0, 16 << 10, &got).status, scsi::status_good);
+    const auto got = read_good(0, 16 << 10);
     EXPECT_TRUE(std::equal(got.begin(), got.end(), golden_.begin()));
 }
 
 TEST_F(OverlayLunFaults, AnOverlayReadEioIsAMediumError) {
-    ASSERT_EQ(write(64 << 10, pattern(8 << 10, 10)).status, scsi::status_good);
-    fault(IoOp::read, "client.ovl");
-    EXPECT_TRUE(medium_error_read(read(64 << 10, 8 << 10)));
-    EXPECT_EQ(plan_->hits(), 1u);
+    expect_read_eio_is_a_medium_error(64 << 10, 8 << 10, "client.ovl", 10);
     expect_acknowledged_data_after_reopen();
 }
 
@@ -128,18 +112,14 @@ TEST_F(OverlayLunFaults, AFailedOverlayWriteLeavesTheBlocksReadingTheGoldenData)
     fault(IoOp::write, "client.ovl");
     EXPECT_TRUE(medium_error_write(write(1 << 20, pattern(16 << 10, 11))));
     EXPECT_EQ(plan_->hits(), 1u);
-    std::vector<uint8_t> got;
-    ASSERT_EQ(read(1 << 20, 16 << 10, &got).status, scsi::status_good);
+    const auto got = read_good(1 << 20, 16 << 10);
     EXPECT_TRUE(std::equal(got.begin(), got.end(), golden_.begin() + (1 << 20)));
     ASSERT_EQ(sync().status, scsi::status_good);
     expect_acknowledged_data_after_reopen();
 }
 
 TEST_F(OverlayLunFaults, AFullOverlayDeviceIsSpaceAllocationFailed) {
-    fault(IoOp::write, "client.ovl", 1, ENOSPC);
-    EXPECT_TRUE(space_allocation_failed(write(0, pattern(4096, 12))));
-    EXPECT_EQ(plan_->hits(), 1u);
-    ASSERT_EQ(write(4096, pattern(4096, 13)).status, scsi::status_good);
+    expect_full_device_is_space_allocation_failed("client.ovl", 0, 12);
     expect_acknowledged_data_after_reopen();
 }
 
@@ -151,8 +131,7 @@ TEST_F(OverlayLunFaults, ACopyUpWhoseGoldenReadFailsFailsTheWrite) {
     fault(IoOp::read, "disk.raw");
     EXPECT_TRUE(medium_error_read(write(2 << 20, pattern(512, 14))));
     EXPECT_EQ(plan_->hits(), 1u);
-    std::vector<uint8_t> got;
-    ASSERT_EQ(read(2 << 20, 4096, &got).status, scsi::status_good);
+    const auto got = read_good(2 << 20, 4096);
     EXPECT_TRUE(std::equal(got.begin(), got.end(), golden_.begin() + (2 << 20)));
     expect_acknowledged_data_after_reopen();
 }
@@ -164,9 +143,7 @@ TEST_F(OverlayLunFaults, AFailedSynchronizeCacheIsAMediumErrorAndTheNextOneSucce
     EXPECT_TRUE(medium_error_write(sync()));
     EXPECT_EQ(plan_->hits(), 1u);
     EXPECT_EQ(sync().status, scsi::status_good);
-    std::vector<uint8_t> got;
-    ASSERT_EQ(read(3 << 20, 32 << 10, &got).status, scsi::status_good);
-    EXPECT_EQ(got, a);
+    EXPECT_EQ(read_good(3 << 20, 32 << 10), a);
 }
 
 // DISABLED: it fails, and the fix is in the data path, not here. BUG: when the
