@@ -91,19 +91,34 @@ TEST(FrameWindow, TheReadersFailureReachesTheWriters) {
     EXPECT_EQ(w.reader_status().code(), EIO);
 }
 
-TEST(FrameWindow, AFullWindowHoldsTheReaderUntilTheSlowestWriterMovesOn) {
+// Two writers, and a window of 200 bytes that frames 1 and 2 fill.
+class FullWindow : public ::testing::Test {
+protected:
+    void SetUp() override {
+        ASSERT_TRUE(w.put(frame_of(1, 100), 30s, drops.fn()));
+        ASSERT_TRUE(w.put(frame_of(2, 100), 30s, drops.fn()));
+    }
+    // Moves the clock and returns once the waiting reader has seen the new time.
+    bool advance_seen(FrameWindow::Clock::duration d) {
+        time.advance(d);
+        const uint64_t seen = time.wakeups();
+        return eventually([&] { return time.wakeups() >= seen + 2; });
+    }
+    bool reader_waits() {
+        return eventually([&] { return time.waiting() > 0; });
+    }
+
     ManualTime time;
-    FrameWindow w(200, 2, 0, time);
+    FrameWindow w{200, 2, 0, time};
     Drops drops;
-    ASSERT_TRUE(w.put(frame_of(1, 100), 30s, drops.fn()));
-    ASSERT_TRUE(w.put(frame_of(2, 100), 30s, drops.fn()));
+};
+
+TEST_F(FullWindow, HoldsTheReaderUntilTheSlowestWriterMovesOn) {
     FrameWindow::Clock::duration waited{};
     BackgroundPut third(w, frame_of(3, 100), drops, &waited);
-    ASSERT_TRUE(eventually([&] { return time.waiting() > 0; })) << "the reader did not wait for room";
+    ASSERT_TRUE(reader_waits()) << "the reader did not wait for room";
     ASSERT_NE(w.get(0, 1), nullptr);  // the fast writer is past frame 1...
-    time.advance(5s);
-    const uint64_t seen = time.wakeups();
-    ASSERT_TRUE(eventually([&] { return time.wakeups() >= seen + 2; }));
+    ASSERT_TRUE(advance_seen(5s));
     EXPECT_FALSE(third.done()) << "frame 1 is still needed by the slow writer";
     ASSERT_NE(w.get(1, 1), nullptr);  // ...and now the slow one: frame 1 goes, room for frame 3
     EXPECT_TRUE(third.get());
@@ -114,19 +129,12 @@ TEST(FrameWindow, AFullWindowHoldsTheReaderUntilTheSlowestWriterMovesOn) {
     EXPECT_EQ(w.get(1, 2)->seq, 3u);
 }
 
-TEST(FrameWindow, AWriterThatKeepsTheWindowFullForMaxStallIsDropped) {
-    ManualTime time;
-    FrameWindow w(200, 2, 0, time);
-    Drops drops;
-    ASSERT_TRUE(w.put(frame_of(1, 100), 30s, drops.fn()));
-    ASSERT_TRUE(w.put(frame_of(2, 100), 30s, drops.fn()));
+TEST_F(FullWindow, AWriterThatKeepsItFullForMaxStallIsDropped) {
     ASSERT_NE(w.get(0, 0), nullptr);
     ASSERT_NE(w.get(0, 1), nullptr);  // writer 0 keeps up; writer 1 never reads
     BackgroundPut third(w, frame_of(3, 100), drops);
-    ASSERT_TRUE(eventually([&] { return time.waiting() > 0; }));
-    time.advance(30s - 1ms);
-    const uint64_t seen = time.wakeups();
-    ASSERT_TRUE(eventually([&] { return time.wakeups() >= seen + 2; }));
+    ASSERT_TRUE(reader_waits());
+    ASSERT_TRUE(advance_seen(30s - 1ms));
     EXPECT_FALSE(third.done()) << "dropped before max_stall";
     EXPECT_TRUE(drops.get().empty());
 
