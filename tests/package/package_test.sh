@@ -30,17 +30,24 @@ fi
 
 # --- build: only what the package holds (serialized with other builds of the tree)
 step "building the package's inputs and the .deb"
-if ! flock -w 600 /tmp/icbd-build.lock cmake --build "$ICBD_BUILD" --target icbd_package_inputs >"$work/build.log" 2>&1; then
+# Build, package and take the version header under one hold of the lock:
+# another build of the shared tree after a new commit rewrites the header, and
+# the programs packaged would then print another commit than it names.
+exec 9>/tmp/icbd-build.lock
+flock -w 600 9 || fail "the build lock /tmp/icbd-build.lock stayed taken for 10 minutes"
+if ! cmake --build "$ICBD_BUILD" --target icbd_package_inputs >"$work/build.log" 2>&1; then
   tail -30 "$work/build.log" >&2; fail "building the package's programs failed"
 fi
 if ! cpack -G DEB --config "$ICBD_BUILD/CPackConfig.cmake" -B "$work/pkg" >"$work/cpack.log" 2>&1; then
   cat "$work/cpack.log" >&2; fail "cpack -G DEB failed"
 fi
+cp "$ICBD_BUILD/generated/icbd/build_version.hpp" "$work/build_version.hpp"
+exec 9>&-
 debs=("$work"/pkg/icbd-store_*_amd64.deb)
 [ "${#debs[@]}" -eq 1 ] && [ -f "${debs[0]}" ] || fail "expected one icbd-store_<version>_amd64.deb, found: ${debs[*]}"
 deb=${debs[0]}
-version=$(sed -n 's/^#define ICBD_PROJECT_VERSION "\(.*\)"$/\1/p' "$ICBD_BUILD/generated/icbd/build_version.hpp")
-commit=$(sed -n 's/^#define ICBD_GIT_COMMIT "\(.*\)"$/\1/p' "$ICBD_BUILD/generated/icbd/build_version.hpp")
+version=$(sed -n 's/^#define ICBD_PROJECT_VERSION "\(.*\)"$/\1/p' "$work/build_version.hpp")
+commit=$(sed -n 's/^#define ICBD_GIT_COMMIT "\(.*\)"$/\1/p' "$work/build_version.hpp")
 [ "$(basename "$deb")" = "icbd-store_${version}_amd64.deb" ] || fail "package file name $(basename "$deb"), expected icbd-store_${version}_amd64.deb"
 
 # --- control data: tgt pinned exactly, shared libraries from dpkg-shlibdeps, conffiles
