@@ -62,7 +62,9 @@ for arg in "$@"; do
   [ -s "$work/help" ] || { fail "$name --help printed nothing"; continue; }
   n=0
   while read -r opt; do
-    grep -qF -e "$opt" "$work/page" || fail "$name: option $opt (in its --help) is not in $page"
+    # As a word of its own: --compress is not found inside --compress-level, nor -h inside --help.
+    grep -qE -e "(^|[^-[:alnum:]])${opt}([^-[:alnum:]]|\$)" "$work/page" \
+      || fail "$name: option $opt (in its --help) is not in $page"
     n=$((n + 1))
   done < <(options_of "$work/help" | sort -u)
   for sub in "${subcommands[@]}"; do
