@@ -4,7 +4,8 @@
 // random (aligned to the transfer size) or sequential offsets, for a fixed time.
 // Prints IOPS, MB/s (10^6 bytes/s) and completion latency percentiles.
 // libiscsi's iscsi-perf only reads; this tool also writes, with or without FUA,
-// and can flush like a guest filesystem (--sync-every: SYNCHRONIZE CACHE(16)).
+// and can flush like a guest filesystem (--sync-every: SYNCHRONIZE CACHE(16)),
+// or run at a fixed rate like a desktop that is already up (--rate).
 //
 // Exit status: 0 success; 1 SCSI error, connection failure or lost session;
 // 2 bad command line.
@@ -51,6 +52,7 @@ struct Options {
     bool json = false;
     uint64_t span = 0;  // bytes of the LUN to address from LBA 0; 0: all of it
     uint64_t sync_every = 0;  // writes per SYNCHRONIZE CACHE(16); 0: never
+    double rate = 0;          // commands per second, paced from the start; 0: as fast as --qd allows
     uint64_t seed = 0x9e3779b97f4a7c15ull;
     std::string initiator = "iqn.2024-01.org.icbd:load";
 };
@@ -71,6 +73,10 @@ struct Options {
                  "                         wait for it before writing on (as fio's fsync=N, or a guest's\n"
                  "                         journal commit, does); IOPS count writes only, the flushes'\n"
                  "                         time included; flush latency is reported apart (default 0: never)\n"
+                 "  --rate N               issue N commands per second at most (paced from the start; a\n"
+                 "                         command waits for a free slot when --qd are in flight), so\n"
+                 "                         latency is that of a load below the device's limit (default 0:\n"
+                 "                         as fast as --qd allows)\n"
                  "  --span BYTES           address only the first BYTES of the LUN (default: whole LUN)\n"
                  "  --seed N               random seed (default fixed, so runs are repeatable)\n"
                  "  --initiator IQN        initiator name (default %s)\n"
@@ -112,7 +118,7 @@ bool parse_bytes(const char* s, uint64_t* out) {
 }
 
 Options parse_args(int argc, char** argv) {
-    enum { o_url = 256, o_rw, o_pattern, o_bs, o_qd, o_seconds, o_fua, o_json, o_span, o_seed, o_init, o_sync, o_help };
+    enum { o_url = 256, o_rw, o_pattern, o_bs, o_qd, o_seconds, o_fua, o_json, o_span, o_seed, o_init, o_sync, o_rate, o_help };
     static const option longopts[] = {
         {"url", required_argument, nullptr, o_url},         {"rw", required_argument, nullptr, o_rw},
         {"pattern", required_argument, nullptr, o_pattern}, {"bs", required_argument, nullptr, o_bs},
@@ -120,7 +126,7 @@ Options parse_args(int argc, char** argv) {
         {"fua", no_argument, nullptr, o_fua},               {"json", no_argument, nullptr, o_json},
         {"span", required_argument, nullptr, o_span},       {"seed", required_argument, nullptr, o_seed},
         {"initiator", required_argument, nullptr, o_init},  {"help", no_argument, nullptr, o_help},
-        {"sync-every", required_argument, nullptr, o_sync},
+        {"sync-every", required_argument, nullptr, o_sync}, {"rate", required_argument, nullptr, o_rate},
         {nullptr, 0, nullptr, 0},
     };
     Options o;
@@ -177,6 +183,14 @@ Options parse_args(int argc, char** argv) {
                 o.sync_every = v;
                 break;
             }
+            case o_rate: {
+                char* end = nullptr;
+                double v = std::strtod(optarg, &end);
+                if (end == optarg || *end || !(v > 0) || v > 1e7)
+                    bad_option("--rate must be a number of commands per second > 0, not '%s'", optarg);
+                o.rate = v;
+                break;
+            }
             case o_help:
             case 'h': usage(0);
             case ':': bad_option("option '%s' needs a value", argv[optind - 1]);
@@ -187,6 +201,7 @@ Options parse_args(int argc, char** argv) {
     if (o.url.empty()) bad_option("%s", "--url iscsi://HOST[:PORT]/IQN/LUN is required");
     if (o.fua && !o.write) bad_option("%s", "--fua applies to --rw write only");
     if (o.sync_every && !o.write) bad_option("%s", "--sync-every applies to --rw write only");
+    if (o.sync_every && o.rate > 0) bad_option("%s", "--rate and --sync-every do not go together");
     return o;
 }
 
@@ -342,16 +357,24 @@ public:
         sync_slot_.load = this;
         sync_slot_.sync = true;
         for (auto& s : slots_) {
-            if (!may_issue()) break;
+            if (!may_issue() || o_.rate > 0) break;
             if (!issue(s)) return finish_with_error();
         }
         uint64_t drain_limit = 0;
-        while (in_flight_ > 0) {
+        while (in_flight_ > 0 || (o_.rate > 0 && !stopping_)) {
             if (!stopping_ && (g_interrupted || failed_ || now_ns() >= deadline_)) stopping_ = true;
             if (stopping_ && drain_limit == 0) drain_limit = now_ns() + 30ull * 1000000000u;
-            pollfd pfd{iscsi_get_fd(iscsi_), static_cast<short>(iscsi_which_events(iscsi_)), 0};
             // Wake at least every 100 ms to notice the deadline when the target stalls.
-            int r = poll(&pfd, 1, 100);
+            uint64_t wait_ns = 100000000;
+            if (o_.rate > 0 && !stopping_) {
+                uint64_t due = pace();
+                if (failed_) continue;
+                uint64_t now = now_ns();
+                if (due) wait_ns = std::min(wait_ns, due > now ? due - now : 0);
+            }
+            pollfd pfd{iscsi_get_fd(iscsi_), static_cast<short>(iscsi_which_events(iscsi_)), 0};
+            timespec ts{static_cast<time_t>(wait_ns / 1000000000u), static_cast<long>(wait_ns % 1000000000u)};
+            int r = ppoll(&pfd, 1, &ts, nullptr);
             if (r < 0 && errno != EINTR) {
                 std::fprintf(stderr, "icbd-iscsi-load: poll: %s\n", std::strerror(errno));
                 return 1;
@@ -402,6 +425,20 @@ private:
         return unit * per_io_;
     }
 
+    // With --rate: issues every command that is due and has a free slot;
+    // returns when the next one is due (0: none, all slots busy).
+    uint64_t pace() {
+        uint64_t now = now_ns();
+        for (auto& s : slots_) {
+            if (s.busy) continue;
+            if (now >= deadline_ || g_interrupted) return 0;
+            uint64_t due = start_ + static_cast<uint64_t>(static_cast<double>(issued_) * 1e9 / o_.rate);
+            if (now < due) return due;
+            if (!issue(s)) return 0;
+        }
+        return 0;
+    }
+
     // With --sync-every N, no write is issued while N writes await their flush.
     bool may_issue() const { return !o_.sync_every || since_sync_ < o_.sync_every; }
 
@@ -409,6 +446,7 @@ private:
     // period are all done, sends the flush; once it is done, refills the queue.
     void pump(Slot& done) {
         if (stopping_ || failed_ || g_interrupted || now_ns() >= deadline_) return;
+        if (o_.rate > 0) return;  // the main loop's pace() refills
         if (!o_.sync_every) {
             issue(done);
             return;
@@ -454,6 +492,7 @@ private:
         s.busy = true;
         ++in_flight_;
         ++since_sync_;
+        ++issued_;
         return true;
     }
 
@@ -551,7 +590,7 @@ private:
     std::vector<uint32_t> sync_lat_;  // SYNCHRONIZE CACHE latency, ns
     uint64_t since_sync_ = 0, syncs_ = 0;  // writes issued since the last flush completed; flushes
     unsigned in_flight_ = 0;
-    uint64_t ops_ = 0, errors_ = 0;
+    uint64_t ops_ = 0, errors_ = 0, issued_ = 0;
     bool failed_ = false, stopping_ = false;
     uint64_t start_ = 0, deadline_ = 0, end_ = 0, last_done_ = 0;
 };
