@@ -2,6 +2,7 @@
 // checkpoints, then END and RESULT (docs/replication-protocol.md, 4.3-4.5).
 #include <algorithm>
 
+#include "checkpoint_schedule.hpp"
 #include "digests.hpp"
 #include "push_session.hpp"
 

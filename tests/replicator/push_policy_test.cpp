@@ -4,6 +4,7 @@
 
 #include <chrono>
 
+#include "checkpoint_schedule.hpp"
 #include "icbd/replicator/compression.hpp"
 #include "icbd/replicator/sender.hpp"
 

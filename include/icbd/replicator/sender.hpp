@@ -124,18 +124,6 @@ struct PushOptions {
     std::chrono::milliseconds progress_interval{250};
 };
 
-// When the next checkpoint is due (a pure function, so that the schedule is
-// tested without a clock).
-struct CheckpointSchedule {
-    uint64_t every_bytes = 0;  // stream bytes between two checkpoints
-    std::chrono::milliseconds min_gap{0};
-    std::chrono::milliseconds max_gap{0};  // 0: none
-};
-// The schedule of `options` for a stream of `stream_bytes` (uncompressed DATA
-// plus the other frames).
-CheckpointSchedule checkpoint_schedule(const PushOptions& options, uint64_t stream_bytes);
-bool checkpoint_due(const CheckpointSchedule& s, uint64_t bytes_since, std::chrono::nanoseconds since);
-
 // Pushes (image, version) to every target. Fails as a whole (Status) only when
 // nothing can start: the version does not exist, the repository or the
 // certificates cannot be read. Otherwise each replica's outcome is in its
