@@ -64,6 +64,9 @@ touch "$work/other"
 other=$(stat -c '%d:%i' "$work/other")
 [ "$(JOURNAL_STREAM=$other "$probe" 2>"$work/err2")" = plain ] || fail "probe believed a JOURNAL_STREAM that names another file"
 grep -q "^warning: probe: image" "$work/err2" || fail "no plain lines with a foreign JOURNAL_STREAM"
+# the default sink (programs that install none, as icbd-replicate)
+[ "$(env -u JOURNAL_STREAM "$probe" default 2>"$work/err3")" = plain ] || fail "default sink: not plain with stderr on a file"
+grep -qx "icbd warning: probe: default sink" "$work/err3" || { cat "$work/err3" >&2; fail "default sink: no 'icbd warning:' line"; }
 echo "journal_test: plain lines on a file, also with a foreign JOURNAL_STREAM"
 
 # --- the module in tgtd, tgtd's log on a file: the LUN's lines name target and LUN
@@ -100,13 +103,15 @@ trap '[ -n "\${tgtd_pid:-}" ] && kill \$tgtd_pid 2>/dev/null; kill \$jpid 2>/dev
 for _ in \$(seq 100); do [ -S /run/systemd/journal/stdout ] && [ -S /run/systemd/journal/socket ] && break; sleep 0.05; done
 [ -S /run/systemd/journal/socket ] || { echo "journald did not start" >&2; exit 1; }
 systemd-cat -t icbd-log-probe-stream "$work/as-service.sh" "$probe" || true
+systemd-cat -t icbd-log-probe-stream "$work/as-service.sh" "$probe" default || true
 . "$work/tgtd_fn.sh"
 mkdir -p /run/tgtd
 tgtd_with_cached_lun systemd-cat -t tgtd "$work/as-service.sh" || echo "tgtd under the journal failed" >&2
 journalctl -D /run/log/journal --no-pager -o json SYSLOG_IDENTIFIER=tgtd >"$work/tgtd.json" 2>/dev/null || true
 for _ in \$(seq 100); do
   journalctl -D /run/log/journal --no-pager -o json SYSLOG_IDENTIFIER=icbd-log-probe >"$work/entries.json" 2>/dev/null || true
-  [ "\$(wc -l <"$work/entries.json")" -ge 3 ] && break
+  journalctl -D /run/log/journal --no-pager -o json SYSLOG_IDENTIFIER=$(basename "$probe") >"$work/default.json" 2>/dev/null || true
+  [ "\$(wc -l <"$work/entries.json")" -ge 3 ] && [ "\$(wc -l <"$work/default.json")" -ge 1 ] && break
   sleep 0.05
 done
 journalctl -D /run/log/journal --no-pager -o json SYSLOG_IDENTIFIER=icbd-log-probe-stream >"$work/stream.json" 2>/dev/null || true
@@ -127,6 +132,16 @@ for e in lines:
         print("journal_test: FAIL: the module's entry %r has %r" % (e.get("MESSAGE"), got), file=sys.stderr)
         sys.exit(1)
 print("journal_test: the module's lines reach the journal as tgtd's, with TARGET=1 LUN=1 (%d entries)" % len(lines))
+PY
+python3 - "$work/default.json" <<'PY' || exit 1
+import json, sys
+entries = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+ok = [e for e in entries if e.get("MESSAGE") == "probe: default sink" and e.get("IMAGE") == "win10"
+      and e.get("PRIORITY") == "4" and e.get("_TRANSPORT") == "journal"]
+if not ok:
+    print("journal_test: FAIL: the default sink's entry (identifier = program name, IMAGE, PRIORITY 4) is missing: %r" % entries, file=sys.stderr)
+    sys.exit(1)
+print("journal_test: the default sink (no sink installed) writes journal entries with fields too")
 PY
 python3 - "$work/entries.json" "$work/stream.json" <<'PY'
 import json, sys
@@ -152,6 +167,6 @@ if not i or i.get("PRIORITY") != "6" or "IMAGE" in i: fail("the info entry is wr
 # Only "journal" went through the stdout stream: no log line was written to
 # stderr (it would have come as a second copy without fields).
 msgs = [s.get("MESSAGE") for s in stream]
-if msgs != ["journal"]: fail(f"the stdout/stderr stream carried {msgs!r}, expected only the probe's 'journal'")
+if msgs != ["journal", "journal"]: fail(f"the stdout/stderr stream carried {msgs!r}, expected only the probes' 'journal' twice")
 print("journal_test: 3 native journal entries with IMAGE, VERSION, PEER, CLIENT, TARGET, LUN and PRIORITY; nothing on the stream")
 PY

@@ -1,12 +1,22 @@
 // Logs like a daemon (icbd::log_to_journal_or_stderr) for journal_test.sh:
 // one message with every field, one under a LUN's LogScope, one with none;
-// prints on stdout where they went ("journal" or "plain").
+// prints on stdout where they went ("journal" or "plain"). With "default",
+// one message through the default sink instead.
 #include <cstdio>
+#include <string_view>
 
 #include "icbd/journal_log.hpp"
 #include "icbd/log.hpp"
 
-int main() {
+int main(int argc, char** argv) {
+    // "default": no sink installed, as icbd-replicate: the library's default
+    // sink, which also goes to the journal when stderr is its stream.
+    if (argc > 1 && std::string_view(argv[1]) == "default") {
+        std::printf("%s\n", icbd::stderr_is_journal() ? "journal" : "plain");
+        std::fflush(stdout);
+        icbd::log(icbd::LogLevel::warning, "probe: default sink", {.image = "win10"});
+        return 0;
+    }
     icbd::log_to_journal_or_stderr("icbd-log-probe");
     std::printf("%s\n", icbd::stderr_is_journal() ? "journal" : "plain");
     std::fflush(stdout);
