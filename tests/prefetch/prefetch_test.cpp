@@ -11,6 +11,7 @@
 
 #include "icbd/prefetch.hpp"
 #include "prefetch_fixture.hpp"
+#include "run_command.hpp"
 
 namespace icbd::test {
 namespace {
@@ -236,6 +237,33 @@ TEST_F(PrefetchTest, AFileShorterThanItsSetIsReadToItsEnd) {
     EXPECT_EQ(s->total_bytes, 2 * kMiB + 12345);
     EXPECT_EQ(s->read_bytes, 2 * kMiB + 12345);
     fs::remove(small);
+}
+
+// A version is a read-only BTRFS snapshot: deleting it leaves an open file
+// readable, only the path tells.
+TEST(PrefetchBtrfsTest, VersionSubvolumeDeletedMidwayEndsFileGone) {
+    PREFETCH_REQUIRE(LoopFs::unavailable(LoopFs::Type::btrfs));
+    PREFETCH_REQUIRE(have_program("btrfs") ? std::nullopt : std::optional<std::string>("btrfs-progs not installed"));
+    LoopFs btrfs(LoopFs::Type::btrfs, 384 * kMiB);
+    btrfs.create_subvolume("work");
+    write_golden(btrfs / "work/disk.raw", 48 * kMiB);
+    btrfs.snapshot_readonly("work", "7");
+    const fs::path file = btrfs / "7/disk.raw";
+    drop_cache(file);
+    const BootSet set = scattered_set(48 * kMiB, 32 * kMiB, 12);
+    PrefetchOptions o;
+    o.max_rate = 16 * kMiB;  // 2 s for the whole set
+    CommandResult deleted;
+    std::jthread deleter([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(400));
+        deleted = run_command({"btrfs", "subvolume", "delete", (btrfs / "7").string()});
+    });
+    auto s = prefetch_file(file, set, o);
+    deleter.join();
+    ASSERT_TRUE(deleted.ok()) << deleted.describe();
+    ASSERT_TRUE(s) << s.status().message();
+    EXPECT_EQ(s->end, PrefetchEnd::file_gone) << s->detail;
+    EXPECT_LT(s->read_bytes, set.bytes());
 }
 
 }  // namespace
