@@ -135,7 +135,11 @@ void OverlayLayer::sync(Done done) {
 void OverlayLayer::synced(void* ctx, int error, IoOp failed) {
     auto& op = *static_cast<SyncOp*>(ctx);
     OverlayLayer& self = *op.layer;
+    // A failed fdatasync proves nothing about the data: those bits wait for
+    // the next one (regression: they were dropped, and blocks acknowledged
+    // before a failed SYNC read golden data after the next SYNC succeeded).
     if (!error) self.map_.apply_durable(op.snapshot);
+    else self.map_.requeue_unsynced(op.snapshot);
     Done done = op.done;
     self.syncs_.put(op);
     if (error) return done(error, failed);

@@ -139,6 +139,14 @@ std::vector<OverlayMap::PageWrite> OverlayMap::take_unwritten_pages(std::vector<
     return writes;
 }
 
+void OverlayMap::requeue_unsynced(const Snapshot& s) {
+    for (uint32_t p : s.pages)
+        if (!mem_dirty_flag_[p]) {
+            mem_dirty_flag_[p] = 1;
+            mem_dirty_.push_back(p);
+        }
+}
+
 void OverlayMap::requeue_pages(const std::vector<PageWrite>& writes) {
     for (const PageWrite& w : writes)
         for (uint64_t o = 0; o < w.len; o += page_size) {

@@ -66,6 +66,9 @@ public:
     };
     Snapshot snapshot_unsynced();
     void apply_durable(const Snapshot& s);
+    // The fdatasync failed: its pages are unsynced again, so the next
+    // SYNCHRONIZE CACHE covers them (their bits are still set in memory).
+    void requeue_unsynced(const Snapshot& s);
 
     // Map writes (serialized by the caller: at most one batch in flight).
     bool has_unwritten_pages() const { return !disk_dirty_.empty(); }

@@ -248,20 +248,14 @@ TEST_P(RawCacheFaults, OneFailedFdatasyncBelowLosesNothingOnceWriteBackWorksAgai
 INSTANTIATE_TEST_SUITE_P(Below, RawCacheFaults, ::testing::Values(Below{"raw", false}),
                          [](const ::testing::TestParamInfo<Below>& i) { return std::string(i.param.name); });
 
-// DISABLED: it fails, and the fix is in the data path, not here. BUG (the
-// same as lun_faults_test's DISABLED_WritesBeforeAFailedSynchronizeCache...,
-// in the LUN configuration desktops use): when the flusher's fdatasync of the
-// overlay fails, the map pages OverlayLayer::sync took with snapshot_unsynced()
-// (blockd/overlay_layer.cpp:151) are dropped by OverlayLayer::synced on the
-// error (overlay_layer.cpp:161). The blocks stay dirty in the cache and are
-// written back again once the device works, but their bits are already set
-// in memory, so no map page is dirtied again: the write-back "succeeds", the
-// cache frees the slots, and after the LUN is closed and opened again every
-// one of those blocks reads golden data. One transient EIO silently loses
-// everything written back in that round.
+// Regression: when the flusher's fdatasync of the overlay failed, the map
+// pages OverlayLayer::sync had taken were dropped; the blocks were written back
+// again once the device worked, but their bits were already set in memory, so
+// no map page was dirtied again: the cache freed the slots and, after the LUN
+// was closed and opened again, every one of those blocks read golden data.
 class OverlayCacheFaults : public CacheFaults {};
 
-TEST_P(OverlayCacheFaults, DISABLED_OneFailedFdatasyncBelowLosesNothingOnceWriteBackWorksAgain) {
+TEST_P(OverlayCacheFaults, OneFailedFdatasyncBelowLosesNothingOnceWriteBackWorksAgain) {
     one_failed_fdatasync_below_then_write_back();
 }
 

@@ -146,16 +146,11 @@ TEST_F(OverlayLunFaults, AFailedSynchronizeCacheIsAMediumErrorAndTheNextOneSucce
     EXPECT_EQ(read_good(3 << 20, 32 << 10), a);
 }
 
-// DISABLED: it fails, and the fix is in the data path, not here. BUG: when the
-// fdatasync of a SYNCHRONIZE CACHE on an overlay LUN fails, the map pages
-// snapshot_unsynced() took out of the "set since the last sync" list are
-// dropped (OverlayLayer::sync takes them, blockd/overlay_layer.cpp:151;
-// OverlayLayer::synced returns the error without giving them back, :161;
-// before the layers: data_layers.cpp sync_lower / advance). Their bits never
-// reach the disk unless a later write sets another bit on the same 4 KiB map
-// page (128 MiB of LUN): the next SYNCHRONIZE CACHE succeeds, yet after the
-// LUN is removed and added again those blocks read as golden data.
-TEST_F(OverlayLunFaults, DISABLED_WritesBeforeAFailedSynchronizeCacheAreMadeDurableByTheNextOne) {
+// Regression: when the fdatasync of a SYNCHRONIZE CACHE on an overlay LUN
+// failed, the map pages it had taken out of the "set since the last sync" list
+// were dropped: the next SYNCHRONIZE CACHE succeeded, yet after the LUN was
+// removed and added again those blocks read as golden data.
+TEST_F(OverlayLunFaults, WritesBeforeAFailedSynchronizeCacheAreMadeDurableByTheNextOne) {
     ASSERT_EQ(write(3 << 20, pattern(32 << 10, 15)).status, scsi::status_good);
     fault(IoOp::fdatasync, "client.ovl");
     EXPECT_TRUE(medium_error_write(sync()));
