@@ -52,11 +52,23 @@ std::unique_ptr<LoopFs> PrefetchTest::fs_;
 
 TEST_F(PrefetchTest, ReadsExactlyTheBootSetAndASecondRunReadsNothing) {
     const BootSet set = scattered_set(kFileSize, 80 * kMiB, 1);
-    ASSERT_EQ(residency(golden_, set).in_set_resident, 0u) << "the cache of the golden file was not dropped";
-    std::vector<PrefetchProgress> seen;
+    std::vector<PrefetchProgress> seen, first;
     options_.progress = [&](const PrefetchProgress& p) { seen.push_back(p); };
-
-    auto s = prefetch_file(golden_, set, options_);
+    Result<PrefetchSummary> s = Status::error(EAGAIN, "not run");
+    Result<PrefetchSummary> again = Status::error(EAGAIN, "not run");
+    Residency r;
+    for (int attempt = 1;; ++attempt) {
+        drop_cache(golden_);
+        ASSERT_EQ(residency(golden_, set).in_set_resident, 0u) << "the cache of the golden file was not dropped";
+        seen.clear();
+        const uint64_t drops = global_cache_drops();
+        s = prefetch_file(golden_, set, options_);
+        first = seen;
+        r = residency(golden_, set);
+        again = prefetch_file(golden_, set, options_);
+        if (global_cache_drops() == drops || attempt == kAttemptsAgainstDrops) break;
+        std::cerr << "another process dropped the page cache meanwhile (drop_caches): again\n";
+    }
     ASSERT_TRUE(s) << s.status().message();
     EXPECT_EQ(s->end, PrefetchEnd::complete) << s->detail;
     EXPECT_EQ(s->total_bytes, set.bytes());
@@ -65,19 +77,16 @@ TEST_F(PrefetchTest, ReadsExactlyTheBootSetAndASecondRunReadsNothing) {
     // Requests of at most 1 MiB: at least one per run, at least one per MiB.
     EXPECT_GE(s->requests, set.runs().size());
     EXPECT_GE(s->requests, set.bytes() / kMiB);
-    const Residency r = residency(golden_, set);
     EXPECT_EQ(r.in_set_resident, r.in_set) << "pages of the boot set missing from the page cache";
     // No readahead past the set: of the other ~176 MiB, (almost) nothing.
     EXPECT_LE(r.outside_resident, r.outside / 100) << r.outside_resident << " of " << r.outside
                                                    << " pages outside the boot set were read too";
     // Progress at 64 MiB and at the end, the last one complete.
-    ASSERT_GE(seen.size(), 2u);
-    EXPECT_EQ(seen.back().done_bytes, set.bytes());
-    EXPECT_EQ(seen.back().total_bytes, set.bytes());
-    EXPECT_GE(seen.front().done_bytes, 64 * kMiB);
+    ASSERT_GE(first.size(), 2u);
+    EXPECT_EQ(first.back().done_bytes, set.bytes());
+    EXPECT_EQ(first.back().total_bytes, set.bytes());
+    EXPECT_GE(first.front().done_bytes, 64 * kMiB);
 
-    seen.clear();
-    auto again = prefetch_file(golden_, set, options_);
     ASSERT_TRUE(again) << again.status().message();
     EXPECT_EQ(again->end, PrefetchEnd::complete);
     EXPECT_EQ(again->read_bytes, 0u);
@@ -88,14 +97,19 @@ TEST_F(PrefetchTest, ReadsExactlyTheBootSetAndASecondRunReadsNothing) {
 TEST_F(PrefetchTest, ReadsOnlyTheUncachedPartsOfAPartlyCachedSet) {
     const BootSet set = scattered_set(kFileSize, 16 * kMiB, 2);
     const auto runs = set.runs();
-    // The first run already in memory (read by a client, say).
-    {
+    Result<PrefetchSummary> s = Status::error(EAGAIN, "not run");
+    for (int attempt = 1;; ++attempt) {
+        drop_cache(golden_);
+        const uint64_t drops = global_cache_drops();
+        // The first run already in memory (read by a client, say).
         UniqueFd fd(::open(golden_.c_str(), O_RDONLY | O_CLOEXEC));
         ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_RANDOM);
         std::vector<uint8_t> buf(runs[0].length);
         ASSERT_EQ(::pread(fd.get(), buf.data(), buf.size(), static_cast<off_t>(runs[0].offset)), ssize_t(buf.size()));
+        s = prefetch_file(golden_, set, options_);
+        if (global_cache_drops() == drops || attempt == kAttemptsAgainstDrops) break;
+        std::cerr << "another process dropped the page cache meanwhile (drop_caches): again\n";
     }
-    auto s = prefetch_file(golden_, set, options_);
     ASSERT_TRUE(s) << s.status().message();
     EXPECT_EQ(s->end, PrefetchEnd::complete);
     EXPECT_EQ(s->cached_bytes, runs[0].length);
