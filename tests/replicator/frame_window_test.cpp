@@ -49,19 +49,27 @@ struct Drops {
     }
 };
 
-// A put() on a thread of its own, for the tests where it has to wait.
+// A put() on a thread of its own, for the tests where it has to wait. A test
+// that stops early releases it: every one of the window's `consumers` leaves.
 class BackgroundPut {
 public:
-    BackgroundPut(FrameWindow& w, ChangePtr item, Drops& drops, FrameWindow::Clock::duration* waited = nullptr)
-        : result_(std::async(std::launch::async, [this, &w, item, &drops, waited] {
-              bool ok = w.put(item, 30s, drops.fn(), waited);
+    BackgroundPut(FrameWindow& w, size_t consumers, ChangePtr item, Drops& drops,
+                  FrameWindow::Clock::duration* waited = nullptr)
+        : w_(w), consumers_(consumers), result_(std::async(std::launch::async, [this, item, &drops, waited] {
+              bool ok = w_.put(item, 30s, drops.fn(), waited);
               done_ = true;
               return ok;
           })) {}
+    ~BackgroundPut() {
+        if (!result_.valid()) return;
+        for (size_t c = 0; c < consumers_; ++c) w_.leave(c);
+    }
     bool done() const { return done_; }
     bool get() { return result_.get(); }
 
 private:
+    FrameWindow& w_;
+    size_t consumers_;
     std::atomic<bool> done_{false};  // before result_: the thread may set it at once
     std::future<bool> result_;
 };
@@ -115,7 +123,7 @@ protected:
 
 TEST_F(FullWindow, HoldsTheReaderUntilTheSlowestWriterMovesOn) {
     FrameWindow::Clock::duration waited{};
-    BackgroundPut third(w, frame_of(3, 100), drops, &waited);
+    BackgroundPut third(w, 2, frame_of(3, 100), drops, &waited);
     ASSERT_TRUE(reader_waits()) << "the reader did not wait for room";
     ASSERT_NE(w.get(0, 1), nullptr);  // the fast writer is past frame 1...
     ASSERT_TRUE(advance_seen(5s));
@@ -132,7 +140,7 @@ TEST_F(FullWindow, HoldsTheReaderUntilTheSlowestWriterMovesOn) {
 TEST_F(FullWindow, AWriterThatKeepsItFullForMaxStallIsDropped) {
     ASSERT_NE(w.get(0, 0), nullptr);
     ASSERT_NE(w.get(0, 1), nullptr);  // writer 0 keeps up; writer 1 never reads
-    BackgroundPut third(w, frame_of(3, 100), drops);
+    BackgroundPut third(w, 2, frame_of(3, 100), drops);
     ASSERT_TRUE(reader_waits());
     ASSERT_TRUE(advance_seen(30s - 1ms));
     EXPECT_FALSE(third.done()) << "dropped before max_stall";
@@ -166,7 +174,7 @@ TEST(FrameWindow, TheLeadLimitKeepsTheReaderCloseToTheFastestWriter) {
     Drops drops;
     ASSERT_TRUE(w.put(frame_of(1, 100), 30s, drops.fn()));
     ASSERT_TRUE(w.put(frame_of(2, 100), 30s, drops.fn()));
-    BackgroundPut third(w, frame_of(3, 100), drops);
+    BackgroundPut third(w, 1, frame_of(3, 100), drops);
     ASSERT_TRUE(eventually([&] { return time.waiting() > 0; })) << "the reader ran 300 bytes ahead";
     EXPECT_FALSE(third.done());
     ASSERT_NE(w.get(0, 0), nullptr);
