@@ -203,6 +203,32 @@ void print_channels(const json& r) {
               << version_text(u64(r, "test")) << "\n";
 }
 
+double number(const json& j, const char* key) {
+    return j.is_object() && j.contains(key) && j[key].is_number() ? j[key].get<double>() : 0.0;
+}
+
+// One line per file of the version, then the total.
+void print_prefetch(const json& r) {
+    char buf[160];
+    for (const json& f : list(r, "files")) {
+        std::cout << "  " << str(f, "file") << ": ";
+        if (str(f, "from") == "none" || !f.contains("seconds")) {
+            std::cout << (f.contains("error") ? "failed: " + str(f, "error") : std::string("no boot set")) << "\n";
+            continue;
+        }
+        std::string origin = str(f, "kind") == "predicted" ? "predicted from version " + std::to_string(u64(f, "source"))
+                                                           : std::to_string(u64(f, "boots")) + " boots";
+        std::snprintf(buf, sizeof(buf), "%.2f s, %.1f MiB/s", number(f, "seconds"), number(f, "mib_per_s"));
+        std::cout << bytes_text(u64(f, "read_bytes")) << " read of " << bytes_text(u64(f, "total_bytes")) << " ("
+                  << bytes_text(u64(f, "cached_bytes")) << " already cached), " << buf << ", " << str(f, "end")
+                  << " [" << str(f, "from") << ", " << origin << "]\n";
+    }
+    std::snprintf(buf, sizeof(buf), "%.2f s, %.1f MiB/s", number(r, "seconds"), number(r, "mib_per_s"));
+    std::cout << "image " << quoted(str(r, "image")) << " version " << u64(r, "version") << ": "
+              << bytes_text(u64(r, "read_bytes")) << " read of " << bytes_text(u64(r, "total_bytes")) << " in "
+              << list(r, "files").size() << " files, " << buf << "\n";
+}
+
 void print_prune(const json& r) {
     std::cout << "image " << quoted(str(r, "image")) << ": ";
     const json& deleted = list(r, "deleted");
@@ -391,9 +417,9 @@ void add_image_commands(CLI::App& app, Inputs& in, std::vector<Leaf>& leaves) {
     rollback->add_option("IMAGE", in.image, "Image name")->required();
     simple(leaves, rollback, "image.rollback", [&in] { return json{{"image", in.image}}; }, print_channels);
 
-    auto* prefetch = image->add_subcommand("prefetch", "Fetch a version to this node now");
+    auto* prefetch = image->add_subcommand("prefetch", "Read the version's boot set into this node's page cache");
     prefetch->add_option("IMAGE", in.image, "Image name")->required();
-    prefetch->add_option("VERSION", in.version, "Version number (default: the newest)");
+    prefetch->add_option("VERSION", in.version, "Version number (default: the production version)");
     leaves.push_back({prefetch, [&in]() -> Result<Call> {
                           json args{{"image", in.image}};
                           if (!in.version.empty()) {
@@ -401,10 +427,7 @@ void add_image_commands(CLI::App& app, Inputs& in, std::vector<Leaf>& leaves) {
                               if (!v) return v.status();
                               args["version"] = *v;
                           }
-                          return Call{"image.prefetch", args, [](const json& r) {
-                                          std::cout << "image " << quoted(str(r, "image")) << " version "
-                                                    << u64(r, "version") << ": " << str(r, "state") << "\n";
-                                      }};
+                          return Call{"image.prefetch", args, print_prefetch};
                       }});
 }
 

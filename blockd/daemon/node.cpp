@@ -193,6 +193,7 @@ Status Node::open() {
                                       [this](const repl::PeerIdentity& p, const json& r) { return on_peer(p, r); });
         if (!peer) return peer.status();
         peer_ = std::move(*peer);
+        prefetcher_ = std::make_unique<VersionPrefetcher>(cfg_.repository, PrefetchOptions{}, nullptr, nullptr);
         membership_->start();
         pushes_->start();
     } else {
@@ -274,9 +275,25 @@ Status Node::open() {
         uo.master_address = cfg_.master_address;
         uo.tls = from_master;
         uploader_ = std::make_unique<BootSetUploader>(uo, *store_);
+        master_tls_ = from_master;
+        prefetcher_ = std::make_unique<VersionPrefetcher>(
+            cfg_.repository, PrefetchOptions{},
+            [this](const std::string& image, uint64_t version, const std::string& file) -> Result<BootSetReply> {
+                auto answer = peer_call(cfg_.master_address, master_tls_,
+                                        to_json(BootSetGet{cfg_.name, image, version, file}));
+                if (!answer) return answer.status();
+                auto reply = bootset_reply_from_json(*answer);
+                if (!reply) return reply.status();
+                if (reply->image != image || reply->version != version || reply->file != file)
+                    return Status::error(EBADMSG, "bootset answer from the master is about another file");
+                return reply;
+            },
+            uploader_.get());
         clients_->start();
         link_->start();
         uploader_->start();
+        prefetcher_->start();
+        prefetch_at_start();
     }
 
     fs::path sock = cfg_.control_socket.empty() ? cfg_.runtime_dir / "blockd.sock" : cfg_.control_socket;
@@ -299,6 +316,7 @@ void Node::stop() {
     // Stop taking requests first, then the loops that act on them.
     if (metrics_) metrics_->stop();
     if (control_) control_->stop();
+    if (prefetcher_) prefetcher_->stop();
     if (link_) link_->stop();
     if (uploader_) uploader_->stop();
     if (membership_) membership_->stop();
@@ -453,6 +471,51 @@ void Node::on_received(const repl::ReceiveReport& report) {
         if (auto st = images_->recover(); !st) log(LogLevel::error, st.message());
     }
     if (clients_) clients_->trigger();
+    // Its boot set into the page cache before the desktops move to it.
+    if (prefetcher_) prefetcher_->enqueue(report.image, report.version);
+}
+
+void Node::prefetch_at_start() {
+    auto& repo = images_->repository();
+    auto names = repo.list_images();
+    if (!names) return;
+    for (const std::string& image : *names) {
+        auto held = repo.list_versions(image);
+        if (!held || held->empty()) continue;
+        std::vector<uint64_t> wanted;
+        if (auto ch = store_->channels(image)) wanted = {ch->production, ch->test};
+        bool any = false;
+        for (uint64_t v : wanted) {
+            if (v == 0 || std::find(held->begin(), held->end(), v) == held->end()) continue;
+            prefetcher_->enqueue(image, v);
+            any = true;
+        }
+        // Channels not heard from the master yet: what clients would get is the newest.
+        if (!any) prefetcher_->enqueue(image, held->back());
+    }
+}
+
+Result<json> Node::cmd_prefetch(const std::string& image, const json& args, const ProgressFn& progress) {
+    uint64_t version = 0;
+    if (args.is_object() && args.contains("version") && !args["version"].is_null()) {
+        auto v = arg_uint(args, "version");
+        if (!v) return v.status();
+        version = *v;
+    } else {
+        if (auto ch = store_->channels(image); ch) version = ch->production;
+        if (version == 0)
+            return Status::error(ENOENT, "image '" + image + "': no production version known on this node; name a version");
+    }
+    if (version == 0) return invalid("image '" + image + "': version 0 does not exist");
+    auto last = std::chrono::steady_clock::time_point{};
+    auto r = prefetcher_->run(image, version, [&](const std::string& file, uint64_t done, uint64_t total) {
+        auto now = std::chrono::steady_clock::now();
+        if (!progress || (done < total && now - last < std::chrono::milliseconds(100))) return;
+        last = now;
+        progress("prefetching '" + image + "' version " + std::to_string(version) + " '" + file + "'", done, total);
+    });
+    if (!r) return r.status();
+    return to_json(*r);
 }
 
 Result<json> Node::handle(const std::string& cmd, const json& args, const ProgressFn& progress) {
@@ -511,6 +574,8 @@ Result<json> Node::cmd_image(const std::string& verb, const json& args, const Pr
     auto image = arg_string(args, "image");
     if (!image) return image.status();
     if (auto st = validate_name("image name", *image); !st) return st;
+    // Not under images_mu_: a prefetch takes a while and only reads.
+    if (verb == "prefetch") return cmd_prefetch(*image, args, progress);
     std::lock_guard lk(images_mu_);
     if (verb == "versions") {
         auto vs = images_->versions(*image);
@@ -585,7 +650,6 @@ Result<json> Node::cmd_image(const std::string& verb, const json& args, const Pr
         if (pushes_) pushes_->trigger();
         return to_json(*ch);
     }
-    if (verb == "prefetch") return Status::error(ENOTSUP, "image '" + *image + "': prefetch is not implemented yet");
     return invalid("unknown command 'image." + verb + "'");
 }
 

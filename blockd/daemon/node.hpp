@@ -14,6 +14,7 @@
 
 #include "boot_set_exchange.hpp"
 #include "boot_set_uploader.hpp"
+#include "version_prefetcher.hpp"
 #include "client_manager.hpp"
 #include "config.hpp"
 #include "control_protocol.hpp"
@@ -51,6 +52,9 @@ private:
     PongReply on_ping(const PingRequest& ping);
     nlohmann::json on_peer(const repl::PeerIdentity& peer, const nlohmann::json& request);
     void on_received(const repl::ReceiveReport& report);
+    // Replica at start: the production and test version of each image held.
+    void prefetch_at_start();
+    Result<nlohmann::json> cmd_prefetch(const std::string& image, const nlohmann::json& args, const ProgressFn& progress);
     repl::TlsConfig tls() const;
 
     Result<nlohmann::json> cmd_status();
@@ -73,6 +77,8 @@ private:
     std::thread receiver_thread_;
     std::unique_ptr<BootSetExchange> bootsets_;   // master: bootset.put/get
     std::unique_ptr<BootSetUploader> uploader_;   // replica: boot sets to the master
+    std::unique_ptr<VersionPrefetcher> prefetcher_;  // boot sets into the page cache (background: replica)
+    repl::TlsConfig master_tls_;                  // replica: client side towards the master
     std::unique_ptr<PeerServer> peer_;
     std::unique_ptr<ControlServer> control_;
     std::unique_ptr<MetricsServer> metrics_;  // GET /metrics (docs/metrics.md)
