@@ -129,6 +129,10 @@ os.rename(path + ".tmp", path)
 print(f"boot set: {marked} chunks of 64 KiB = {marked * chunk / 1048576:.1f} MiB", file=sys.stderr)
 PY
 
+# Global drop_caches by other people's benchmarks (this machine is shared) empty
+# the page cache under a warm run: counted, and said in the table.
+drops() { awk '$1 == "drop_pagecache" || $1 == "drop_slab" { n += $2 } END { print n + 0 }' /proc/vmstat; }
+drops_seen=$(drops)
 dev_reads() { awk '{print $1, $3}' "/sys/block/$loopname/stat"; }  # reads completed, sectors read
 # run_one LABEL [PREFIX [warm]]: one cold prefetch (warm: nothing dropped); prints a table row.
 run_one() {
@@ -137,15 +141,17 @@ run_one() {
   before=$(dev_reads)
   out=$(sh -c "${prefix}exec '$tool' --json --repo '$mnt/repo' bench 1") || die "icbd-prefetch failed: $out"
   after=$(dev_reads)
-  python3 - "$label" "$before" "$after" "$out" <<'PY'
+  python3 - "$label" "$before" "$after" "$out" "$drops_seen" "$(drops)" <<'PY'
 import json, sys
 label, b, a, out = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), json.loads(sys.argv[4])
+if sys.argv[5] != sys.argv[6]: label += " (another process's drop_caches since the last run)"
 f = out["files"][0]
 reqs, sectors = int(a[0]) - int(b[0]), int(a[1]) - int(b[1])
 print(f"| {label} | {f['read_bytes'] / 1048576:.1f} | {f['cached_bytes'] / 1048576:.1f} | {f['seconds']:.2f} | "
       f"{f['mib_per_s']:.1f} | {f['requests']} | {f['read_bytes'] / max(1, f['requests']) / 1024:.0f} | "
       f"{reqs} | {sectors * 512 / max(1, reqs) / 1024:.0f} | {f['end']} |")
 PY
+  drops_seen=$(drops)
 }
 
 echo "### icbd-prefetch: a ${set_mib} MiB boot set in 64 KiB-1 MiB runs over a ${size_mib} MiB file, ext4 on a loop device"
