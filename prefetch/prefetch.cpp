@@ -24,6 +24,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -126,7 +127,14 @@ public:
         const unsigned n = std::max(1u, std::min<unsigned>(o_.in_flight, static_cast<unsigned>(reqs_.size())));
         {
             std::vector<std::jthread> threads;
-            for (unsigned i = 0; i < n; ++i) threads.emplace_back([this] { worker(); });
+            try {
+                for (unsigned i = 0; i < n; ++i) threads.emplace_back([this] { worker(); });
+            } catch (const std::system_error& e) {
+                // Out of threads: those that started do the work, more slowly.
+                if (threads.empty())
+                    return Status::error(e.code().value() ? e.code().value() : EAGAIN,
+                                         "prefetch of " + quoted(file_) + ": cannot start a reading thread: " + e.what());
+            }
         }
         if (!error_.is_ok()) return error_;
         if (!stopped_) {
