@@ -53,6 +53,7 @@ const std::vector<TableKeys>& schema() {
         {"tgt", {"control_port", "iqn_prefix"}},
         {"clients", {"overlay_dir", "cache_dir", "cache_size", "default_channel", "reconcile_interval"}},
         {"metrics", {"listen", "dir"}},
+        {"prefetch", {"enabled", "max_rate"}},
     };
     return s;
 }
@@ -169,6 +170,13 @@ public:
         if (v < lo || v > hi)
             return fail(path, std::to_string(v) + " is not in " + std::to_string(lo) + ".." + std::to_string(hi));
         return std::optional<int64_t>(v);
+    }
+
+    Result<std::optional<bool>> boolean(std::string_view path) const {
+        auto n = root_.at_path(path);
+        if (!n) return std::optional<bool>{};
+        if (!n.is_boolean()) return wrong_type(path, "true or false", *n.node());
+        return std::optional<bool>(n.as_boolean()->get());
     }
 
     // A string that must be one of `choices`.
@@ -463,6 +471,13 @@ Status read_metrics(const Reader& r, NodeConfig& c) {
     return Status::ok();
 }
 
+// [prefetch]: boot sets read into the page cache at publish and start (docs/blockd.md, "Boot sets").
+Status read_prefetch(const Reader& r, NodeConfig& c) {
+    if (Status s = take(r.boolean("prefetch.enabled"), c.prefetch_enabled); !s) return s;
+    if (Status s = take(r.size("prefetch.max_rate"), c.prefetch_max_rate); !s) return s;
+    return Status::ok();
+}
+
 Status read_tgt(const Reader& r, NodeConfig& c) {
     std::optional<int64_t> port;
     if (Status s = take(r.integer("tgt.control_port", 0, 65535), port); !s) return s;
@@ -531,6 +546,7 @@ Result<NodeConfig> parse_config(const std::string& text, const std::string& name
     if (Status s = read_tgt(r, c); !s) return s;
     if (Status s = read_clients(r, c); !s) return s;
     if (Status s = read_metrics(r, c); !s) return s;
+    if (Status s = read_prefetch(r, c); !s) return s;
     return c;
 }
 

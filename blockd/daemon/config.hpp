@@ -69,6 +69,11 @@ struct NodeConfig {
     std::string metrics_listen = "127.0.0.1:9474";
     std::filesystem::path metrics_dir = "/run/icbd/luns";
 
+    // Boot sets into the page cache (docs/blockd.md, "Boot sets"): at publish
+    // and start on a replica (blockctl image prefetch runs either way); bytes/s, 0 = unlimited.
+    bool prefetch_enabled = true;
+    uint64_t prefetch_max_rate = 0;
+
     std::filesystem::path source;  // the file this was read from (messages)
 };
 

@@ -131,6 +131,12 @@ Result<std::unique_ptr<Node>> Node::start(const NodeConfig& config) {
 
 Node::~Node() { stop(); }
 
+PrefetchOptions Node::prefetch_options() const {
+    PrefetchOptions o;
+    o.max_rate = cfg_.prefetch_max_rate;
+    return o;
+}
+
 repl::TlsConfig Node::tls() const {
     repl::TlsConfig t;
     t.ca_file = cfg_.tls_ca;
@@ -193,7 +199,7 @@ Status Node::open() {
                                       [this](const repl::PeerIdentity& p, const json& r) { return on_peer(p, r); });
         if (!peer) return peer.status();
         peer_ = std::move(*peer);
-        prefetcher_ = std::make_unique<VersionPrefetcher>(cfg_.repository, PrefetchOptions{}, nullptr, nullptr);
+        prefetcher_ = std::make_unique<VersionPrefetcher>(cfg_.repository, prefetch_options(), nullptr, nullptr);
         membership_->start();
         pushes_->start();
     } else {
@@ -277,7 +283,7 @@ Status Node::open() {
         uploader_ = std::make_unique<BootSetUploader>(uo, *store_);
         master_tls_ = from_master;
         prefetcher_ = std::make_unique<VersionPrefetcher>(
-            cfg_.repository, PrefetchOptions{},
+            cfg_.repository, prefetch_options(),
             [this](const std::string& image, uint64_t version, const std::string& file) -> Result<BootSetReply> {
                 auto answer = peer_call(cfg_.master_address, master_tls_,
                                         to_json(BootSetGet{cfg_.name, image, version, file}));
@@ -293,7 +299,7 @@ Status Node::open() {
         link_->start();
         uploader_->start();
         prefetcher_->start();
-        prefetch_at_start();
+        if (cfg_.prefetch_enabled) prefetch_at_start();
     }
 
     fs::path sock = cfg_.control_socket.empty() ? cfg_.runtime_dir / "blockd.sock" : cfg_.control_socket;
@@ -472,7 +478,7 @@ void Node::on_received(const repl::ReceiveReport& report) {
     }
     if (clients_) clients_->trigger();
     // Its boot set into the page cache before the desktops move to it.
-    if (prefetcher_) prefetcher_->enqueue(report.image, report.version);
+    if (prefetcher_ && cfg_.prefetch_enabled) prefetcher_->enqueue(report.image, report.version);
 }
 
 void Node::prefetch_at_start() {

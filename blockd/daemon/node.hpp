@@ -56,6 +56,7 @@ private:
     void prefetch_at_start();
     Result<nlohmann::json> cmd_prefetch(const std::string& image, const nlohmann::json& args, const ProgressFn& progress);
     repl::TlsConfig tls() const;
+    PrefetchOptions prefetch_options() const;
 
     Result<nlohmann::json> cmd_status();
     Result<nlohmann::json> cmd_image(const std::string& verb, const nlohmann::json& args, const ProgressFn& progress);

@@ -249,6 +249,18 @@ TEST_F(BootSetSystemTest, CorruptBootSetOnTheMasterIsLoggedAndNothingIsPrefetche
     EXPECT_NE(missing.output.find("image 'linux' version 9: not on this node"), std::string::npos) << missing.output;
     EXPECT_TRUE(master.running());
     EXPECT_TRUE(r1.running());
+
+    // At start blockd prefetches the versions its desktops would get (here the
+    // production version 1; the master still has no usable set for it).
+    r1.stop();
+    r1.start();
+    auto count = [&](const std::string& needle) {
+        const std::string log = r1.log();
+        size_t n = 0;
+        for (size_t at = log.find(needle); at != std::string::npos; at = log.find(needle, at + 1)) ++n;
+        return n;
+    };
+    EXPECT_TRUE(eventually([&] { return count("image 'linux' version 1: prefetch done") >= 2; }, 20s)) << r1.log();
 }
 
 }  // namespace

@@ -567,5 +567,29 @@ TEST_F(ConfigTest, MetricsListenDefaultsToLoopbackAndCanBeTurnedOff) {
     expect_error(k, ": metrics.port: unknown key (known: listen, dir)");
 }
 
+// [prefetch] (docs/blockd.md, "Boot sets"): on and unlimited unless told otherwise.
+TEST_F(ConfigTest, PrefetchIsOnByDefaultAndTakesARate) {
+    NodeConfig c = parse_ok(replica_keys());
+    EXPECT_TRUE(c.prefetch_enabled);
+    EXPECT_EQ(c.prefetch_max_rate, 0u);
+
+    Keys k = replica_keys();
+    k["prefetch.enabled"] = "false";
+    k["prefetch.max_rate"] = quote("200M");
+    c = parse_ok(k);
+    EXPECT_FALSE(c.prefetch_enabled);
+    EXPECT_EQ(c.prefetch_max_rate, 200ull << 20);
+
+    k = replica_keys();
+    k["prefetch.enabled"] = quote("yes");
+    expect_error(k, ": prefetch.enabled: expected true or false");
+    k = replica_keys();
+    k["prefetch.max_rate"] = "-1";
+    expect_error(k, ": prefetch.max_rate: -1 is negative");
+    k = replica_keys();
+    k["prefetch.rate"] = "1";
+    expect_error(k, ": prefetch.rate: unknown key (known: enabled, max_rate)");
+}
+
 }  // namespace
 }  // namespace icbd::node
