@@ -74,6 +74,7 @@ void BootSetUploader::run() {
         cv_.wait_for(lock, opt_.fallback, [this] { return stopping_ || wake_; });
         if (stopping_) break;
         wake_ = false;
+        if (opt_.ready && !opt_.ready()) continue;
         lock.unlock();
         if (auto r = scan_once(); !r) log(LogLevel::error, "boot set uploader: " + r.status().message());
         lock.lock();

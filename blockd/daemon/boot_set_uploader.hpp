@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
@@ -31,6 +32,9 @@ public:
         // A scan without a keepalive after this long (a master that pings
         // rarely still gets the sets).
         std::chrono::milliseconds fallback{30'000};
+        // Scans only while this is true (registered: the master refuses
+        // replicas it does not know, and a refusal is never retried).
+        std::function<bool()> ready;
     };
     BootSetUploader(Options options, NodeStore& store);
     ~BootSetUploader();  // stop()

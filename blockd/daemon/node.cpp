@@ -280,6 +280,7 @@ Status Node::open() {
         uo.node_name = cfg_.name;
         uo.master_address = cfg_.master_address;
         uo.tls = from_master;
+        uo.ready = [this] { return link_->registered(); };
         uploader_ = std::make_unique<BootSetUploader>(uo, *store_);
         master_tls_ = from_master;
         prefetcher_ = std::make_unique<VersionPrefetcher>(
