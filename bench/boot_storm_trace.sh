@@ -245,6 +245,7 @@ settle() {
 }
 loop_reads() { awk '{print $1, $3}' "/sys/block/$loopname/stat"; }  # requests, sectors
 clk_tck=$(getconf CLK_TCK)
+drops() { awk '$1 == "drop_pagecache" {print $2}' /proc/vmstat; }  # someone else's drop_caches
 tgtd_cpu_ticks() {  # utime + stime of the whole tgtd process (all threads)
   local stat
   stat=$(cat "/proc/$TGTD_PID/stat" 2>/dev/null) || { echo 0; return; }
@@ -310,7 +311,7 @@ log "$max_clients client LUNs and the load LUN exported"
 
 # --- the storms ------------------------------------------------------------------------
 raw="$work/raw.tsv"
-printf 'run\tclients\tcase\ttgtd_cpu_s\twall_s\tfirst_s\tp50_us\tp99_us\tmax_us\tdisk_reqs\tdisk_bytes\tpf_s\tpf_read_bytes\tpf_reqs\tpf_end\tpf_disk_reqs\n' >"$raw"
+printf 'run\tclients\tcase\tresident_mib\tdrops\ttgtd_cpu_s\treplay_cpu_s\twall_s\tfirst_s\tp50_us\tp99_us\tmax_us\tdisk_reqs\tdisk_bytes\tpf_s\tpf_read_bytes\tpf_reqs\tpf_end\tpf_disk_reqs\n' >"$raw"
 prefetch_json() {  # prefetch_json [ARGS]: icbd-prefetch of the golden file; sets pf="seconds read_bytes requests end"
   local rc
   run_child "$work/pf.json" "$work/pf.err" "${in_cgroup[@]}" "$prefetch" --json "$@" --bootset "$sidecar" "$golden"
@@ -342,6 +343,8 @@ for run in $(seq "$runs"); do
         reset_page_cache "$golden" warm || log "warming $golden failed"
         throttle_on
       fi
+      resident=$(fincore -nb -o RES "$golden" 2>/dev/null | awk '{printf "%.0f", $1 / 1048576}')
+      drops0=$(drops)
       read -r r0 s0 < <(loop_reads)
       cpu0=$(tgtd_cpu_ticks)
       run_child "$work/replay.json" "$work/replay.err" "$replay" --trace "$trace" --urls-file "$work/urls" \
@@ -349,16 +352,17 @@ for run in $(seq "$runs"); do
       rc=$?
       read -r r1 s1 < <(loop_reads)
       cpu=$(awk -v d=$(( $(tgtd_cpu_ticks) - cpu0 )) -v hz="$clk_tck" 'BEGIN{printf "%.2f", d/hz}')
+      disturbed=$(( $(drops) - drops0 ))
       if [ $rc -ne 0 ]; then
         log "run $run, $n clients, $c: icbd-boot-replay failed (rc $rc): $(tail -3 "$work/replay.err" | tr '\n' ' ')"
         failures=$((failures + 1))
         continue
       fi
-      read -r wall first p50 p99 mx < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); l=d["lat_us"]
-print(d["wall_s"], d["first_done_s"], l["p50"], l["p99"], l["max"])' "$work/replay.json")
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$run" "$n" "$c" "$cpu" "$wall" "$first" "$p50" "$p99" "$mx" \
+      read -r wall first p50 p99 mx rcpu < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); l=d["lat_us"]
+print(d["wall_s"], d["first_done_s"], l["p50"], l["p99"], l["max"], d.get("cpu_s", "-"))' "$work/replay.json")
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$run" "$n" "$c" "$resident" "$disturbed" "$cpu" "$rcpu" "$wall" "$first" "$p50" "$p99" "$mx" \
         "$((r1 - r0))" "$(( (s1 - s0) * 512 ))" $pf "$pfd" >>"$raw"
-      log "run $run/$runs, $n clients, $c: last client done at $wall s, p99 $p99 us, disk $((r1 - r0)) requests / $(( (s1 - s0) * 512 / 1048576 )) MiB$( [ "$c" = prefetched ] && echo " (prefetch before: $pf, $pfd disk requests)")"
+      log "run $run/$runs, $n clients, $c: $resident MiB of the golden file cached before,$( [ "$disturbed" -gt 0 ] && echo " DISTURBED (someone dropped the page cache $disturbed time(s))") last client done at $wall s, p99 $p99 us, disk $((r1 - r0)) requests / $(( (s1 - s0) * 512 / 1048576 )) MiB$( [ "$c" = prefetched ] && echo " (prefetch before: $pf, $pfd disk requests)")"
     done
   done
 done
@@ -366,7 +370,7 @@ done
 # --- prefetch interference -----------------------------------------------------------------
 # The load lasts twice the prefetch's time (from the prefetched runs) plus 2 s,
 # so that a rate-limited prefetch ends within it too.
-pf_s=$(awk -F'\t' 'NR > 1 && $3 == "prefetched" && $12 != "-" {s = $12} END {print s + 0}' "$raw")
+pf_s=$(awk -F'\t' 'NR > 1 && $3 == "prefetched" && $15 != "-" {s = $15} END {print s + 0}' "$raw")
 load_s=$(awk -v p="$pf_s" 'BEGIN{v = 2 * p + 2; if (v < 4) v = 4; printf "%.1f", v}')
 interf="$work/interf.tsv"
 printf 'run\tcase\tiops\tp50_us\tp99_us\tp999_us\tmax_us\tpf_s\n' >"$interf"
@@ -419,21 +423,28 @@ python3 - "$raw" "$interf" "$load_rate" "$prefetch_rate" >>"$report" <<'PY'
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 med = lambda v: statistics.median(v) if v else None
+def used(n, c):
+    rs = [r for r in rows if r["clients"] == n and r["case"] == c]
+    calm = [r for r in rs if r["drops"] == "0"]
+    return calm or rs
 def m(n, c, k):
-    return med([float(r[k]) for r in rows if r["clients"] == n and r["case"] == c and r[k] not in ("-", "")])
-print("| clients | case | last client done s | first client done s | read p50 / p99 µs | disk reads | avg KiB/read | tgtd CPU s | prefetch before: s, MiB, disk reads |")
-print("|---:|---|---:|---:|---:|---:|---:|---:|---|")
+    return med([float(r[k]) for r in used(n, c) if r[k] not in ("-", "")])
+print("Medians of the runs; a run during which someone else dropped the page cache (/proc/vmstat drop_pagecache) is left out when the case has others, and flagged.")
+print()
+print("| clients | case | last client done s | first client done s | read p50 / p99 µs | disk reads | avg KiB/read | golden cached before, MiB | CPU s tgtd / replayer | prefetch before: s, MiB, disk reads |")
+print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
 for n in dict.fromkeys(r["clients"] for r in rows):
     for c in ("cold", "prefetched", "warm"):
         w = m(n, c, "wall_s")
         if w is None:
-            print(f"| {n} | {c} | failed | | | | | | |"); continue
+            print(f"| {n} | {c} | failed | | | | | | | |"); continue
         reqs, b = m(n, c, "disk_reqs"), m(n, c, "disk_bytes")
-        avg = f"{b / reqs / 1024:.0f}" if reqs else "–"
+        avg = f"{b / reqs / 1024:.0f}" if reqs >= 1 else "–"
         pf = "–"
         if c == "prefetched" and m(n, c, "pf_s") is not None:
             pf = f"{m(n, c, 'pf_s'):.2f} s, {m(n, c, 'pf_read_bytes') / 1048576:.0f} MiB, {m(n, c, 'pf_disk_reqs'):.0f}"
-        print(f"| {n} | {c} | {w:.3f} | {m(n, c, 'first_s'):.3f} | {m(n, c, 'p50_us'):.0f} / {m(n, c, 'p99_us'):.0f} | {reqs:.0f} | {avg} | {m(n, c, 'tgtd_cpu_s'):.1f} | {pf} |")
+        flag = " (disturbed)" if any(r["drops"] != "0" for r in used(n, c)) else ""
+        print(f"| {n} | {c}{flag} | {w:.3f} | {m(n, c, 'first_s'):.3f} | {m(n, c, 'p50_us'):.0f} / {m(n, c, 'p99_us'):.0f} | {reqs:.0f} | {avg} | {m(n, c, 'resident_mib'):.0f} | {m(n, c, 'tgtd_cpu_s'):.1f} / {m(n, c, 'replay_cpu_s'):.1f} | {pf} |")
 print()
 print("| clients | prefetched / warm (target <= 1.1x) | cold / prefetched (target >= 3x) | p99 prefetched / warm |")
 print("|---:|---:|---:|---:|")
