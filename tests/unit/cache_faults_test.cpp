@@ -47,7 +47,7 @@ protected:
         // 128 blocks: just above the low watermark, so the flusher's first
         // round takes every one of them.
         EXPECT_EQ(write_until_failure(0, 512 << 10, 140).status, scsi::status_good);
-        settle();
+        settle_until([&] { return plan_->hits() >= 1; });
         ASSERT_EQ(plan_->hits(), 1u) << "the flusher never synced below: the test proved nothing";
         expect_acknowledged_data_after_reopen();
     }
@@ -58,7 +58,7 @@ protected:
         open_cached("1M");
         fault(op, below_file(), 1, EIO, UINT64_MAX);
         EXPECT_EQ(write_until_failure(0, 704 << 10, seed).status, scsi::status_good);
-        settle();
+        settle_until([&] { return plan_->hits() > 0; });
         EXPECT_GT(plan_->hits(), 0u) << "the flusher never reached the device below: the test proved nothing";
     }
     // 64 KiB writes from `from` on until one fails or `until`; returns the
@@ -133,7 +133,7 @@ TEST_P(CacheFaults, AFailedFreeEntrySyncFailsTheCacheAndKeepsWhatWasCommitted) {
     const auto before = model_slice(448 << 10, 256 << 10);
     write_until_failure(448 << 10, 704 << 10, 120);
     may_be_lost(448 << 10, before);
-    settle();
+    settle_until([&] { return plan_->hits() >= 1; });
     ASSERT_EQ(plan_->hits(), 1u) << "no write-back round reached its FREE entries";
     EXPECT_TRUE(medium_error_write(sync())) << "the initiator must learn that its writes are not durable";
     EXPECT_TRUE(medium_error_write(write(1 << 20, pattern(4096, 130)))) << "a failed cache takes no more writes";

@@ -175,6 +175,15 @@ protected:
             usleep(200);
         }
     }
+    // Runs the LUN's loop until `done()` (then a little more, so what the
+    // event set in motion completes) or 10 s: the flusher's rounds take as
+    // long as a loaded machine makes them (regression: a fixed 40 ms was
+    // not always enough under ctest -j2).
+    template <typename Pred>
+    void settle_until(Pred done) {
+        for (int i = 0; i < 50000 && !done(); ++i) settle(1);
+        settle();
+    }
     // Compares `got` with the model; at most a few differences are reported.
     void expect_model(const std::vector<uint8_t>& got, const char* when) {
         ASSERT_EQ(got.size(), expected_.size());
