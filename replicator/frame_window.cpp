@@ -68,13 +68,21 @@ ChangePtr FrameWindow::get(size_t c, uint64_t index, Clock::duration* waited) {
         cv_.wait(lk, ready);
         if (waited) *waited += time_.now() - t0;
     }
-    if (!cons_[c].active || index >= first_ + items_.size()) return nullptr;
+    // An index already trimmed (not held) cannot be served: the end for `c`.
+    if (!cons_[c].active || index < first_ || index >= first_ + items_.size()) return nullptr;
     return items_[index - first_];
 }
 
 void FrameWindow::leave(size_t c) {
     std::lock_guard lk(mu_);
     cons_[c].active = false;
+    trim();
+    cv_.notify_all();
+}
+
+void FrameWindow::hold(size_t c, uint64_t index) {
+    std::lock_guard lk(mu_);
+    cons_[c].held = index;
     trim();
     cv_.notify_all();
 }
@@ -96,7 +104,7 @@ size_t FrameWindow::active_count() const {
 void FrameWindow::trim() {
     uint64_t keep_from = UINT64_MAX;
     for (const auto& c : cons_)
-        if (c.active) keep_from = std::min(keep_from, c.next);
+        if (c.active) keep_from = std::min({keep_from, c.next, c.held});
     while (!items_.empty() && first_ < keep_from) {
         bytes_ -= items_.front()->frame.size();
         items_.pop_front();

@@ -62,6 +62,12 @@ public:
     // Consumer `c` stops reading (done, or its connection failed).
     void leave(size_t c);
 
+    // Consumer `c` keeps every item from absolute `index` on, even those it has
+    // read, until it holds a later one or leaves: a relay's child that is cut
+    // resumes from its last acknowledged checkpoint, which may be behind what
+    // its writer had read (docs/replication-protocol.md, section 11).
+    void hold(size_t c, uint64_t index);
+
     bool dropped(size_t c);
     Status reader_status();
 
@@ -73,6 +79,7 @@ private:
 
     struct Consumer {
         uint64_t next = 0;
+        uint64_t held = UINT64_MAX;  // hold(): kept from here on
         bool active = true;
         bool dropped = false;
     };

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "applier.hpp"
+#include "relay.hpp"
 #include "digests.hpp"
 #include "failure_code.hpp"
 #include "icbd/endian.hpp"
@@ -192,8 +193,28 @@ Status Receiver::Connection::offer(const Offer& o) {
         }
         staging.emplace(std::move(b.value()));
     }
+    // A relay: its children negotiate first, so that our parent resends from
+    // the earliest point any of them needs (section 11).
+    std::unique_ptr<Relay> relay;
+    if (!rx.opt_.relay_to.empty()) {
+        RelaySettings rs;
+        rs.children = rx.opt_.relay_to;
+        rs.tls = rx.opt_.relay_tls;
+        rs.node_name = node;
+        rs.capabilities = rx.opt_.capabilities;
+        rs.window_bytes = rx.opt_.relay_window_bytes;
+        rs.max_stall = rx.opt_.relay_max_stall;
+        relay = std::make_unique<Relay>(std::move(rs), o, *need);
+        auto [seq, chain] = relay->start();
+        if (seq < need->resume_seq) {
+            need->resume_seq = seq;
+            need->resume_chain = chain;
+        }
+        if (!relay->fed()) relay.reset();
+    }
     rep.resumed_after = need->resume_seq;
     if (Status s = send(*need); !s) {
+        if (relay) relay->abort(s);
         rep.status = Status::error(s.code(), what_s + ": " + s.message());
         rep.staging_kept = true;
         rx.record(rep);
@@ -206,6 +227,7 @@ Status Receiver::Connection::offer(const Offer& o) {
     auto stop = [&](ErrorCode code, const Status& s, bool tell) {
         rep.code = code;
         rep.status = Status::error(s.code() ? s.code() : EIO, what_s + ": " + s.message());
+        if (relay) relay->abort(rep.status);
         rep.data_bytes_written = applier.data_bytes();
         // A resume cannot help after these (section 6); a full disk gets its space back.
         bool discard = code == ErrorCode::digest_mismatch || code == ErrorCode::no_space || code == ErrorCode::bad_name;
@@ -251,6 +273,11 @@ Status Receiver::Connection::offer(const Offer& o) {
                 *m);
             if (!added) return stop(ErrorCode::protocol, added, true);
             ++rep.changes_applied;
+            // Verified (checksums, fields, applied, chained): now the children may have it.
+            if (relay) {
+                const auto* d = std::get_if<Data>(&*m);
+                relay->forward(fr, chain.seq(), chain.value(), d ? d->length : 0);
+            }
             continue;
         }
         if (fr.type == FrameType::checkpoint) {
@@ -307,8 +334,13 @@ Status Receiver::Connection::offer(const Offer& o) {
             } else {
                 rep.published = true;
             }
+            if (relay) {
+                if (rep.published) relay->finish(*e);
+                else relay->abort(rep.status);
+            }
             Status sent = send(res);
             rx.record(rep);
+            if (relay) (void)relay->wait();  // logs each child's outcome
             if (!res.ok()) return rep.status;
             return sent;
         }

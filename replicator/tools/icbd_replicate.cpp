@@ -40,6 +40,7 @@ const char* kUsage =
     "usage:\n"
     "  icbd-replicate serve --root DIR --listen HOST:PORT --ca F --cert F --key F\n"
     "                       [--allow-peer NAME]... [--name NODE] [--insecure-plaintext] [--once]\n"
+    "                       [--relay-to HOST:PORT[,HOST:PORT...]]... [--relay-max-stall MS]\n"
     "  icbd-replicate push --root DIR --image NAME --version N --to HOST:PORT [--to ...]\n"
     "                      --ca F --cert F --key F [--allow-peer NAME]... [--name NODE]\n"
     "                      [--compress auto|zstd|lz4|none] [--compress-level N] [--compress-threads N]\n"
@@ -175,6 +176,28 @@ int cmd_serve(const Args& a) {
     ReceiverOptions ro;
     ro.root = root;
     ro.node_name = a.get("--name").value_or("");
+    for (const auto& list : a.all("--relay-to")) {
+        size_t from = 0;
+        for (;;) {
+            size_t comma = list.find(',', from);
+            std::string one = list.substr(from, comma == std::string::npos ? std::string::npos : comma - from);
+            auto child = parse_host_port(one);
+            if (!child) throw UsageError{"--relay-to: " + child.status().message()};
+            if (child->host == hp->host && child->port == hp->port && hp->port != 0)
+                throw UsageError{"--relay-to: " + one + " is this server's own --listen address (a cycle)"};
+            ro.relay_to.push_back(*child);
+            if (comma == std::string::npos) break;
+            from = comma + 1;
+        }
+    }
+    ro.relay_tls = tls;
+    if (auto ms = a.get("--relay-max-stall")) {
+        try {
+            ro.relay_max_stall = std::chrono::milliseconds(std::stoul(*ms));
+        } catch (const std::exception&) {
+            throw UsageError{"--relay-max-stall: not a number of milliseconds: '" + *ms + "'"};
+        }
+    }
     Receiver rx(ro);
     // SIGINT/SIGTERM stop the server from a thread that waits for them (no
     // work in a signal handler); sessions under way keep their staging.
@@ -409,7 +432,9 @@ int main(int argc, char** argv) {
     serve.value("--root", "The replica's repository").value("--listen", "HOST:PORT to listen on");
     add_tls_options(serve);
     serve.value("--name", "Our node name in HELLO (default: the host name)")
-        .flag("--once", "Exit after the first connection: 0 if it went well, 1 otherwise");
+        .flag("--once", "Exit after the first connection: 0 if it went well, 1 otherwise")
+        .repeatable("--relay-to", "Relay each version received to these replicas, HOST:PORT[,HOST:PORT...]")
+        .value("--relay-max-stall", "Milliseconds a relay child may keep the window full before it is dropped");
 
     Args push(app.add_subcommand("push", "Push one version of an image to one or more replicas"));
     push.value("--root", "The master's repository")

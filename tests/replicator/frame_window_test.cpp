@@ -185,3 +185,30 @@ TEST(FrameWindow, TheLeadLimitKeepsTheReaderCloseToTheFastestWriter) {
 
 }  // namespace
 }  // namespace icbd::repl
+
+namespace icbd::repl {
+namespace {
+
+// A relay's child cut mid-stream resumes from its last acknowledged checkpoint:
+// hold() keeps the frames from there even after the writer read past them, and
+// an index already trimmed is the end for that consumer, never a bad read.
+TEST(FrameWindowHold, HeldFramesStayUntilAConsumerHoldsALaterOne) {
+    FrameWindow w(1 << 20, 1);
+    Drops drops;
+    w.hold(0, 1);
+    for (uint64_t s = 1; s <= 4; ++s) ASSERT_TRUE(w.put(frame_of(s, 100), 1s, drops.fn()));
+    for (uint64_t i = 0; i < 4; ++i) ASSERT_NE(w.get(0, i), nullptr);
+    // Read up to index 3; held from 1: index 1 can be read again (the resume).
+    auto again = w.get(0, 1);
+    ASSERT_NE(again, nullptr);
+    EXPECT_EQ(again->seq, 2u);
+    // Without the hold, index 0 was trimmed: nullptr, not another frame.
+    EXPECT_EQ(w.get(0, 0), nullptr);
+    w.hold(0, 3);
+    w.get(0, 3);
+    EXPECT_EQ(w.get(0, 2), nullptr);
+    w.leave(0);
+}
+
+}  // namespace
+}  // namespace icbd::repl

@@ -15,6 +15,7 @@
 
 #include "icbd/replicator/transport.hpp"
 #include "icbd/replicator/compression.hpp"
+#include "icbd/replicator/host_port.hpp"
 #include "icbd/replicator/protocol.hpp"
 #include "icbd/status.hpp"
 
@@ -45,6 +46,15 @@ struct ReceiverOptions {
     // previous, cut attempt of the same push may not have noticed yet) before
     // answering `busy`.
     std::chrono::milliseconds busy_wait{5'000};
+    // Relay (docs/replication-protocol.md, section 11): forward each version
+    // received, frame by frame as verified, to these children; connect to them
+    // with `relay_tls`. Empty: a leaf replica.
+    std::vector<HostPort> relay_to;
+    TlsConfig relay_tls;
+    // A child that keeps the relay's window (`relay_window_bytes`) full this
+    // long is dropped from the push; its siblings and our receive go on.
+    std::chrono::milliseconds relay_max_stall{10'000};
+    uint64_t relay_window_bytes = 64u << 20;
     // Called after every OFFER handled (from the connection's thread).
     std::function<void(const ReceiveReport&)> on_report;
 };
