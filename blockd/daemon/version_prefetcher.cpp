@@ -167,9 +167,9 @@ std::optional<BootSet> VersionPrefetcher::find_set(const std::string& image, uin
         if (!reply) {
             log(LogLevel::warning, what + ": boot set from the master: " + reply.status().message(), fields);
         } else if (reply->kind != BootSetKind::none) {
-            auto set = BootSet::decode(reply->sidecar, "boot set from the master for " + what);
+            auto set = BootSet::decode(reply->sidecar, "answer");
             if (!set) {
-                log(LogLevel::warning, set.status().message() + "; ignored", fields);
+                log(LogLevel::warning, what + ": boot set from the master ignored: " + set.status().message(), fields);
             } else {
                 // The master's boots are its own: a recorded local one is worth more, never overwritten.
                 auto again = load_boot_set(boot_set_path(repo_, image, version, out.file));
