@@ -347,7 +347,7 @@ for run in $(seq "$runs"); do
       drops0=$(drops)
       read -r r0 s0 < <(loop_reads)
       cpu0=$(tgtd_cpu_ticks)
-      run_child "$work/replay.json" "$work/replay.err" "$replay" --trace "$trace" --urls-file "$work/urls" \
+      run_child "$work/replay.json" "$work/replay.err" timeout 900 "$replay" --trace "$trace" --urls-file "$work/urls" \
         --think-scale "$think_scale" --json
       rc=$?
       read -r r1 s1 < <(loop_reads)
