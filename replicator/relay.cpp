@@ -212,7 +212,13 @@ bool Relay::stream_to(Child& c) {
     std::optional<std::pair<uint64_t, uint64_t>> pending;
     uint64_t since = 0;
     PushOptions sched_opt;  // the master's default schedule, for a stream of unknown size
-    const CheckpointSchedule schedule = checkpoint_schedule(sched_opt, 16 * (16u << 20));
+    CheckpointSchedule schedule = checkpoint_schedule(sched_opt, 16 * (16u << 20));
+    // The window keeps each child's frames since its last acknowledged
+    // checkpoint, with one more outstanding: at most a quarter each, so that a
+    // child that keeps up never fills the window (and is never dropped).
+    // No minimum gap: on a fast link that would let the span grow past it.
+    schedule.every_bytes = std::max<uint64_t>(64u << 10, std::min<uint64_t>(schedule.every_bytes, set_.window_bytes / 4));
+    schedule.min_gap = std::chrono::milliseconds(0);
     auto last_cp = Clock::now();
     bool cut = false;
     auto record = [&] { c.report = s.report; };
@@ -220,6 +226,14 @@ bool Relay::stream_to(Child& c) {
     // (After a failed write, the frame read for the child's reason may be an
     // ack it sent before the cut: not a refusal either.)
     auto stream_failed = [&](const Status& st, bool after_write = false) {
+        if (window_->dropped(c.consumer)) {  // interrupted by the window's stall rule
+            std::lock_guard lk(s.drop_mu);
+            s.report.dropped = true;
+            s.fail(Status::error(ETIMEDOUT, s.drop_reason.empty() ? "dropped: too slow" : s.drop_reason),
+                   ErrorCode::cancelled, false);
+            record();
+            return true;
+        }
         cut = s.remote_code == ErrorCode::ok && (after_write || !s.protocol_violation);
         if (cut) {
             s.report.status = Status::error(st.code() ? st.code() : EIO, s.what() + ": " + st.message());
