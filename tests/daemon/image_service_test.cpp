@@ -319,9 +319,18 @@ TEST_F(ImageServiceTest, DeleteIsRefusedWhileAClientOrAChannelUsesTheVersion) {
     EXPECT_TRUE(fs::exists(version_dir(1)) && fs::exists(version_dir(2)) && fs::exists(version_dir(3)));
     EXPECT_EQ(store().versions("win10")->size(), 3u);
 
+    // Boot sets live beside the versions (docs/boot-set.md) and go with them.
+    const fs::path sets2 = version_dir(2).parent_path() / ".bootsets" / "2";
+    const fs::path sets3 = version_dir(3).parent_path() / ".bootsets" / "3";
+    for (const fs::path& d : {sets2, sets3}) {
+        fs::create_directories(d);
+        std::ofstream(d / "disk.raw.bset") << "set";
+    }
     users_.erase({"win10", 2});
     ASSERT_TRUE(svc().remove("win10", 2));
     EXPECT_FALSE(fs::exists(version_dir(2)));
+    EXPECT_FALSE(fs::exists(sets2));
+    EXPECT_TRUE(fs::exists(sets3 / "disk.raw.bset"));
     EXPECT_EQ(store().versions("win10")->size(), 2u);
     EXPECT_TRUE(store().intents()->empty());
     s = svc().remove("win10", 2);
