@@ -234,12 +234,16 @@ Status merge_into_boot_set(const std::filesystem::path& path, const BootSet& see
 
     BootSet merged = seen;
     auto old = load_boot_set(path);
-    if (old && old->chunk_shift() == seen.chunk_shift()) {
+    // A prediction (boots 0: another version's boots) gives way to the first
+    // real boot of this version rather than mixing with it: OR-ed in, its
+    // chunks would be reported as this version's own.
+    const bool prediction_replaced = old && old->boots == 0 && seen.boots > 0;
+    if (old && !prediction_replaced && old->chunk_shift() == seen.chunk_shift()) {
         merged = std::move(old.value());
         merged.resize(seen.file_size());
         if (Status s = merged.merge(seen); !s) return s;
         if (seen.boots > 0) merged.version = seen.version;
-    } else if (replaced) {
+    } else if (replaced && !prediction_replaced) {
         if (old) *replaced = "replaced a boot set of " + std::to_string(old->chunk_size()) + "-byte chunks";
         else if (old.status().code() != ENOENT) *replaced = old.status().message();
     }

@@ -79,7 +79,8 @@ Result<BootSet> load_boot_set(const std::filesystem::path& path);
 Status save_boot_set(const std::filesystem::path& path, const BootSet& set);
 // Read-merge-write under flock of the directory's `.lock`: ORs `seen` into the
 // sidecar at `path` (a missing, corrupt or foreign one is replaced; `replaced`
-// then says why, for the caller's one log line). Sets updated_ms to now.
+// then says why, for the caller's one log line; a prediction, boots 0, is
+// replaced by the first recorded boot without a word). Sets updated_ms to now.
 Status merge_into_boot_set(const std::filesystem::path& path, const BootSet& seen, std::string* replaced = nullptr);
 
 }  // namespace icbd

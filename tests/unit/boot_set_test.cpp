@@ -125,6 +125,30 @@ TEST(BootSet, BootsMergeByOrAndCountTheBoots) {
     EXPECT_GT(m->updated_ms, 0u);
 }
 
+TEST(BootSet, TheFirstRealBootReplacesAPredictionInsteadOfMixingWithIt) {
+    // A replica saved the master's prediction (version 6's boots) for version
+    // 7; the first desktop booting 7 records what 7 really reads.
+    ScratchDir d;
+    const fs::path p = d.path() / "disk.raw.bset";
+    BootSet predicted = make(MiB);
+    predicted.mark(0, 1);
+    predicted.boots = 0;
+    predicted.version = 6;
+    ASSERT_TRUE(icbd::save_boot_set(p, predicted));
+    BootSet seen = make(MiB);
+    seen.mark(256 * KiB, 1);
+    seen.boots = 1;
+    seen.version = 7;
+    std::string why;
+    ASSERT_TRUE(icbd::merge_into_boot_set(p, seen, &why));
+    EXPECT_TRUE(why.empty()) << why;
+    auto m = icbd::load_boot_set(p);
+    ASSERT_TRUE(m) << m.status().message();
+    EXPECT_EQ(m->runs(), (std::vector<BootSet::Run>{{256 * KiB, 64 * KiB}}));
+    EXPECT_EQ(m->boots, 1u);
+    EXPECT_EQ(m->version, 7u);
+}
+
 TEST(BootSet, ASetForAnotherFileSizeIsResizedWhenMerged) {
     // The next version's disk grew (or shrank): what the old boots read
     // still predicts the new boots, chunks past the new end are dropped.
