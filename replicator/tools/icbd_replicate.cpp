@@ -162,20 +162,7 @@ int cmd_serve(const Args& a) {
     auto hp = parse_host_port(a.need("--listen"));
     if (!hp) throw UsageError{"--listen: " + hp.status().message()};
     TlsConfig tls = tls_from(a);
-
-    auto repo = Repository::open(root);
-    if (!repo) {
-        std::fprintf(stderr, "icbd-replicate serve: %s\n", repo.status().message().c_str());
-        return kExitFailed;
-    }
-    auto listener = Listener::bind(hp->host, hp->port, tls);
-    if (!listener) {
-        std::fprintf(stderr, "icbd-replicate serve: %s\n", listener.status().message().c_str());
-        return kExitFailed;
-    }
     ReceiverOptions ro;
-    ro.root = root;
-    ro.node_name = a.get("--name").value_or("");
     for (const auto& list : a.all("--relay-to")) {
         size_t from = 0;
         for (;;) {
@@ -198,6 +185,19 @@ int cmd_serve(const Args& a) {
             throw UsageError{"--relay-max-stall: not a number of milliseconds: '" + *ms + "'"};
         }
     }
+
+    auto repo = Repository::open(root);
+    if (!repo) {
+        std::fprintf(stderr, "icbd-replicate serve: %s\n", repo.status().message().c_str());
+        return kExitFailed;
+    }
+    auto listener = Listener::bind(hp->host, hp->port, tls);
+    if (!listener) {
+        std::fprintf(stderr, "icbd-replicate serve: %s\n", listener.status().message().c_str());
+        return kExitFailed;
+    }
+    ro.root = root;
+    ro.node_name = a.get("--name").value_or("");
     Receiver rx(ro);
     // SIGINT/SIGTERM stop the server from a thread that waits for them (no
     // work in a signal handler); sessions under way keep their staging.

@@ -223,9 +223,11 @@ class ReplicaServer {
 public:
     ReplicaServer(const fs::path& root, const TlsConfig& tls, const std::string& name,
                   std::vector<HostPort> relay_to = {}, uint64_t relay_window = 64 * MiB,
-                  std::chrono::milliseconds relay_max_stall = 10s) {
+                  std::chrono::milliseconds relay_max_stall = 10s, std::vector<std::string> allow_peers = {}) {
         fs::create_directories(root);
-        auto l = Listener::bind("127.0.0.1", 0, tls);
+        TlsConfig server_tls = tls;
+        server_tls.allowed_peer_names = std::move(allow_peers);
+        auto l = Listener::bind("127.0.0.1", 0, server_tls);
         if (!l) throw std::runtime_error(l.status().message());
         listener_ = std::move(l.value());
         ReceiverOptions o;
@@ -465,6 +467,46 @@ TEST_F(RelayTest, ASlowChildIsDroppedWithoutStallingItsSiblingOrTheRelay) {
     ASSERT_TRUE(again->replicas[0].ok()) << again->replicas[0].status.message();
     EXPECT_GT(again->replicas[0].resume_seq, 0u);
     EXPECT_TRUE(same_tree(f1 / "repo/images/vm/1", master_version(1)));
+}
+
+// Bad input and faults: a child that accepts only the master refuses the relay
+// (TLS, --allow-peer); the relay and its other child go on; the master feeds it.
+TEST_F(RelayTest, AChildRefusesAnUnexpectedParentAndTheOthersGoOn) {
+    make_v1(8);
+    LoopFs fr(LoopFs::Type::btrfs, 256 * MiB), f1(LoopFs::Type::btrfs, 256 * MiB), f2(LoopFs::Type::btrfs, 256 * MiB);
+    ReplicaServer c1(f1 / "repo", tls("child1"), "child1", {}, 64 * MiB, 10s, {"master"});
+    ReplicaServer c2(f2 / "repo", tls("child2"), "child2");
+    ReplicaServer relay(fr / "repo", tls("relay"), "relay", {c1.target(), c2.target()});
+    auto one = push(options({relay.target()}, 1));
+    ASSERT_TRUE(one) << one.status().message();
+    ASSERT_TRUE(one->replicas[0].ok()) << one->replicas[0].status.message();
+    auto r2 = c2.wait_reports(1);
+    ASSERT_EQ(r2.size(), 1u);
+    EXPECT_TRUE(r2[0].published);
+    EXPECT_TRUE(c1.reports().empty());  // refused at the TLS handshake: no offer reached it
+    EXPECT_FALSE(fs::exists(f1 / "repo/images/vm/1"));
+    auto direct = push(options({c1.target()}, 1));
+    ASSERT_TRUE(direct) << direct.status().message();
+    EXPECT_TRUE(direct->replicas[0].ok()) << direct->replicas[0].status.message();
+    EXPECT_TRUE(same_tree(f1 / "repo/images/vm/1", master_version(1)));
+}
+
+TEST_F(RelayTest, ServeRefusesToRelayToItself) {
+    const TlsConfig t = tls("relay");
+    TempDir root{"/tmp", "icbd-relay-self-"};
+    auto r = test::run_command({ToolServer::tool().string(), "serve", "--root", root.path().string(), "--listen",
+                                "127.0.0.1:7411", "--ca", t.ca_file, "--cert", t.cert_file, "--key", t.key_file,
+                                "--relay-to", "127.0.0.1:7412,127.0.0.1:7411"},
+                               {}, 10s);  // refused before it binds or serves
+    EXPECT_EQ(r.exit_code, 2) << r.describe();
+    EXPECT_NE(r.output.find("--relay-to: 127.0.0.1:7411 is this server's own --listen address"), std::string::npos)
+        << r.output;
+    auto bad = test::run_command({ToolServer::tool().string(), "serve", "--root", root.path().string(), "--listen",
+                                  "127.0.0.1:0", "--ca", t.ca_file, "--cert", t.cert_file, "--key", t.key_file,
+                                  "--relay-to", "127.0.0.1"},
+                                 {}, 10s);
+    EXPECT_EQ(bad.exit_code, 2) << bad.describe();
+    EXPECT_NE(bad.output.find("--relay-to:"), std::string::npos) << bad.output;
 }
 
 TEST_F(RelayTest, ARelayKilledMidPushLeavesNothingHalfVisibleAndItsChildrenResumeFromTheMaster) {
