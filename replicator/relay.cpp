@@ -5,6 +5,7 @@
 #include "relay.hpp"
 
 #include <algorithm>
+#include <array>
 #include <thread>
 
 #include "checkpoint_schedule.hpp"
@@ -14,6 +15,29 @@
 namespace icbd::repl {
 
 using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// Tells the child why it gets nothing more, then lets it read that: our side
+// shut, its last frames drained until it closes (a close with its acks
+// unread would reset the connection and lose the ERROR on the way).
+void cancel_child(Session& s, const Status& why, ErrorCode code) {
+    Error e;
+    e.code = code;
+    e.message = clamp_message(s.what() + ": " + why.message());
+    if (send_message(s.stream, e)) {
+        (void)s.stream.shutdown();
+        s.stream.set_io_timeout(std::chrono::milliseconds(1000));
+        std::array<uint8_t, 16384> buf;
+        for (int i = 0; i < 256; ++i) {
+            auto n = s.stream.read_some(buf);
+            if (!n || *n == 0) break;
+        }
+    }
+    s.fail(why, code, false);
+}
+
+}  // namespace
 
 struct Relay::Child {
     HostPort target;
@@ -80,16 +104,16 @@ std::pair<uint64_t, uint64_t> Relay::start() {
             continue;
         }
         if (s.need.kind != need_.kind || s.need.base != need_.base) {
-            s.fail(Status::error(ECANCELED, "the relay receives version " + std::to_string(popt_.version) +
-                                                " from base " + std::to_string(need_.base) +
-                                                " only; the child asked for another stream"),
-                   ErrorCode::cancelled, true);
+            cancel_child(s, Status::error(ECANCELED, "the relay receives version " + std::to_string(popt_.version) +
+                                                         " from base " + std::to_string(need_.base) +
+                                                         " only; the child asked for another stream"),
+                         ErrorCode::cancelled);
             c->report = s.report;
             continue;
         }
         if ((s.receiver_caps & set_.capabilities) != set_.capabilities) {
-            s.fail(Status::error(ENOTSUP, "the child cannot decompress every codec the relay accepts"),
-                   ErrorCode::cancelled, true);
+            cancel_child(s, Status::error(ENOTSUP, "the child cannot decompress every codec the relay accepts"),
+                         ErrorCode::cancelled);
             c->report = s.report;
             continue;
         }
@@ -313,7 +337,7 @@ bool Relay::stream_to(Child& c) {
     }
     if (!end) {
         Status rs = window_->reader_status();
-        s.fail(Status::error(ECANCELED, "the relay's own stream failed: " + rs.message()), ErrorCode::cancelled, true);
+        cancel_child(s, Status::error(ECANCELED, "the relay's own stream failed: " + rs.message()), ErrorCode::cancelled);
         record();
         return true;
     }

@@ -491,6 +491,37 @@ TEST_F(RelayTest, AChildRefusesAnUnexpectedParentAndTheOthersGoOn) {
     EXPECT_TRUE(same_tree(f1 / "repo/images/vm/1", master_version(1)));
 }
 
+// A relay whose disk fills up reports no_space to the master, cancels its
+// children (who keep their staging) and publishes nothing; the master then
+// serves the children directly and they resume from their checkpoints.
+TEST_F(RelayTest, ARelayWithAFullDiskCancelsItsChildrenWhoThenResumeFromTheMaster) {
+    make_v1(192);
+    LoopFs fr(LoopFs::Type::btrfs, 160 * MiB), f1(LoopFs::Type::btrfs, 512 * MiB), f2(LoopFs::Type::btrfs, 512 * MiB);
+    ReplicaServer c1(f1 / "repo", tls("child1"), "child1");
+    ReplicaServer c2(f2 / "repo", tls("child2"), "child2");
+    ReplicaServer relay(fr / "repo", tls("relay"), "relay", {c1.target(), c2.target()});
+    auto one = push(options({relay.target()}, 1));
+    ASSERT_TRUE(one) << one.status().message();
+    ASSERT_FALSE(one->replicas[0].ok());
+    EXPECT_EQ(one->replicas[0].code, ErrorCode::no_space) << one->replicas[0].status.message();
+    for (auto* c : {&c1, &c2}) {
+        auto reps = c->wait_reports(1);
+        ASSERT_EQ(reps.size(), 1u);
+        EXPECT_FALSE(reps[0].published);
+        EXPECT_EQ(reps[0].code, ErrorCode::cancelled) << reps[0].status.message();
+        EXPECT_NE(reps[0].status.message().find("relay"), std::string::npos) << reps[0].status.message();
+        EXPECT_TRUE(reps[0].staging_kept);
+    }
+    for (const LoopFs* f : {&fr, &f1, &f2}) EXPECT_FALSE(fs::exists(*f / "repo/images/vm/1")) << f->mount_point();
+    auto direct = push(options({c1.target(), c2.target()}, 1));
+    ASSERT_TRUE(direct) << direct.status().message();
+    for (const auto& r : direct->replicas) {
+        EXPECT_TRUE(r.ok()) << r.status.message();
+        EXPECT_GT(r.resume_seq, 0u) << r.target;
+    }
+    for (const LoopFs* f : {&f1, &f2}) EXPECT_TRUE(same_tree(*f / "repo/images/vm/1", master_version(1)));
+}
+
 TEST_F(RelayTest, ServeRefusesToRelayToItself) {
     const TlsConfig t = tls("relay");
     TempDir root{"/tmp", "icbd-relay-self-"};
