@@ -408,6 +408,23 @@ TEST_F(RelayTest, ARelayFeedsItsChildrenWhileItReceivesAndTheMasterSendsOneCopy)
     }
 }
 
+// Two levels of relays: master -> relay -> child1 (a relay too) -> child2.
+TEST_F(RelayTest, ARelayOfARelayForwardsTheMastersStreamToTheLeaf) {
+    make_v1(16);
+    LoopFs fr(LoopFs::Type::btrfs, 256 * MiB), f1(LoopFs::Type::btrfs, 256 * MiB), f2(LoopFs::Type::btrfs, 256 * MiB);
+    ReplicaServer leaf(f2 / "repo", tls("child2"), "child2");
+    ReplicaServer mid(f1 / "repo", tls("child1"), "child1", {leaf.target()});
+    ReplicaServer top(fr / "repo", tls("relay"), "relay", {mid.target()});
+    auto one = push(options({top.target()}, 1));
+    ASSERT_TRUE(one) << one.status().message();
+    ASSERT_TRUE(one->replicas[0].ok()) << one->replicas[0].status.message();
+    auto r = leaf.wait_reports(1);
+    ASSERT_EQ(r.size(), 1u);
+    EXPECT_TRUE(r[0].published) << r[0].status.message();
+    EXPECT_EQ(r[0].peer.rfind("child1 (", 0), 0u) << r[0].peer;
+    for (const LoopFs* f : {&fr, &f1, &f2}) EXPECT_TRUE(same_tree(*f / "repo/images/vm/1", master_version(1)));
+}
+
 TEST_F(RelayTest, AChildCutMidPushResumesFromItsCheckpointAgainstTheRelay) {
     make_v1(64);
     LoopFs fr(LoopFs::Type::btrfs, 256 * MiB), f1(LoopFs::Type::btrfs, 256 * MiB), f2(LoopFs::Type::btrfs, 256 * MiB);
