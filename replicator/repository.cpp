@@ -1,6 +1,7 @@
 // The image repository on disk: listing versions, staging a version (snapshot
 // or copy of its base), durable checkpoints, atomic publish, abort and prune.
 // On filesystems without snapshots a tree copy (reflink, else sparse) stands in.
+#include "icbd/log.hpp"
 #include "icbd/replicator/repository.hpp"
 
 #include <dirent.h>
@@ -28,6 +29,12 @@
 namespace icbd::repl {
 namespace fs = std::filesystem;
 namespace {
+
+// A cleanup that failed after (or besides) the error the caller returns: logged,
+// since the caller's own error is the one to report.
+void log_cleanup(const Status& cleanup, const std::string& during) {
+    if (!cleanup) log(LogLevel::warning, cleanup.message() + " (while " + during + ")");
+}
 
 constexpr char kStagingDir[] = ".staging";
 constexpr char kTreePrefix[] = ".tree-";  // + area name: the staged tree, a sibling of the versions
@@ -231,7 +238,7 @@ Status Staging::publish() {
     std::string leaf = tree_path_.filename().string();
     if (::renameat2(image_fd->get(), leaf.c_str(), image_fd->get(), name.c_str(), RENAME_NOREPLACE) < 0) {
         int err = errno;
-        if (btrfs_) detail::set_read_only(tree_path_, false, what_);  // stay resumable
+        if (btrfs_) log_cleanup(detail::set_read_only(tree_path_, false, what_), "undoing a failed publish");  // stay resumable
         if (err == EEXIST) return Status::error(EEXIST, what_ + ": not published: that version appeared meanwhile");
         return fail(err, "rename into " + q(image_dir_ / name));
     }
@@ -399,7 +406,7 @@ Result<Staging> Repository::open_staging(std::string_view image, uint64_t versio
         if (made && ::rename(tmp.c_str(), st.tree_path_.c_str()) < 0) made = sys_error(errno, what, "rename staging tree");
         if (made) made = fsync_dir(*dir, what);
         if (!made) {
-            st.abort();  // reclaim what the failed copy took (ENOSPC)
+            log_cleanup(st.abort(), "cleaning up after: " + made.message());  // reclaim what the failed copy took (ENOSPC)
             return made;
         }
     }
@@ -481,7 +488,7 @@ void Repository::discard_superseded(std::string_view image, uint64_t newest) {
     auto areas = list_staging(image);
     if (!areas) return;
     for (const auto& a : *areas)
-        if (a.version <= newest) discard_staging(image, a.version, a.base);
+        if (a.version <= newest) log_cleanup(discard_staging(image, a.version, a.base), "reclaiming stale staging areas");
 }
 
 Status Repository::commit(std::string_view image, uint64_t version, const fs::path& source) {
@@ -516,7 +523,7 @@ Status Repository::commit(std::string_view image, uint64_t version, const fs::pa
         }
     }
     if (made) made = s.publish();
-    if (!made) s.abort();
+    if (!made) log_cleanup(s.abort(), "cleaning up after: " + made.message());
     return made;
 }
 

@@ -26,6 +26,12 @@
 namespace icbd::node {
 namespace {
 
+// A cleanup after a failure failed too: the caller returns the first error;
+// this one goes to the log (an intent left behind is finished by recover()).
+void log_cleanup(const Status& cleanup, const Status& first) {
+    if (!cleanup) log(LogLevel::warning, cleanup.message() + " (while cleaning up after: " + first.message() + ")");
+}
+
 namespace fs = std::filesystem;
 using nlohmann::json;
 using repl::copy_attrs;
@@ -375,11 +381,11 @@ Result<VersionRecord> ImageService::import(const std::string& image, const fs::p
             made = S_ISDIR(st.st_mode) ? copy_dir_into(from, sg.tree_fd(), progress, what)
                                        : copy_raw_into(from, st, sg.tree_fd(), progress, what);
             if (made) made = sg.publish();
-            if (!made) sg.abort();
+            if (!made) log_cleanup(sg.abort(), made);
         }
     }
     if (!made) {
-        store_.clear_intent(*intent);
+        log_cleanup(store_.clear_intent(*intent), made);
         return made;
     }
     return finish_commit(*intent, image, 1, message, {});
@@ -411,7 +417,7 @@ Result<fs::path> ImageService::checkout(const std::string& image) {
     if (made && ::rename(tmp.c_str(), dest.c_str()) < 0) made = sys_error(errno, what, "rename to " + q(dest));
     if (made) made = fsync_dir(checkouts_dir(), what);
     if (!made) {
-        remove_tree(tmp, what);
+        log_cleanup(remove_tree(tmp, what), made);
         return made;
     }
     return dest;
@@ -433,7 +439,7 @@ Result<VersionRecord> ImageService::commit(const std::string& image, const std::
     auto intent = store_.add_intent(kCommitIntent, args.dump());
     if (!intent) return intent.status();
     if (Status s = repo_.commit(image, version, tree); !s) {
-        store_.clear_intent(*intent);  // nothing was published; the working copy is untouched
+        log_cleanup(store_.clear_intent(*intent), s);  // nothing was published; the working copy is untouched
         return s;
     }
     return finish_commit(*intent, image, version, message, tree);

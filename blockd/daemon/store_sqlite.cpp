@@ -249,7 +249,9 @@ Status SqliteStore::init() {
     // once (a mistake, but possible) cannot both create it.
     if (Status s = exec("BEGIN IMMEDIATE", "begin schema transaction"); !s) return s;
     auto rollback = [&](Status s) {
-        exec("ROLLBACK", "rollback");
+        // The first error is the one to report; a transaction a failed
+        // ROLLBACK leaves open ends when the connection closes.
+        (void)exec("ROLLBACK", "rollback");
         return s;
     };
     if (Status s = exec("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", "create schema");

@@ -1,6 +1,8 @@
 // The project-wide error type: a Status carries an errno-style code and a message
 // that names the object and the cause. Functions that can fail return Status or
 // Result<T>; exceptions are not used inside libblockd (tgtd is a C program).
+// Both are [[nodiscard]]: an ignored error is a lost cause; where one truly
+// does not matter, the call site says why with a (void) cast.
 #pragma once
 
 #include <string>
@@ -9,7 +11,7 @@
 
 namespace icbd {
 
-class Status {
+class [[nodiscard]] Status {
 public:
     Status() = default;
     static Status ok() { return {}; }
@@ -31,7 +33,7 @@ private:
 
 // Either a value or a non-ok Status.
 template <typename T>
-class Result {
+class [[nodiscard]] Result {
 public:
     Result(T value) : v_(std::move(value)) {}
     Result(Status s) : v_(std::move(s)) {}
