@@ -10,10 +10,12 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <stdexcept>
@@ -27,6 +29,26 @@
 #include "tgtd_instance.hpp"
 
 namespace icbd::test {
+
+// In CI (ICBD_FORBID_SKIP=1) a missing prerequisite fails the test instead of skipping it.
+inline bool skips_forbidden() {
+    const char* v = std::getenv("ICBD_FORBID_SKIP");
+    return v && *v && std::string(v) != "0";
+}
+
+// Whole-system tests need BTRFS on loop devices and tgtd.
+#define REQUIRE_SYSTEM()                                                                         \
+    do {                                                                                         \
+        std::optional<std::string> why = LoopFs::unavailable(LoopFs::Type::btrfs);               \
+        if (!why) why = TgtdInstance::unavailable();                                             \
+        if (why) {                                                                               \
+            if (skips_forbidden()) FAIL() << "prerequisite missing: " << *why;                   \
+            GTEST_SKIP() << *why;                                                                \
+        }                                                                                        \
+    } while (0)
+
+// Membership settings that notice a dead replica within seconds.
+inline constexpr const char* kFastKeepalive = "[membership]\nkeepalive_interval = \"1s\"\nkeepalive_tries = 3\n";
 
 inline std::filesystem::path build_dir() {
     const char* b = std::getenv("ICBD_BUILD");

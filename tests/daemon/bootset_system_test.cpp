@@ -24,22 +24,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using namespace std::chrono_literals;
 
-bool skips_forbidden() {
-    const char* v = std::getenv("ICBD_FORBID_SKIP");
-    return v && *v && std::string(v) != "0";
-}
-
-#define REQUIRE_SYSTEM()                                                                         \
-    do {                                                                                         \
-        std::optional<std::string> why = LoopFs::unavailable(LoopFs::Type::btrfs);               \
-        if (!why) why = TgtdInstance::unavailable();                                             \
-        if (why) {                                                                               \
-            if (skips_forbidden()) FAIL() << "prerequisite missing: " << *why;                   \
-            GTEST_SKIP() << *why;                                                                \
-        }                                                                                        \
-    } while (0)
-
-constexpr const char* kFastKeepalive = "[membership]\nkeepalive_interval = \"1s\"\nkeepalive_tries = 3\n";
 constexpr uint64_t kDiskMiB = 48;
 
 void make_disk(const fs::path& file, unsigned mib, unsigned seed) {

@@ -17,22 +17,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-bool skips_forbidden() {
-    const char* v = std::getenv("ICBD_FORBID_SKIP");
-    return v && *v && std::string(v) != "0";
-}
-
-#define REQUIRE_SYSTEM()                                                                         \
-    do {                                                                                         \
-        std::optional<std::string> why = LoopFs::unavailable(LoopFs::Type::btrfs);               \
-        if (!why) why = TgtdInstance::unavailable();                                             \
-        if (why) {                                                                               \
-            if (skips_forbidden()) FAIL() << "prerequisite missing: " << *why;                   \
-            GTEST_SKIP() << *why;                                                                \
-        }                                                                                        \
-    } while (0)
-
-constexpr const char* kFastKeepalive = "[membership]\nkeepalive_interval = \"1s\"\nkeepalive_tries = 3\n";
 
 // A raw disk of `mib` MiB with pseudo-random content (incompressible enough
 // that replication moves real bytes) and a hole in the middle.
