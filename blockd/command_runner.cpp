@@ -9,6 +9,7 @@
 
 #include "boot_recorder.hpp"
 #include "icbd/endian.hpp"
+#include "overlay_map.hpp"
 #include "scsi.hpp"
 #include "sense.hpp"
 
@@ -34,13 +35,7 @@ ScsiResult miscompare_at(uint64_t offset) {
 
 }  // namespace
 
-CommandRunner::CommandRunner(IoEngine& engine, const LunHost& host, int fd, int write_fd, bool direct_reads,
-                             std::string name, OverlayMap* overlay, WriteBackCache* cache)
-    : host_(host), io_(engine, host, std::move(name)) {
-    if (overlay) top_ = (overlay_ = std::make_unique<OverlayLayer>(io_, *overlay)).get();
-    else top_ = (raw_ = std::make_unique<RawLayer>(io_, fd, write_fd, direct_reads)).get();
-    if (cache) top_ = (cache_ = std::make_unique<CacheLayer>(io_, *cache, *top_)).get();
-}
+CommandRunner::CommandRunner(IoQueue& io, DataLayer& top, const LunHost& host) : io_(io), top_(&top), host_(host) {}
 
 CommandRunner::~CommandRunner() = default;
 
@@ -77,7 +72,6 @@ void CommandRunner::submit(const LunCommand& cmd) {
 }
 
 void CommandRunner::submit_inner(const LunCommand& cmd) {
-    if (cache_) cache_->flusher().note_host_command();
     Task& t = alloc_task();
     t.cmd = cmd;
     ++active_;
@@ -403,20 +397,6 @@ void CommandRunner::finish(Task& t) {
     if (was_writer && !parked_.empty()) wake_parked();
 }
 
-void CommandRunner::set_metrics(LunMetrics* m) {
-    metrics_ = m;
-    if (overlay_) overlay_->set_metrics(m);
-    if (cache_) cache_->set_metrics(m);
-}
-
-void CommandRunner::set_idle_timer(int timer_fd, uint32_t idle_ms) {
-    if (cache_) cache_->flusher().set_idle_timer(timer_fd, idle_ms);
-}
-
-void CommandRunner::on_idle_timer() {
-    if (cache_) cache_->flusher().on_idle_timer();
-}
-
 // Direction and bytes as docs/metrics.md defines them.
 void CommandRunner::record_completion(const Task& t) {
     const LunCommand& c = t.cmd;
@@ -464,7 +444,6 @@ void CommandRunner::drain() {
         process_completions();
     };
     while (active_ > 0 || io_.in_flight() > 0) pump();
-    if (cache_) cache_->flusher().drain(pump);
 }
 
 }  // namespace icbd

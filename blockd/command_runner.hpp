@@ -1,7 +1,7 @@
 // Executes the SCSI data-path commands of one LUN: what each opcode means
 // (byte ranges and conflicts between writes, compare, verify, the chunks of
-// WRITE SAME and the descriptors of UNMAP) as calls into the LUN's stack of
-// data layers, which it builds and owns:
+// WRITE SAME and the descriptors of UNMAP) as calls into the top of the LUN's
+// stack of data layers, which the Lun builds and owns (lun.cpp):
 //   CacheLayer (cache_layer.hpp) with its CacheFlusher, when there is a cache
 //   OverlayLayer (overlay_layer.hpp) or RawLayer (raw_layer.hpp)
 //   IoQueue (io_queue.hpp): the I/O engine, one submission per loop pass
@@ -16,16 +16,10 @@
 #include <vector>
 
 #include "aligned_buffer.hpp"
-#include "cache_layer.hpp"
 #include "data_layer.hpp"
-#include "icbd/io_engine.hpp"
 #include "icbd/lun.hpp"
 #include "io_queue.hpp"
 #include "lun_metrics.hpp"
-#include "overlay_layer.hpp"
-#include "overlay_map.hpp"
-#include "raw_layer.hpp"
-#include "write_back_cache.hpp"
 
 namespace icbd {
 
@@ -33,29 +27,18 @@ class BootRecorder;
 
 class CommandRunner {
 public:
-    // `fd` serves everything; writes go to `write_fd` instead when it is open
-    // (O_DIRECT writes beside cached reads). direct_reads: `fd` itself is
-    // O_DIRECT (so are writes, then); direct I/O needs aligned buffers.
-    // With `overlay`, `fd` is the overlay file; reads of blocks the client
-    // never wrote go to the overlay's golden file (docs/overlay-format.md).
-    // With `cache`, writes land in the write-back cache and a background
-    // flusher writes them down (docs/write-back-cache.md).
-    CommandRunner(IoEngine& engine, const LunHost& host, int fd, int write_fd, bool direct_reads, std::string name,
-                  OverlayMap* overlay = nullptr, WriteBackCache* cache = nullptr);
+    // `top` is the top layer of the stack over `io`; both outlive the runner.
+    CommandRunner(IoQueue& io, DataLayer& top, const LunHost& host);
     ~CommandRunner();
 
     void submit(const LunCommand& cmd);
     void submit_batch();
     void process_completions();
     size_t commands_in_flight() const { return active_; }
-    // Completes everything in flight and writes the write-back cache down
-    // (blocking, with progress in the log); used before closing the file.
+    // Completes every command in flight (blocking); used before closing.
     void drain();
-    // Idle write-back of the cache (CacheFlusher::set_idle_timer).
-    void set_idle_timer(int timer_fd, uint32_t idle_ms);
-    void on_idle_timer();
-    // Counters of host commands, the cache and the overlay go here (nullptr: none).
-    void set_metrics(LunMetrics* m);
+    // Counters of host commands go here (nullptr: none).
+    void set_metrics(LunMetrics* m) { metrics_ = m; }
     // Every READ's range goes to it (docs/boot-set.md); null: no recording.
     void set_boot_recorder(BootRecorder* r) { recorder_ = r; }
 
@@ -118,12 +101,9 @@ private:
     void wake_parked();
     void record_completion(const Task& t);
 
+    IoQueue& io_;
+    DataLayer* top_;
     LunHost host_;
-    IoQueue io_;
-    std::unique_ptr<RawLayer> raw_;
-    std::unique_ptr<OverlayLayer> overlay_;
-    std::unique_ptr<CacheLayer> cache_;  // above raw_ or overlay_: destroyed first
-    DataLayer* top_ = nullptr;
     bool in_submit_ = false;  // completions found inside submit() are deferred
     size_t active_ = 0;
     size_t range_holders_ = 0;  // running read-modify-write commands

@@ -1,4 +1,5 @@
-// Lun: the backing file, its I/O engine and the command runner of one LUN.
+// Lun: the backing file, its I/O engine, the stack of data layers over them
+// and the command runner (SCSI semantics) above that stack, for one LUN.
 #include "icbd/lun.hpp"
 
 #include <fcntl.h>
@@ -14,10 +15,14 @@
 #include <cstring>
 
 #include "boot_recorder.hpp"
+#include "cache_layer.hpp"
 #include "command_runner.hpp"
 #include "golden_file.hpp"
+#include "io_queue.hpp"
 #include "lun_metrics.hpp"
+#include "overlay_layer.hpp"
 #include "overlay_map.hpp"
+#include "raw_layer.hpp"
 #include "write_back_cache.hpp"
 #include "icbd/file_io.hpp"
 #include "icbd/log.hpp"
@@ -106,9 +111,7 @@ Result<uint64_t> Lun::open(const std::string& path, int extra_oflags) {
     if (!opts_.cache.empty()) {
         if (Status s = open_cache("raw " + path, size); !s) return s;
     }
-    runner_ = std::make_unique<CommandRunner>(*engine_, host_, fd_.get(), write_fd_.get(), opts_.direct, path,
-                                              nullptr, cache_.get());
-    runner_->set_idle_timer(timer_fd_.get(), opts_.cache_idle_ms);
+    build_stack(path);
     attach_metrics(path);
     attach_recorder(size);
     return size;
@@ -130,9 +133,7 @@ Result<uint64_t> Lun::open_overlay(const std::string& golden_path) {
         if (Status s = open_cache("overlay " + uuid_to_string(overlay_->info().overlay_uuid), overlay_->size()); !s)
             return s;
     }
-    runner_ = std::make_unique<CommandRunner>(*engine_, host_, overlay_->fd(), -1, false, opts_.overlay,
-                                              overlay_.get(), cache_.get());
-    runner_->set_idle_timer(timer_fd_.get(), opts_.cache_idle_ms);
+    build_stack(opts_.overlay);
     attach_metrics(golden_path);
     attach_recorder(overlay_->size());
     return overlay_->size();
@@ -150,11 +151,25 @@ Status Lun::open_cache(const std::string& device_id, uint64_t size) {
     return Status::ok();
 }
 
+void Lun::build_stack(const std::string& name) {
+    io_ = std::make_unique<IoQueue>(*engine_, host_, name);
+    DataLayer* top = nullptr;
+    if (overlay_) top = (overlay_layer_ = std::make_unique<OverlayLayer>(*io_, *overlay_)).get();
+    else top = (raw_layer_ = std::make_unique<RawLayer>(*io_, fd_.get(), write_fd_.get(), opts_.direct)).get();
+    if (cache_) {
+        top = (cache_layer_ = std::make_unique<CacheLayer>(*io_, *cache_, *top)).get();
+        cache_layer_->flusher().set_idle_timer(timer_fd_.get(), opts_.cache_idle_ms);
+    }
+    runner_ = std::make_unique<CommandRunner>(*io_, *top, host_);
+}
+
 void Lun::attach_metrics(const std::string& backing_path) {
     LunMetricsIdentity id{LunMetrics::resolve_dir(opts_.metrics_dir), name_, backing_path, opts_.overlay, opts_.cache,
                           readonly_};
     metrics_ = LunMetrics::create(id);
     runner_->set_metrics(metrics_.get());
+    if (overlay_layer_) overlay_layer_->set_metrics(metrics_.get());
+    if (cache_layer_) cache_layer_->set_metrics(metrics_.get());
 }
 
 void Lun::attach_recorder(uint64_t size) {
@@ -200,10 +215,23 @@ void Lun::persist_overlay_map() {
 
 int Lun::fd() const { return overlay_ ? overlay_->golden_fd() : fd_.get(); }
 
+void Lun::pump() {
+    runner_->submit_batch();
+    if (io_->in_flight() > 0) io_->wait();
+    runner_->process_completions();
+}
+
 void Lun::close() {
-    if (runner_) runner_->drain();
+    if (runner_) {
+        runner_->drain();
+        if (cache_layer_) cache_layer_->flusher().drain([this] { pump(); });
+    }
     if (overlay_ && !readonly_) persist_overlay_map();
     runner_.reset();
+    cache_layer_.reset();
+    overlay_layer_.reset();
+    raw_layer_.reset();
+    io_.reset();
     metrics_.reset();  // unlinks the file: the LUN is gone
     recorder_.reset();  // merges a window still open, waits for the merge
     cache_.reset();
@@ -212,7 +240,10 @@ void Lun::close() {
     fd_.reset();
 }
 
-void Lun::submit(const LunCommand& cmd) { runner_->submit(cmd); }
+void Lun::submit(const LunCommand& cmd) {
+    if (cache_layer_) cache_layer_->flusher().note_host_command();  // not idle: no idle write-back yet
+    runner_->submit(cmd);
+}
 void Lun::submit_batch() {
     if (runner_) runner_->submit_batch();
 }
@@ -220,7 +251,7 @@ void Lun::on_timer() {
     uint64_t expirations;
     if (!timer_fd_.valid() || ::read(timer_fd_.get(), &expirations, sizeof expirations) < 0)
         return;  // no timer, or EAGAIN: not expired
-    if (runner_) runner_->on_idle_timer();
+    if (cache_layer_) cache_layer_->flusher().on_idle_timer();
 }
 void Lun::process_completions() {
     engine_->acknowledge_event();

@@ -64,9 +64,13 @@ struct LunSeams {
 };
 
 class BootRecorder;
+class CacheLayer;
 class CommandRunner;
+class IoQueue;
 class LunMetrics;
+class OverlayLayer;
 class OverlayMap;
+class RawLayer;
 class WriteBackCache;
 
 class Lun {
@@ -103,8 +107,15 @@ public:
 private:
     Result<uint64_t> open_overlay(const std::string& golden_path);
     // With a cache configured: opens it for the device below (the file or
-    // the overlay just opened); then makes the command runner.
+    // the overlay just opened).
     Status open_cache(const std::string& device_id, uint64_t size);
+    // The data path of the opened file, bottom up (blockd/data_layer.hpp):
+    // the I/O queue on the engine, the raw file or the overlay, the
+    // write-back cache when there is one; then the command runner above its
+    // top. `name` is what log lines about failed I/O name.
+    void build_stack(const std::string& name);
+    // One pass of a blocking drain: submit, wait for I/O, deliver it.
+    void pump();
     // Closing an overlay LUN: its writes durable and their map bits on disk.
     void persist_overlay_map();
     // The LUN's metrics file (docs/metrics.md); none when it cannot be made.
@@ -120,10 +131,15 @@ private:
     std::unique_ptr<OverlayMap> overlay_;
     std::unique_ptr<WriteBackCache> cache_;
     bool readonly_ = false;
-    std::unique_ptr<CommandRunner> runner_;
+    // The layer stack (build_stack), torn down top first by close().
+    std::unique_ptr<IoQueue> io_;
+    std::unique_ptr<RawLayer> raw_layer_;          // or overlay_layer_
+    std::unique_ptr<OverlayLayer> overlay_layer_;
+    std::unique_ptr<CacheLayer> cache_layer_;      // above either, with its flusher
+    std::unique_ptr<CommandRunner> runner_;        // SCSI semantics over the top layer
     UniqueFd timer_fd_;
     std::string name_;
-    std::unique_ptr<LunMetrics> metrics_;  // outlives runner_, which writes to it
+    std::unique_ptr<LunMetrics> metrics_;  // outlives runner_ and the layers, which write to it
     std::unique_ptr<BootRecorder> recorder_;  // outlives runner_, which feeds it
 };
 
