@@ -45,17 +45,38 @@ void IoQueue::start(const Request& r, Done done) {
     s.start = r.offset;
     s.copy_to = nullptr;
     s.copy_len = 0;
+    s.copy_skip = 0;
+    s.rmw_write = false;
+    s.op = r.op;
+    s.dsync = r.dsync;
     s.done = done;
-    if (r.direct && ((reinterpret_cast<uintptr_t>(r.buf) | r.len | r.offset) & (dio_align - 1))) {
-        // O_DIRECT needs aligned memory; tgtd's buffers usually are, this is the rare path.
-        uint8_t* b = s.bounce.reserve(r.len);
+    const bool rw = r.op == IoOp::read || r.op == IoOp::write;
+    if (rw && r.direct && ((reinterpret_cast<uintptr_t>(r.buf) | r.len | r.offset) & (dio_align - 1))) {
+        // O_DIRECT needs aligned memory, offset and length. tgtd's buffers
+        // usually are aligned; lengths are not when an initiator's expected
+        // transfer length is shorter than the CDB's (iSCSI residuals): the
+        // transfer then covers the whole blocks around it, and a write reads
+        // them first so that the bytes beside it stay as they were.
+        const uint64_t first = r.offset & ~uint64_t{dio_align - 1};
+        const uint64_t end = (r.offset + r.len + dio_align - 1) & ~uint64_t{dio_align - 1};
+        uint8_t* b = s.bounce.reserve(end - first);
         if (!b) {
             free_.push_back(index);
             return done(ENOMEM, r.op);
         }
-        if (r.op == IoOp::write) std::memcpy(b, r.buf, r.len);
-        else s.copy_to = r.buf, s.copy_len = r.len;
+        s.copy_skip = r.offset - first;
         s.req.buf = b;
+        s.req.offset = first;
+        s.req.len = end - first;
+        if (r.op == IoOp::write && s.req.len == r.len) {
+            std::memcpy(b, r.buf, r.len);  // only the memory was unaligned
+        } else {
+            // A read, or the read half of a read-modify-write.
+            s.copy_to = r.buf, s.copy_len = r.len;
+            s.rmw_write = r.op == IoOp::write;
+            s.req.op = IoOp::read;
+            s.req.dsync = false;
+        }
     }
     prepare(index);
 }
@@ -114,9 +135,19 @@ void IoQueue::complete(uint32_t index, int32_t res) {
             return prepare(index);
         }
     }
-    if (s.copy_to && !error) std::memcpy(s.copy_to, s.bounce.get(), s.copy_len);
+    if (s.rmw_write && !error) {
+        // The blocks around an unaligned write are in the bounce buffer: lay
+        // the caller's bytes over them and write the blocks back.
+        std::memcpy(s.bounce.get() + s.copy_skip, s.copy_to, s.copy_len);
+        const uint64_t len = (s.copy_skip + s.copy_len + dio_align - 1) & ~uint64_t{dio_align - 1};
+        r = Request{IoOp::write, r.fd, s.bounce.get(), len, s.start - s.copy_skip, s.dsync, r.direct};
+        s.copy_to = nullptr;
+        s.rmw_write = false;
+        return prepare(index);
+    }
+    if (s.copy_to && !error) std::memcpy(s.copy_to, s.bounce.get() + s.copy_skip, s.copy_len);
     Done done = s.done;
-    const IoOp op = r.op;
+    const IoOp op = s.op;
     free_.push_back(index);
     done(error, op);
 }

@@ -51,6 +51,10 @@ private:
         uint64_t start = 0;    // the first offset, for messages
         uint8_t* copy_to = nullptr;  // bounced read: copy the bounce buffer here when done
         uint64_t copy_len = 0;
+        uint64_t copy_skip = 0;      // where the caller's bytes start in the bounce buffer
+        bool rmw_write = false;      // reading the blocks around an unaligned write
+        IoOp op = IoOp::read;        // what the caller asked for, for done()
+        bool dsync = false;
         AlignedBuffer bounce;
         Done done;
     };

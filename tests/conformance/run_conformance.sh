@@ -7,7 +7,9 @@
 # shows) and as a raw LUN behind a write-back cache smaller than the LUN
 # ("cached": 64 MiB in front of 128 MiB, so the flusher works during the run)
 # and as a raw LUN with direct=writes ("direct": O_DIRECT writes beside cached
-# reads; only the tests that write, to keep the suite short). In each mode
+# reads; only the tests that write, to keep the suite short) and with direct=1
+# ("direct1": every read and write O_DIRECT, so unaligned or short buffers
+# must be bounced both ways; the tests that read or write). In each mode
 # every test that passes for rdwr must pass for each icbd LUN. Prints every
 # summary.
 # Usage: run_conformance.sh [OUTDIR]   (needs ICBD_BUILD; run as root)
@@ -26,8 +28,8 @@ trap "exit 130" INT TERM
 
 TGTD_LOG="$out/tgtd.log" tgtd_start
 iqn=iqn.2026-11.org.icbd:conformance
-backends="rdwr icbd overlay cached direct"
-truncate -s 128M "$work/rdwr.img" "$work/icbd.img" "$work/cached.img" "$work/direct.img"
+backends="rdwr icbd overlay cached direct direct1"
+truncate -s 128M "$work/rdwr.img" "$work/icbd.img" "$work/cached.img" "$work/direct.img" "$work/direct1.img"
 # Golden: a repeating non-zero pattern (quick to make, obviously not zeros).
 head -c 1M /dev/urandom >"$work/chunk"
 for _ in $(seq 128); do cat "$work/chunk"; done >"$work/golden.img"
@@ -41,10 +43,18 @@ add_lun 2 icbd -b "$work/icbd.img" --bstype icbd
 add_lun 3 overlay -b "$work/golden.img" --bstype icbd --bsopts "overlay=$work/client.ovl"
 add_lun 4 cached -b "$work/cached.img" --bstype icbd --bsopts "cache=$work/lun.cache;cache_size=64M"
 add_lun 5 direct -b "$work/direct.img" --bstype icbd --bsopts "direct=writes"
-# The tests a backend runs, and the subset of a failure list they cover.
-direct_only='Residual|Write'
-tests_of() { if [ "$1" = direct ]; then echo "$tests" | tr , '\n' | grep -E "$direct_only" | paste -sd,; else echo "$tests"; fi; }
-covered() { if [ "$1" = direct ]; then grep -E "$direct_only" "$2" || true; else cat "$2"; fi; }
+add_lun 6 direct1 -b "$work/direct1.img" --bstype icbd --bsopts "direct=1"
+# The tests a backend runs (a pattern on their names; empty: all), and the
+# subset of a failure list they cover.
+subset_of() { case $1 in direct) echo 'Residual|Write' ;; direct1) echo 'Residual|Write|Read' ;; *) echo '' ;; esac; }
+tests_of() {
+  local re; re=$(subset_of "$1")
+  if [ -n "$re" ]; then echo "$tests" | tr , '\n' | grep -E "$re" | paste -sd,; else echo "$tests"; fi
+}
+covered() {
+  local re; re=$(subset_of "$1")
+  if [ -n "$re" ]; then grep -E "$re" "$2" || true; else cat "$2"; fi
+}
 
 # The names of failed tests, one "Suite.Test" per line.
 failed_tests() { sed -n 's/^Suite \(.*\), Test \(.*\) had failures:$/\1.\2/p' "$1" | sort -u; }
@@ -64,7 +74,7 @@ run_cu() {  # BACKEND MODE TESTS SECONDS OUTFILE
 status=0
 for mode in default thin; do
   if [ "$mode" = thin ]; then
-    for tid in 1 2 3 4 5; do
+    for tid in 1 2 3 4 5 6; do
       tgtd_adm --op update --mode logicalunit --tid $tid --lun 1 --params thin_provisioning=1
     done
   fi

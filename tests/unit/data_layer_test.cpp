@@ -167,6 +167,54 @@ TEST_F(LayerTest, AnUnalignedBufferOnAnODirectFileIsBounced) {
     EXPECT_EQ(0, std::memcmp(mem.data() + 1, data.data() + 8192, 4096));
 }
 
+// iSCSI residuals (conformance iSCSIResiduals.Read10Residuals with
+// direct=1): the initiator expects fewer bytes than the CDB's blocks, so a
+// transfer's length is not a multiple of 512. O_DIRECT refused it with
+// EINVAL; it must read exactly those bytes.
+TEST_F(LayerTest, AReadShorterThanABlockOnAnODirectFileReadsJustThoseBytes) {
+    const auto data = random_bytes(16384, 6);
+    const fs::path p = write_file("direct-short-read", data);
+    UniqueFd fd(::open(p.c_str(), O_RDWR | O_CLOEXEC | O_DIRECT));
+    if (!fd.valid() && errno == EINVAL) GTEST_SKIP() << dir_ << ": the filesystem refuses O_DIRECT";
+    ASSERT_TRUE(fd.valid());
+    RawLayer raw(*io_, fd.get(), -1, true);
+    std::vector<uint8_t> got(4096, 0xaa);
+    Calls c;
+    raw.read(got.data(), 200, 4096, counted(c));
+    pump();
+    ASSERT_EQ(c.n, 1);
+    ASSERT_EQ(c.error, 0);
+    EXPECT_EQ(c.op, IoOp::read);
+    EXPECT_EQ(0, std::memcmp(got.data(), data.data() + 4096, 200));
+    EXPECT_TRUE(std::all_of(got.begin() + 200, got.end(), [](uint8_t b) { return b == 0xaa; }))
+        << "bytes past the transfer were overwritten";
+}
+
+// The write half of the residual tests: 200 bytes into a block on an
+// O_DIRECT file land, and the other 312 bytes of the block stay as they were
+// (a read-modify-write of the block), durably with FUA.
+TEST_F(LayerTest, AWriteShorterThanABlockOnAnODirectFileKeepsTheRestOfTheBlock) {
+    const auto data = random_bytes(16384, 7);
+    const fs::path p = write_file("direct-short-write", data);
+    UniqueFd fd(::open(p.c_str(), O_RDWR | O_CLOEXEC | O_DIRECT));
+    if (!fd.valid() && errno == EINVAL) GTEST_SKIP() << dir_ << ": the filesystem refuses O_DIRECT";
+    ASSERT_TRUE(fd.valid());
+    RawLayer raw(*io_, fd.get(), -1, true);
+    const auto written = random_bytes(200, 8);
+    Calls c;
+    raw.write(written.data(), written.size(), 8192 + 512, true, counted(c));
+    pump();
+    ASSERT_EQ(c.n, 1);
+    ASSERT_EQ(c.error, 0);
+    EXPECT_EQ(c.op, IoOp::write);
+    std::vector<uint8_t> expect = data;
+    std::copy(written.begin(), written.end(), expect.begin() + 8192 + 512);
+    std::ifstream in(p, std::ios::binary);
+    std::vector<uint8_t> on_disk(data.size());
+    in.read(reinterpret_cast<char*>(on_disk.data()), static_cast<std::streamsize>(on_disk.size()));
+    EXPECT_EQ(on_disk, expect);
+}
+
 // A 512-byte FUA write into a block the client never wrote: the rest of the
 // block comes up from the golden file, and the block is the client's on disk
 // (map bit written) when the write completes.
