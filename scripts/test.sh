@@ -10,6 +10,14 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cmake --preset release >/dev/null
 cmake --build --preset release
+# The sanitizer build (below) compiles meanwhile at the lowest CPU priority:
+# the release tests wait on disks, sockets and timers much of the time and it
+# takes only what they leave idle, so the suite does not pay for it twice.
+sanitized_targets="sanitized_tests bsopts_fuzz scsi_command_fuzz frame_fuzz disk_format_fuzz peer_frame_fuzz"
+cmake --preset fuzz >/dev/null
+setsid nice -n 19 cmake --build --preset fuzz --target $sanitized_targets >build/fuzz-build.log 2>&1 &
+fuzz_build=$!
+trap 'kill -- -$fuzz_build 2>/dev/null || true' EXIT  # the build and its compilers
 # Tests run two at a time: each integration test owns its own tgtd and ports.
 # In CI nothing may skip: a missing prerequisite fails the test instead.
 export ICBD_FORBID_SKIP=1
@@ -25,8 +33,12 @@ fi
 # blockd's config, peer and control protocols, its state store), and the
 # fuzz targets below. tgtd itself is not instrumented, so the module-in-tgtd
 # tests run in the release build only.
-cmake --preset fuzz >/dev/null
-cmake --build --preset fuzz --target sanitized_tests bsopts_fuzz scsi_command_fuzz frame_fuzz disk_format_fuzz peer_frame_fuzz
+if ! wait $fuzz_build; then
+  tail -60 build/fuzz-build.log
+  echo "test: the sanitizer build failed (build/fuzz-build.log)" >&2
+  exit 1
+fi
+trap - EXIT
 ctest --test-dir build/fuzz --output-on-failure -j2 -L unit
 ctest --test-dir build/fuzz --output-on-failure -j2 \
   -R '^(replicator\.(wire_format|compression|compression_pool|image_path)_test|daemon\.(config|peer_protocol|control_protocol|store)_test)$'
