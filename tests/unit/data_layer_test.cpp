@@ -114,6 +114,15 @@ protected:
         return p;
     }
 
+    // Invalid only where the filesystem refuses O_DIRECT (EINVAL); any other failure fails the test.
+    UniqueFd open_direct(const fs::path& p) {
+        UniqueFd fd(::open(p.c_str(), O_RDWR | O_CLOEXEC | O_DIRECT));
+        if (!fd.valid()) {
+            EXPECT_EQ(errno, EINVAL) << p << ": " << std::strerror(errno);
+        }
+        return fd;
+    }
+
     fs::path dir_;
     std::unique_ptr<IoEngine> engine_;
     LunHost host_;
@@ -155,9 +164,8 @@ TEST_F(LayerTest, ARawReadPastTheEndOfTheFileReadsZeros) {
 TEST_F(LayerTest, AnUnalignedBufferOnAnODirectFileIsBounced) {
     const auto data = random_bytes(16384, 3);
     const fs::path p = write_file("direct", data);
-    UniqueFd fd(::open(p.c_str(), O_RDWR | O_CLOEXEC | O_DIRECT));
-    if (!fd.valid() && errno == EINVAL) GTEST_SKIP() << dir_ << ": the filesystem refuses O_DIRECT";
-    ASSERT_TRUE(fd.valid());
+    UniqueFd fd = open_direct(p);
+    if (!fd.valid()) GTEST_SKIP() << dir_ << ": the filesystem refuses O_DIRECT";
     RawLayer raw(*io_, fd.get(), -1, true);
     std::vector<uint8_t> mem(4096 + 1);
     Calls c;
@@ -174,9 +182,8 @@ TEST_F(LayerTest, AnUnalignedBufferOnAnODirectFileIsBounced) {
 TEST_F(LayerTest, AReadShorterThanABlockOnAnODirectFileReadsJustThoseBytes) {
     const auto data = random_bytes(16384, 6);
     const fs::path p = write_file("direct-short-read", data);
-    UniqueFd fd(::open(p.c_str(), O_RDWR | O_CLOEXEC | O_DIRECT));
-    if (!fd.valid() && errno == EINVAL) GTEST_SKIP() << dir_ << ": the filesystem refuses O_DIRECT";
-    ASSERT_TRUE(fd.valid());
+    UniqueFd fd = open_direct(p);
+    if (!fd.valid()) GTEST_SKIP() << dir_ << ": the filesystem refuses O_DIRECT";
     RawLayer raw(*io_, fd.get(), -1, true);
     std::vector<uint8_t> got(4096, 0xaa);
     Calls c;
@@ -196,9 +203,8 @@ TEST_F(LayerTest, AReadShorterThanABlockOnAnODirectFileReadsJustThoseBytes) {
 TEST_F(LayerTest, AWriteShorterThanABlockOnAnODirectFileKeepsTheRestOfTheBlock) {
     const auto data = random_bytes(16384, 7);
     const fs::path p = write_file("direct-short-write", data);
-    UniqueFd fd(::open(p.c_str(), O_RDWR | O_CLOEXEC | O_DIRECT));
-    if (!fd.valid() && errno == EINVAL) GTEST_SKIP() << dir_ << ": the filesystem refuses O_DIRECT";
-    ASSERT_TRUE(fd.valid());
+    UniqueFd fd = open_direct(p);
+    if (!fd.valid()) GTEST_SKIP() << dir_ << ": the filesystem refuses O_DIRECT";
     RawLayer raw(*io_, fd.get(), -1, true);
     const auto written = random_bytes(200, 8);
     Calls c;
