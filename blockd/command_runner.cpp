@@ -39,11 +39,17 @@ CommandRunner::CommandRunner(IoQueue& io, DataLayer& top, const LunHost& host) :
 
 CommandRunner::~CommandRunner() = default;
 
+// Throws (std::bad_alloc) with nothing changed. The lists a task index goes
+// to later keep room for every task, so that finishing never allocates.
 CommandRunner::Task& CommandRunner::alloc_task() {
     uint32_t idx;
     if (free_.empty()) {
         idx = static_cast<uint32_t>(tasks_.size());
-        tasks_.push_back(std::make_unique<Task>());
+        auto task = std::make_unique<Task>();
+        free_.reserve(tasks_.size() + 1);
+        deferred_.reserve(tasks_.size() + 1);
+        ready_.reserve(tasks_.size() + 1);
+        tasks_.push_back(std::move(task));
         tasks_.back()->index = idx;
         tasks_.back()->runner = this;
     } else {
@@ -52,7 +58,7 @@ CommandRunner::Task& CommandRunner::alloc_task() {
     }
     Task& t = *tasks_[idx];
     t.busy = true;
-    t.running = false;
+    t.running = t.abandoned = false;
     t.next = Next::finish;
     t.holds_range = t.rewrites_blocks = false;
     t.cursor = t.chunk = 0;
@@ -66,15 +72,51 @@ void CommandRunner::submit(const LunCommand& cmd) {
     // failed buffer allocation, a layer failing at once) lands in finish(),
     // which defers it while this flag is set: the contract is "never complete
     // from inside submit()".
-    in_submit_ = true;
-    submit_inner(cmd);
-    in_submit_ = false;
-}
-
-void CommandRunner::submit_inner(const LunCommand& cmd) {
+    struct InSubmit {
+        bool& flag;
+        explicit InSubmit(bool& f) : flag(f) { flag = true; }
+        ~InSubmit() { flag = false; }
+    } in_submit(in_submit_);
     Task& t = alloc_task();
     t.cmd = cmd;
     ++active_;
+    try {
+        submit_inner(t);
+    } catch (...) {
+        abandon(t);
+        throw;
+    }
+}
+
+// The command cannot be taken after all (an exception while it was parked or
+// started, std::bad_alloc in practice): it leaves the books. I/O it already
+// queued may still be in flight, towards its buffers; the caller answers the
+// command as soon as submit() returns and may free them, so the I/O is waited
+// for here (other commands' completions met meanwhile are deferred to
+// submit_batch(), as always inside submit()). Its task is never reused: a
+// layer may still hold its Done.
+void CommandRunner::abandon(Task& t) {
+    if (t.holds_range) --range_holders_;
+    const bool started = t.running;
+    t.holds_range = t.running = false;
+    t.abandoned = true;
+    --active_;
+    if (metrics_) metrics::set(metrics_->counters().queue_depth, active_);
+    if (!started) {  // nothing of it reached a layer: the task is reusable
+        t.busy = false;
+        free_.push_back(t.index);
+        return;
+    }
+    io_.submit();
+    while (io_.in_flight() > 0) {
+        io_.wait();
+        io_.reap();
+        io_.submit();
+    }
+}
+
+void CommandRunner::submit_inner(Task& t) {
+    const LunCommand& cmd = t.cmd;
     if (metrics_) {
         t.start_ns = LunMetrics::now_ns();
         metrics::set(metrics_->counters().queue_depth, active_);
@@ -199,6 +241,7 @@ void CommandRunner::start(Task& t) {
 
 void CommandRunner::layer_done(void* ctx, int error, IoOp failed) {
     Task& t = *static_cast<Task*>(ctx);
+    if (t.abandoned) return;  // its caller answered it already
     if (error) {
         t.result = sense_for_errno(error, failed);
         return t.runner->finish(t);
@@ -378,6 +421,7 @@ void CommandRunner::fail(Task& t, uint8_t key, uint16_t asc) {
 }
 
 void CommandRunner::finish(Task& t) {
+    if (t.abandoned) return;  // its caller answered it already
     if (in_submit_) {
         deferred_.push_back(t.index);
         io_.kick();

@@ -31,6 +31,10 @@ public:
     CommandRunner(IoQueue& io, DataLayer& top, const LunHost& host);
     ~CommandRunner();
 
+    // An exception out of submit() (memory for the command's state or its
+    // I/O) means the command was not taken: its completion never runs, and
+    // nothing started for it touches its buffers once submit() has left
+    // (abandon()). Commands taken before are unaffected.
     void submit(const LunCommand& cmd);
     void submit_batch();
     void process_completions();
@@ -65,6 +69,7 @@ private:
         uint32_t index = 0;
         bool busy = false;
         bool running = false;  // started (not parked)
+        bool abandoned = false;  // an exception left submit() while it started: never completes, never reused
         LunCommand cmd;
         Kind kind = Kind::read;
         Next next = Next::finish;
@@ -80,7 +85,8 @@ private:
         uint64_t start_ns = 0;  // metrics: when the host submitted it
     };
 
-    void submit_inner(const LunCommand& cmd);
+    void submit_inner(Task& t);
+    void abandon(Task& t);
     Task& alloc_task();
     void start(Task& t);
     bool conflicts(const Task& t) const;

@@ -58,7 +58,19 @@ Result<std::unique_ptr<Lun>> Lun::create(const LunOptions& opts, const LunHost& 
 Lun::Lun(const LunOptions& opts, const LunHost& host, std::unique_ptr<IoEngine> engine)
     : opts_(opts), host_(host), engine_(std::move(engine)) {}
 
-Lun::~Lun() { close(); }
+// A destructor must not throw (that would be std::terminate inside tgtd):
+// the C API closes first, under its guard, so this close() normally finds
+// nothing left to do.
+Lun::~Lun() {
+    try {
+        close();
+    } catch (const std::exception& e) {
+        try {
+            log(LogLevel::error, (name_.empty() ? std::string("LUN") : name_) + ": closing: " + e.what());
+        } catch (...) {
+        }
+    }
+}
 
 Result<uint64_t> Lun::open(const std::string& path, int extra_oflags) {
     close();

@@ -109,7 +109,12 @@ static int bs_icbd_cmd_submit(struct scsi_cmd *cmd)
 	};
 
 	set_cmd_async(cmd);
-	icbd_lun_submit(info->lun, &c);
+	if (icbd_lun_submit(info->lun, &c) < 0) {
+		/* Refused (out of memory, or the LUN failed; libblockd logged why):
+		 * no completion will come, tgtd answers HARDWARE ERROR now. */
+		clear_cmd_async(cmd);
+		return -1;
+	}
 	return 0;
 }
 
