@@ -21,6 +21,8 @@ bool is_known_frame_type(uint8_t t) {
     case FrameType::hello:
     case FrameType::offer:
     case FrameType::need:
+    case FrameType::route:
+    case FrameType::children:
     case FrameType::file:
     case FrameType::data:
     case FrameType::hole:
@@ -45,6 +47,8 @@ const char* frame_type_name(FrameType t) {
     case FrameType::hello: return "HELLO";
     case FrameType::offer: return "OFFER";
     case FrameType::need: return "NEED";
+    case FrameType::route: return "ROUTE";
+    case FrameType::children: return "CHILDREN";
     case FrameType::file: return "FILE";
     case FrameType::data: return "DATA";
     case FrameType::hole: return "HOLE";

@@ -1,9 +1,10 @@
-// Encoding, decoding and validation of the twelve messages of the replication
+// Encoding, decoding and validation of the fourteen messages of the replication
 // protocol; byte layouts and rules are those of docs/replication-protocol.md.
 #include "messages.hpp"
 
 #include <algorithm>
 
+#include "icbd/replicator/host_port.hpp"
 #include "icbd/replicator/image_path.hpp"
 #include "name_rules.hpp"
 #include "wire_bytes.hpp"
@@ -141,6 +142,80 @@ Result<Offer> Offer::decode(ByteView p) {
         for (uint32_t i = 0; i < n && r.u64(m.held[i], "held"); ++i) {
         }
         r.str16(m.image, "image");
+    }
+    return finish_decode(std::move(m), r);
+}
+
+// ---- ROUTE, CHILDREN (version 2) ----
+
+Status Route::validate() const {
+    if (nodes.empty() || nodes.size() > kMaxRoute)
+        return bad(kType, std::to_string(nodes.size()) + " nodes (1 .. " + std::to_string(kMaxRoute) + ")");
+    for (size_t i = 0; i < nodes.size(); ++i) {
+        if (Status s = in_frame(kType, validate_node_name(nodes[i])); !s) return s;
+        for (size_t j = 1; j < i; ++j)  // the master (first) may share a relay's name
+            if (nodes[j] == nodes[i]) return bad(kType, "node '" + nodes[i] + "' twice (a cycle)");
+    }
+    return Status::ok();
+}
+
+void Route::encode_payload(Bytes& out) const {
+    put_u16(out, static_cast<uint16_t>(nodes.size()));
+    for (const auto& n : nodes) put_str16(out, n);
+}
+
+Result<Route> Route::decode(ByteView p) {
+    Reader r(p, kType);
+    Route m;
+    uint16_t n = 0;
+    if (r.u16(n, "count")) {
+        if (n == 0 || n > kMaxRoute) return bad(kType, std::to_string(n) + " nodes (1 .. " + std::to_string(kMaxRoute) + ")");
+        m.nodes.resize(n);
+        for (uint16_t i = 0; i < n && r.str16(m.nodes[i], "nodes"); ++i) {
+        }
+    }
+    return finish_decode(std::move(m), r);
+}
+
+std::string Route::text() const {
+    std::string t;
+    for (const auto& n : nodes) t += (t.empty() ? "" : " -> ") + n;
+    return t;
+}
+
+Status Children::validate() const {
+    if (children.empty() || children.size() > kMaxRelayChildren)
+        return bad(kType, std::to_string(children.size()) + " children (1 .. " + std::to_string(kMaxRelayChildren) + ")");
+    for (const auto& c : children) {
+        if (c.address.empty() || c.address.size() > kMaxChildAddress)
+            return bad(kType, "child address of " + std::to_string(c.address.size()) + " bytes (1 .. " +
+                                  std::to_string(kMaxChildAddress) + ")");
+        if (auto hp = parse_host_port(c.address); !hp) return bad(kType, hp.status().message());
+        if (Status s = in_frame(kType, validate_node_name(c.node_name)); !s) return s;
+    }
+    return Status::ok();
+}
+
+void Children::encode_payload(Bytes& out) const {
+    put_u16(out, static_cast<uint16_t>(children.size()));
+    for (const auto& c : children) {
+        put_str16(out, c.address);
+        put_str16(out, c.node_name);
+    }
+}
+
+Result<Children> Children::decode(ByteView p) {
+    Reader r(p, kType);
+    Children m;
+    uint16_t n = 0;
+    if (r.u16(n, "count")) {
+        if (n == 0 || n > kMaxRelayChildren)
+            return bad(kType, std::to_string(n) + " children (1 .. " + std::to_string(kMaxRelayChildren) + ")");
+        m.children.resize(n);
+        for (uint16_t i = 0; i < n && r.str16(m.children[i].address, "address") &&
+                             r.str16(m.children[i].node_name, "node_name");
+             ++i) {
+        }
     }
     return finish_decode(std::move(m), r);
 }
@@ -475,6 +550,8 @@ Result<Message> decode_message(const Frame& f) {
     case FrameType::hello: return wrap(Hello::decode(p));
     case FrameType::offer: return wrap(Offer::decode(p));
     case FrameType::need: return wrap(Need::decode(p));
+    case FrameType::route: return wrap(Route::decode(p));
+    case FrameType::children: return wrap(Children::decode(p));
     case FrameType::file: return wrap(FileEntry::decode(p));
     case FrameType::data: return wrap(Data::decode(p));
     case FrameType::hole: return wrap(Hole::decode(p));

@@ -1,4 +1,4 @@
-// The twelve messages of the replication protocol (docs/replication-protocol.md,
+// The fourteen messages of the replication protocol (docs/replication-protocol.md,
 // sections 3-5): each typed, with the validation of every field the doc asks
 // for, its payload encoding and decoding, and a whole frame made in one buffer.
 #pragma once
@@ -26,6 +26,9 @@ inline constexpr uint32_t kChunkSize = 1u << 20;  // max DATA length
 inline constexpr size_t kMaxMessage = 1024;
 inline constexpr uint32_t kMaxHeldVersions = 65536;
 inline constexpr uint64_t kMaxFileSize = 0x7fffffffffffffffull;  // off_t
+inline constexpr size_t kMaxRoute = 16;        // nodes in a ROUTE
+inline constexpr size_t kMaxRelayChildren = 256;  // children in a CHILDREN
+inline constexpr size_t kMaxChildAddress = 255;
 inline constexpr std::array<char, 8> kHelloMagic = {'I', 'C', 'B', 'D', 'R', 'E', 'P', 'L'};
 
 // ---- Messages ----------------------------------------------------------------
@@ -37,7 +40,7 @@ enum class Role : uint8_t { sender = 1, receiver = 2 };
 
 struct Hello {
     static constexpr FrameType kType = FrameType::hello;
-    uint16_t min_version = kProtocolVersion;
+    uint16_t min_version = kMinProtocolVersion;
     uint16_t max_version = kProtocolVersion;
     Role role = Role::sender;
     uint32_t capabilities = 0;  // kCapLz4 | kCapZstd; unknown bits are kept and ignored
@@ -82,6 +85,42 @@ struct Need {
     void encode_payload(Bytes& out) const;
     static Result<Need> decode(ByteView payload);
     friend bool operator==(const Need&, const Need&) = default;
+};
+
+// Version 2 (section 4.8): the senders an offer went through, master first,
+// the sender of the frame last.
+struct Route {
+    static constexpr FrameType kType = FrameType::route;
+    std::vector<std::string> nodes;
+
+    Status validate() const;
+    void encode_payload(Bytes& out) const;
+    static Result<Route> decode(ByteView payload);
+    // Is `node` one of the relays (not the master, the first node) the offer
+    // came through? Names default to the host name, so a master and a replica
+    // on one host may share one; only a relay can close a cycle.
+    bool relays_through(const std::string& node) const {
+        return nodes.size() > 1 && std::find(nodes.begin() + 1, nodes.end(), node) != nodes.end();
+    }
+    std::string text() const;  // "master -> a -> b"
+    friend bool operator==(const Route&, const Route&) = default;
+};
+
+// Version 2 (section 4.9): the children a relay feeds with this offer's
+// stream, for its parent to take over if it fails.
+struct RelayChild {
+    std::string address;  // HOST:PORT as the relay connects to it
+    std::string node_name;
+    friend bool operator==(const RelayChild&, const RelayChild&) = default;
+};
+struct Children {
+    static constexpr FrameType kType = FrameType::children;
+    std::vector<RelayChild> children;
+
+    Status validate() const;
+    void encode_payload(Bytes& out) const;
+    static Result<Children> decode(ByteView payload);
+    friend bool operator==(const Children&, const Children&) = default;
 };
 
 // What a replica answers to an offer (4.2 steps 1, 3, 4; step 2 is an ERROR):
@@ -234,7 +273,7 @@ Result<Bytes> make_frame(const M& m) {
     return out;
 }
 
-using Message = std::variant<Hello, Offer, Need, FileEntry, Data, Hole, Truncate, Delete, Checkpoint,
+using Message = std::variant<Hello, Offer, Need, Route, Children, FileEntry, Data, Hole, Truncate, Delete, Checkpoint,
                              CheckpointAck, End, PushResult, Error>;
 // Decodes a frame by its type (a Data's bytes point into `frame.payload`).
 Result<Message> decode_message(const Frame& frame);

@@ -102,9 +102,24 @@ void negotiate(PushContext& ctx, Session& s) {
                       v ? ErrorCode::protocol : ErrorCode::unsupported_version, true);
     s.report.peer = theirs->node_name + " (" + s.stream.peer().address + ")";
     s.receiver_caps = theirs->capabilities;
+    s.version = *v;
+    s.peer_name = theirs->node_name;
 
+    if (s.version >= kRelayFramesVersion) {  // section 4.8
+        Route route = ctx.route.nodes.empty() ? Route{{ctx.node_name}} : ctx.route;
+        if (Status w = send_message(s.stream, route); !w) return s.fail(w, ErrorCode::io_error, false);
+    }
     if (Status w = send_message(s.stream, ctx.offer); !w) return s.fail(w, ErrorCode::io_error, false);
-    auto need = s.expect<Need>("NEED");
+    auto f = s.next_frame("NEED");
+    if (f && f->type == FrameType::children && s.version >= kRelayFramesVersion) {  // a relay (section 4.9)
+        auto c = s.as<Children>(*f);
+        if (!c) return s.fail(c.status(), ErrorCode::protocol, true);
+        s.children = std::move(c->children);
+        for (const auto& rc : s.children) s.report.relay_children.push_back(rc.node_name + " (" + rc.address + ")");
+        f = s.next_frame("NEED");
+    }
+    if (!f) return s.fail_after_read(f.status());
+    auto need = s.as<Need>(*f);
     if (!need) return s.fail_after_read(need.status());
     if (Status c = need->check_against(ctx.offer); !c) return s.fail(c, ErrorCode::protocol, true);
     s.need = *need;

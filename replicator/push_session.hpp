@@ -85,6 +85,12 @@ struct Session {
     // Reads the next frame, expecting M; an ERROR from the replica becomes the failure.
     template <typename M>
     Result<M> expect(std::string_view waiting_for) {
+        auto f = next_frame(waiting_for);
+        if (!f) return f.status();
+        return as<M>(*f);
+    }
+    // The next frame; an ERROR from the replica becomes the failure.
+    Result<Frame> next_frame(std::string_view waiting_for) {
         bool malformed = false;
         auto f = read_frame(stream, decoder, waiting_for, malformed);
         if (!f) {
@@ -100,18 +106,29 @@ struct Session {
             remote_code = e->code;
             return Status::error(EREMOTEIO, "replica reported " + error_code_name(e->code) + ": " + e->message);
         }
-        if (f->type != M::kType) {
+        return f;
+    }
+    // `f` decoded as M (a frame of another type is a protocol violation).
+    template <typename M>
+    Result<M> as(const Frame& f) {
+        if (f.type != M::kType) {
             protocol_violation = true;
             return Status::error(EPROTO, std::string("expected ") + frame_type_name(M::kType) + ", got " +
-                                             frame_type_name(f->type));
+                                             frame_type_name(f.type));
         }
-        auto m = M::decode(f->payload);
+        auto m = M::decode(f.payload);
         if (!m) protocol_violation = true;
         return m;
     }
     ErrorCode remote_code = ErrorCode::ok;  // the replica's ERROR or RESULT code
     bool protocol_violation = false;        // the replica sent what the protocol does not allow
     uint32_t receiver_caps = 0;
+    uint16_t version = 1;            // negotiated
+    std::string peer_name;           // the replica's HELLO node name
+    std::vector<RelayChild> children;  // what a relay named in CHILDREN (version 2)
+    bool taken_over = false;         // its children were pushed to directly
+    std::vector<ReplicaReport> takeover;  // their reports
+    uint64_t takeover_bytes_read = 0;     // what the takeover read from the source
 };
 
 // The replicas that need the same diff (same base), and its reader.
@@ -138,6 +155,7 @@ struct PushContext {
     Offer offer;
     RateLimiter limiter;
     std::string node_name;
+    Route route;  // sent before each OFFER in version 2; empty: [node_name]
 };
 
 // Handshake and negotiation (sections 3, 4.1, 4.2); a failure is in s.report.

@@ -60,7 +60,7 @@ Status Receiver::serve_connection(Stream& stream) {
         if (stopping_) return Status::error(ECANCELED, "receiver stopped");
         active_.push_back(&stream);
     }
-    Connection c{*this, stream, FrameDecoder(), opt_.node_name, {}};
+    Connection c{*this, stream, FrameDecoder(), opt_.node_name, {}, {}};
     Status s = c.run();
     {
         std::lock_guard lk(mu_);

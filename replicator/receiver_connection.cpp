@@ -25,22 +25,42 @@ using namespace std::chrono_literals;
 
 Status proto(std::string msg) { return Status::error(EPROTO, std::move(msg)); }
 
-// Checkpoint payload (opaque to the repository): protocol version, seq, chain.
+// Checkpoint payload (opaque to the repository): format, seq, chain. The
+// format stays 1 in protocol version 2 (its change stream is version 1's), so
+// a staging area checkpointed by either resumes under the other.
 constexpr size_t kCheckpointPayload = 2 + 8 + 8;
+constexpr uint16_t kCheckpointFormat = 1;
 Bytes encode_checkpoint(uint64_t seq, uint64_t chain) {
     Bytes b(kCheckpointPayload);
-    store_le16(b.data(), kProtocolVersion);
+    store_le16(b.data(), kCheckpointFormat);
     store_le64(b.data() + 2, seq);
     store_le64(b.data() + 10, chain);
     return b;
 }
 std::optional<std::pair<uint64_t, uint64_t>> decode_checkpoint(const std::vector<uint8_t>& b) {
     if (b.empty()) return std::make_pair(uint64_t(0), uint64_t(0));
-    if (b.size() != kCheckpointPayload || load_le16(b.data()) != kProtocolVersion) return std::nullopt;
+    if (b.size() != kCheckpointPayload || load_le16(b.data()) != kCheckpointFormat) return std::nullopt;
     return std::make_pair(load_le64(b.data() + 2), load_le64(b.data() + 10));
 }
 
+std::string join_names(const std::vector<std::string>& v) {
+    std::string s;
+    for (const auto& n : v) s += (s.empty() ? "" : ", ") + n;
+    return s;
+}
+
 }  // namespace
+
+bool Receiver::Connection::sender_accepted(const std::string& hello_name) const {
+    const auto& allowed = rx.opt_.accept_from;
+    if (allowed.empty()) return true;
+    const PeerIdentity& id = stream.peer();
+    for (const auto& a : allowed) {
+        // Without a certificate (the tests' plaintext mode) only the HELLO name is known.
+        if (id.authenticated ? id.has_name(a) : a == hello_name) return true;
+    }
+    return false;
+}
 
 Status Receiver::Connection::run() {
     peer = stream.peer().describe();
@@ -66,14 +86,27 @@ Status Receiver::Connection::run() {
         return s;
     }
     peer = theirs->node_name + " (" + stream.peer().address + ")";
+    peer_node = theirs->node_name;
+    if (!sender_accepted(theirs->node_name)) {
+        ReceiveReport r;
+        r.peer = peer;
+        r.code = ErrorCode::refused;
+        r.status = Status::error(EACCES, "replica '" + node + "' accepts versions only from " +
+                                             join_names(rx.opt_.accept_from) + ": the sender " + peer + " is refused");
+        send_error(ErrorCode::refused, r.status.message());
+        rx.record(r);
+        return r.status;
+    }
     auto v = negotiate_version(ours, *theirs);
     if (!v) {
         send_error(ErrorCode::unsupported_version, "replica '" + node + "': " + v.status().message());
         return v.status();
     }
     ours.min_version = ours.max_version = *v;
+    version = *v;
     if (Status s = send(ours); !s) return s;
 
+    std::optional<Route> route;  // version 2: the ROUTE before the next OFFER
     for (;;) {
         auto f = next();
         if (!f) {
@@ -86,6 +119,18 @@ Status Receiver::Connection::run() {
             auto e = Error::decode(fr.payload);
             return Status::error(EREMOTEIO, "sender " + peer + " reported " +
                                                 (e ? error_code_name(e->code) + ": " + e->message : std::string("an error")));
+        }
+        if (fr.type == FrameType::route && version >= kRelayFramesVersion && !route) {
+            auto r = Route::decode(fr.payload);
+            if (r && r->nodes.back() != peer_node)
+                r = proto("ROUTE frame: the route " + r->text() + " does not end with the sender '" + peer_node + "'");
+            if (!r) {
+                ErrorCode code = code_for_refused_frame(r.status());
+                send_error(code, "ROUTE from " + peer + " refused by replica '" + node + "': " + r.status().message());
+                return r.status();
+            }
+            route = std::move(r.value());
+            continue;
         }
         if (fr.type != FrameType::offer) {
             Status s = proto(std::string("expected OFFER, got ") + frame_type_name(fr.type));
@@ -103,11 +148,13 @@ Status Receiver::Connection::run() {
             rx.record(r);
             return o.status();
         }
-        if (Status s = offer(*o); !s) return s;
+        Route from = route ? std::move(*route) : Route{{peer_node}};
+        route.reset();
+        if (Status s = offer(*o, from); !s) return s;
     }
 }
 
-Status Receiver::Connection::offer(const Offer& o) {
+Status Receiver::Connection::offer(const Offer& o, const Route& route) {
     ReceiveReport rep;
     rep.peer = peer;
     rep.image = o.image;
@@ -120,6 +167,11 @@ Status Receiver::Connection::offer(const Offer& o) {
         rx.record(rep);
         return rep.status;
     };
+
+    // A relay cycle stops at its first repeated node, before any staging.
+    if (route.relays_through(node))
+        return refuse(ErrorCode::refused, Status::error(ELOOP, "relay cycle: the offer came " + route.text() +
+                                                                   " and replica '" + node + "' is on that route"));
 
     auto repo = Repository::open(rx.opt_.root);
     if (!repo) return refuse(ErrorCode::io_error, repo.status());
@@ -196,8 +248,13 @@ Status Receiver::Connection::offer(const Offer& o) {
     // A relay: its children negotiate first, so that our parent resends from
     // the earliest point any of them needs (section 11).
     std::unique_ptr<Relay> relay;
-    if (!rx.opt_.relay_to.empty()) {
+    if (!rx.opt_.relay_to.empty() && route.nodes.size() >= kMaxRoute) {
+        log(LogLevel::warning, what_s + ": not relayed: the route " + route.text() + " already has " +
+                                   std::to_string(kMaxRoute) + " nodes");
+    } else if (!rx.opt_.relay_to.empty()) {
         RelaySettings rs;
+        rs.route = route.nodes;
+        rs.route.push_back(node);
         rs.children = rx.opt_.relay_to;
         rs.tls = rx.opt_.relay_tls;
         rs.node_name = node;
@@ -213,7 +270,10 @@ Status Receiver::Connection::offer(const Offer& o) {
         if (!relay->fed()) relay.reset();
     }
     rep.resumed_after = need->resume_seq;
-    if (Status s = send(*need); !s) {
+    // Version 2: name the children we feed, for our parent to take over if we fail.
+    Status sent_need = relay && version >= kRelayFramesVersion ? send(Children{relay->fed_children()}) : Status::ok();
+    if (sent_need) sent_need = send(*need);
+    if (Status s = sent_need; !s) {
         if (relay) relay->abort(s);
         rep.status = Status::error(s.code(), what_s + ": " + s.message());
         rep.staging_kept = true;

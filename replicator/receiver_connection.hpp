@@ -23,6 +23,8 @@ struct Receiver::Connection {
     FrameDecoder decoder;
     std::string node;
     std::string peer;  // "master (127.0.0.1:40211)"
+    std::string peer_node;      // the sender's HELLO node name
+    uint16_t version = 1;       // negotiated
     std::vector<uint8_t> buf = std::vector<uint8_t>(256 * 1024);
 
     bool malformed = false;  // next() failed on the frames (the decoder), not on the stream
@@ -83,7 +85,10 @@ struct Receiver::Connection {
     ErrorCode read_failure_code() const { return malformed ? ErrorCode::protocol : ErrorCode::io_error; }
     // Handles one OFFER to its end. Not ok: the offer failed (as reported) and
     // the connection must close.
-    Status offer(const Offer& o);
+    // `route`: the ROUTE before it (version 2), or the sender alone.
+    Status offer(const Offer& o, const Route& route);
+    // ReceiverOptions::accept_from: is the sender one of the allowed parents?
+    bool sender_accepted(const std::string& hello_name) const;
 };
 
 }  // namespace icbd::repl

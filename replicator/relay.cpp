@@ -57,6 +57,7 @@ Relay::Relay(RelaySettings settings, const Offer& offer, const Need& need) : set
     popt_.version = offer.version;
     ctx_ = std::make_unique<PushContext>(popt_);
     ctx_->node_name = set_.node_name;
+    ctx_->route.nodes = set_.route;
     ctx_->offer = offer;
     // The only stream we can forward is the one from our base.
     ctx_->offer.held.clear();
@@ -133,6 +134,12 @@ std::pair<uint64_t, uint64_t> Relay::start() {
         c->thread = std::jthread([this, c] { run_child(*c); });
     }
     return {seq, chain};
+}
+
+std::vector<RelayChild> Relay::fed_children() const {
+    std::vector<RelayChild> out;
+    for (const Child* c : fed_) out.push_back(RelayChild{c->target.text(), c->session->peer_name});
+    return out;
 }
 
 void Relay::forward(const Frame& frame, uint64_t seq, uint64_t chain_after, uint64_t data_bytes) {

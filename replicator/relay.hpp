@@ -28,6 +28,7 @@ struct RelaySettings {
     std::vector<HostPort> children;
     TlsConfig tls;
     std::string node_name;         // our HELLO name towards the children
+    std::vector<std::string> route;  // ROUTE to our children: our parent's, then us (section 4.8)
     uint32_t capabilities = 0;     // what we told our parent we decompress
     uint64_t window_bytes = 64u << 20;
     std::chrono::milliseconds max_stall{10'000};
@@ -50,6 +51,8 @@ public:
     std::pair<uint64_t, uint64_t> start();
     // Children fed by this push (after start()).
     size_t fed() const { return fed_.size(); }
+    // Their addresses and names, for CHILDREN to our parent (section 4.9).
+    std::vector<RelayChild> fed_children() const;
 
     // A change frame, verified and applied by us; `chain_after` is c_seq.
     // Blocks while the window is full, at most max_stall (then the slowest

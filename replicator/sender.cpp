@@ -14,8 +14,10 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <thread>
 
+#include "icbd/log.hpp"
 #include "icbd/replicator/image_path.hpp"
 #include "icbd/replicator/repository.hpp"
 #include "failure_code.hpp"
@@ -57,6 +59,94 @@ std::vector<ReplicaProgress> snapshot_progress(const std::vector<std::unique_ptr
     return out;
 }
 
+// The replicas one push has served or is serving (its targets and the
+// children it took over), so that none is pushed to twice.
+struct Takeovers {
+    std::mutex mu;
+    std::set<std::string> claimed;
+    int depth = 0;
+};
+
+Result<PushReport> push_round(const PushOptions& opt, Takeovers& tk);
+
+// A relay `s` failed: push to the children it named, directly and resuming
+// from their checkpoints (docs/replication-protocol.md, section 11).
+void take_over(const PushOptions& opt, Takeovers& tk, Session& s, const std::string& node_name) {
+    if (s.taken_over || s.children.empty() || s.report.ok() || !opt.take_over_relay_children) return;
+    s.taken_over = true;
+    std::vector<HostPort> kids;
+    std::string names;
+    {
+        std::lock_guard lk(tk.mu);
+        if (tk.depth >= static_cast<int>(kMaxRoute)) return;
+        for (const auto& c : s.children) {
+            auto hp = parse_host_port(c.address);
+            if (!hp || !tk.claimed.insert(hp->text()).second) continue;
+            kids.push_back(*hp);
+            names += (names.empty() ? "" : ", ") + hp->text();
+        }
+    }
+    if (kids.empty()) return;
+    std::string why = s.report.code == ErrorCode::no_space ? " (ENOSPC: the relay's filesystem is full)" : "";
+    log(LogLevel::warning, s.report.status.message() + why + "; taking over its children " + names);
+    PushOptions sub = opt;
+    sub.targets = kids;
+    sub.on_progress = nullptr;
+    Takeovers inner;
+    {
+        std::lock_guard lk(tk.mu);
+        inner.claimed = tk.claimed;
+        inner.depth = tk.depth + 1;
+    }
+    auto r = push_round(sub, inner);
+    // A child may still be closing the relay's stream (flushing what it had
+    // applied) and answer busy: offer it again a few times, 1 s apart.
+    for (int attempt = 0; r && attempt < 5; ++attempt) {
+        std::vector<HostPort> again;
+        for (const auto& rep : r->replicas)
+            if (rep.code == ErrorCode::busy && rep.taken_over_from.empty())
+                for (const auto& k : kids)
+                    if (k.text() == rep.target) again.push_back(k);
+        if (again.empty()) break;
+        std::this_thread::sleep_for(std::chrono::seconds(1));
+        sub.targets = again;
+        auto retry = push_round(sub, inner);
+        if (!retry) break;
+        r->source_bytes_read += retry->source_bytes_read;
+        for (auto& rep : retry->replicas) {
+            auto it = std::find_if(r->replicas.begin(), r->replicas.end(), [&](const ReplicaReport& x) {
+                return x.target == rep.target && x.taken_over_from.empty();
+            });
+            if (rep.taken_over_from.empty() && it != r->replicas.end()) *it = std::move(rep);
+            else r->replicas.push_back(std::move(rep));
+        }
+    }
+    {
+        std::lock_guard lk(tk.mu);
+        tk.claimed.insert(inner.claimed.begin(), inner.claimed.end());
+    }
+    s.report.status = Status::error(s.report.status.code(), s.report.status.message() + why + "; its children " +
+                                                                names + " taken over by " + node_name);
+    if (!r) {
+        for (const auto& k : kids) {
+            ReplicaReport f;
+            f.target = k.text();
+            f.image = opt.image;
+            f.version = opt.version;
+            f.status = r.status();
+            f.code = ErrorCode::internal;
+            f.taken_over_from = s.target.text();
+            s.takeover.push_back(std::move(f));
+        }
+        return;
+    }
+    s.takeover_bytes_read = r->source_bytes_read;
+    for (auto& rep : r->replicas) {
+        if (rep.taken_over_from.empty()) rep.taken_over_from = s.target.text();
+        s.takeover.push_back(std::move(rep));
+    }
+}
+
 }  // namespace
 
 bool PushReport::all_ok() const {
@@ -64,6 +154,14 @@ bool PushReport::all_ok() const {
 }
 
 Result<PushReport> push(const PushOptions& opt) {
+    Takeovers tk;
+    for (const auto& t : opt.targets) tk.claimed.insert(t.text());
+    return push_round(opt, tk);
+}
+
+namespace {
+
+Result<PushReport> push_round(const PushOptions& opt, Takeovers& tk) {
     const auto started = Clock::now();
     const std::string what = "image '" + opt.image + "' version " + std::to_string(opt.version);
     if (Status s = validate_image_name(opt.image); !s) return s;
@@ -221,9 +319,15 @@ Result<PushReport> push(const PushOptions& opt) {
         if (g->sessions.empty()) continue;
         Group* gp = g.get();
         threads.emplace_back([&ctx, gp] { run_reader(ctx, *gp); });
-        for (Session* s : g->sessions) threads.emplace_back([&ctx, s] { run_writer(ctx, *s); });
+        for (Session* s : g->sessions)
+            threads.emplace_back([&ctx, &opt, &tk, s] {
+                run_writer(ctx, *s);
+                take_over(opt, tk, *s, ctx.node_name);  // at once: the relay's children wait for it
+            });
     }
     threads.clear();  // joins
+    // Relays that failed before streaming (after they named their children).
+    for (auto& s : sessions) take_over(opt, tk, *s, ctx.node_name);
     all_done = true;
     if (progress.joinable()) progress.join();
     if (opt.on_progress) opt.on_progress(snapshot_progress(sessions));
@@ -245,8 +349,14 @@ Result<PushReport> push(const PushOptions& opt) {
         s->stream.close();
         report.replicas.push_back(std::move(s->report));
     }
+    for (auto& s : sessions) {
+        report.source_bytes_read += s->takeover_bytes_read;
+        for (auto& t : s->takeover) report.replicas.push_back(std::move(t));
+    }
     report.seconds = seconds_since(started);
     return report;
 }
+
+}  // namespace
 
 }  // namespace icbd::repl

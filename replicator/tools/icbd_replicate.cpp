@@ -41,6 +41,7 @@ const char* kUsage =
     "  icbd-replicate serve --root DIR --listen HOST:PORT --ca F --cert F --key F\n"
     "                       [--allow-peer NAME]... [--name NODE] [--insecure-plaintext] [--once]\n"
     "                       [--relay-to HOST:PORT[,HOST:PORT...]]... [--relay-max-stall MS]\n"
+    "                       [--accept-from NAME[,NAME...]]...\n"
     "  icbd-replicate push --root DIR --image NAME --version N --to HOST:PORT [--to ...]\n"
     "                      --ca F --cert F --key F [--allow-peer NAME]... [--name NODE]\n"
     "                      [--compress auto|zstd|lz4|none] [--compress-level N] [--compress-threads N]\n"
@@ -172,12 +173,22 @@ int cmd_serve(const Args& a) {
             if (!child) throw UsageError{"--relay-to: " + child.status().message()};
             if (child->host == hp->host && child->port == hp->port && hp->port != 0)
                 throw UsageError{"--relay-to: " + one + " is this server's own --listen address (a cycle)"};
+            for (const auto& seen : ro.relay_to)
+                if (seen.text() == child->text())
+                    throw UsageError{"--relay-to: " + one + " is named twice (a child is fed once)"};
             ro.relay_to.push_back(*child);
             if (comma == std::string::npos) break;
             from = comma + 1;
         }
     }
     ro.relay_tls = tls;
+    for (const auto& list : a.all("--accept-from")) {
+        std::stringstream ss(list);
+        for (std::string name; std::getline(ss, name, ',');) {
+            if (name.empty()) throw UsageError{"--accept-from: an empty name in '" + list + "'"};
+            ro.accept_from.push_back(name);
+        }
+    }
     if (auto ms = a.get("--relay-max-stall")) {
         try {
             ro.relay_max_stall = std::chrono::milliseconds(std::stoul(*ms));
@@ -301,6 +312,7 @@ int cmd_push(const Args& a) {
             std::string codecs;  // e.g. " (chunks: zstd:1 12, lz4 30)"
             for (const auto& u : rep.codecs) codecs += (codecs.empty() ? " (chunks: " : ", ") + u.setting + " " + std::to_string(u.chunks);
             if (!codecs.empty()) codecs += ")";
+            if (!rep.taken_over_from.empty()) codecs += " (taken over from relay " + rep.taken_over_from + ")";
             std::fprintf(stderr, "image '%s' version %" PRIu64 " to %s: %s (%s from %" PRIu64 "), %s on the wire%s, %.2f s\n",
                          rep.image.c_str(), rep.version, rep.peer.c_str(),
                          rep.kind == NeedKind::nothing ? "already there" : "ok", kind_name(rep.kind), rep.base,
@@ -335,6 +347,11 @@ int cmd_push(const Args& a) {
             js << "],\"timeline\":{\"negotiated\":" << rep.timeline.negotiated << ",\"first_frame\":"
                << rep.timeline.first_frame << ",\"last_frame\":" << rep.timeline.last_frame << ",\"result\":"
                << rep.timeline.result << "}";
+            js << ",\"relay_children\":[";
+            for (size_t i = 0; i < rep.relay_children.size(); ++i)
+                js << (i ? "," : "") << "\"" << json_escape(rep.relay_children[i]) << "\"";
+            js << "]";
+            if (!rep.taken_over_from.empty()) js << ",\"taken_over_from\":\"" << json_escape(rep.taken_over_from) << "\"";
             js << ",\"seconds\":" << rep.seconds << ",\"result\":\""
                << (rep.ok() ? std::string("ok") : error_code_name(rep.code)) << "\"";
             if (!rep.ok()) js << ",\"error\":\"" << json_escape(rep.status.message()) << "\"";
@@ -434,7 +451,8 @@ int main(int argc, char** argv) {
     serve.value("--name", "Our node name in HELLO (default: the host name)")
         .flag("--once", "Exit after the first connection: 0 if it went well, 1 otherwise")
         .repeatable("--relay-to", "Relay each version received to these replicas, HOST:PORT[,HOST:PORT...]")
-        .value("--relay-max-stall", "Milliseconds a relay child may keep the window full before it is dropped");
+        .value("--relay-max-stall", "Milliseconds a relay child may keep the window full before it is dropped")
+        .repeatable("--accept-from", "Accept versions only from these senders' certificate names, NAME[,NAME...]");
 
     Args push(app.add_subcommand("push", "Push one version of an image to one or more replicas"));
     push.value("--root", "The master's repository")

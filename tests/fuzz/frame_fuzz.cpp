@@ -73,7 +73,7 @@ void run_decoder(ByteView stream, ByteView splits, uint32_t max_payload) {
 const FrameType kTypes[] = {FrameType::hello,      FrameType::offer,          FrameType::need,  FrameType::file,
                             FrameType::data,       FrameType::hole,           FrameType::truncate, FrameType::del,
                             FrameType::checkpoint, FrameType::checkpoint_ack, FrameType::end,   FrameType::result,
-                            FrameType::error};
+                            FrameType::error,      FrameType::route,          FrameType::children};
 
 }  // namespace
 

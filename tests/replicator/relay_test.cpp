@@ -3,7 +3,7 @@
 // every hop on its own BTRFS loop device, real TLS on 127.0.0.1. A child cut
 // mid-push resumes against the relay; a relay killed mid-push leaves nothing
 // half-visible and its children get the version from the master.
-// (The tree, proxy and tool helpers are those of replication_test.cpp.)
+// (The tree, proxy and tool helpers: replication_fixture.hpp.)
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -29,6 +29,7 @@
 #include "icbd/replicator/sender.hpp"
 #include "icbd/replicator/transport.hpp"
 #include "loop_fs.hpp"
+#include "replication_fixture.hpp"
 #include "run_command.hpp"
 #include "temp_dir.hpp"
 
@@ -41,164 +42,7 @@ using test::LoopFs;
 using test::run_checked;
 using test::TempDir;
 
-constexpr uint64_t MiB = 1024 * 1024;
-
-void sh(const std::string& script) { run_checked({"sh", "-ec", script}, {}, std::chrono::seconds(120)); }
-
-// ---- trees ----
-
-std::string describe_entry(const fs::path& p) {
-    struct stat st {};
-    if (::lstat(p.c_str(), &st) != 0) return "<missing>";
-    std::ostringstream o;
-    o << (S_ISDIR(st.st_mode) ? "d" : S_ISLNK(st.st_mode) ? "l" : "f") << " mode " << std::oct << (st.st_mode & 07777)
-      << std::dec << " uid " << st.st_uid << " gid " << st.st_gid << " mtime " << st.st_mtim.tv_sec << "."
-      << st.st_mtim.tv_nsec;
-    if (S_ISREG(st.st_mode)) o << " size " << st.st_size;
-    if (S_ISLNK(st.st_mode)) o << " -> " << fs::read_symlink(p).string();
-    return o.str();
-}
-
-bool same_content(const fs::path& a, const fs::path& b, std::string& why) {
-    std::ifstream fa(a, std::ios::binary), fb(b, std::ios::binary);
-    std::vector<char> ba(1 << 20), bb(1 << 20);
-    uint64_t off = 0;
-    for (;;) {
-        fa.read(ba.data(), ba.size());
-        fb.read(bb.data(), bb.size());
-        if (fa.gcount() != fb.gcount()) {
-            why = "lengths differ near offset " + std::to_string(off);
-            return false;
-        }
-        if (std::memcmp(ba.data(), bb.data(), fa.gcount()) != 0) {
-            why = "bytes differ in the MiB at offset " + std::to_string(off);
-            return false;
-        }
-        if (fa.gcount() == 0) return true;
-        off += fa.gcount();
-    }
-}
-
-// Every entry of `want` exists in `got` with the same type, mode, owner, mtime,
-// size, target and bytes, and holes stay holes (allocation not above the source's
-// plus a little). Nothing more in `got`.
-::testing::AssertionResult same_tree(const fs::path& got, const fs::path& want) {
-    std::set<std::string> seen;
-    for (auto it = fs::recursive_directory_iterator(want); it != fs::recursive_directory_iterator(); ++it) {
-        std::string rel = it->path().lexically_relative(want).string();
-        seen.insert(rel);
-        fs::path g = got / rel;
-        std::string dw = describe_entry(it->path()), dg = describe_entry(g);
-        if (dw != dg) return ::testing::AssertionFailure() << rel << ": replica '" << dg << "', source '" << dw << "'";
-        if (it->is_regular_file() && !it->is_symlink()) {
-            std::string why;
-            if (!same_content(g, it->path(), why)) return ::testing::AssertionFailure() << rel << ": " << why;
-            uint64_t aw = test::allocated_bytes(it->path()), ag = test::allocated_bytes(g);
-            if (ag > aw + 1 * MiB)
-                return ::testing::AssertionFailure()
-                       << rel << ": " << ag << " bytes allocated on the replica, " << aw << " on the source (holes lost)";
-        }
-    }
-    for (auto it = fs::recursive_directory_iterator(got); it != fs::recursive_directory_iterator(); ++it) {
-        std::string rel = it->path().lexically_relative(got).string();
-        if (!seen.count(rel)) return ::testing::AssertionFailure() << rel << ": only on the replica";
-    }
-    return ::testing::AssertionSuccess();
-}
-
-// ---- a TCP proxy that cuts or stalls the connection ----
-
-// Forwards one connection at a time to 127.0.0.1:`to`. The client->server
-// direction stops after `limit` bytes: the proxy then closes both sides (a cut)
-// or, with `stall`, stops reading (a replica that falls behind).
-class Proxy {
-public:
-    explicit Proxy(uint16_t to) : to_(to) {
-        lfd_ = UniqueFd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-        sockaddr_in a{};
-        a.sin_family = AF_INET;
-        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        if (::bind(lfd_.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) || ::listen(lfd_.get(), 8))
-            throw std::runtime_error("proxy: bind/listen");
-        socklen_t len = sizeof a;
-        ::getsockname(lfd_.get(), reinterpret_cast<sockaddr*>(&a), &len);
-        port_ = ntohs(a.sin_port);
-        thread_ = std::jthread([this] { loop(); });
-    }
-    ~Proxy() {
-        stop_ = true;
-        thread_.join();
-    }
-    uint16_t port() const { return port_; }
-    HostPort target() const { return HostPort{"127.0.0.1", port_}; }
-    void arm(uint64_t limit, bool stall = false) {
-        limit_ = limit;
-        stall_ = stall;
-    }
-    uint64_t bytes_up() const { return up_; }  // client -> server, all connections
-
-private:
-    void loop() {
-        while (!stop_) {
-            pollfd p{lfd_.get(), POLLIN, 0};
-            if (::poll(&p, 1, 50) <= 0) continue;
-            UniqueFd c(::accept4(lfd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
-            if (!c.valid()) continue;
-            UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-            sockaddr_in a{};
-            a.sin_family = AF_INET;
-            a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-            a.sin_port = htons(to_);
-            if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) continue;
-            forward(c.get(), s.get());
-        }
-    }
-    static bool write_all(int fd, const char* b, size_t n) {
-        while (n) {
-            ssize_t w = ::send(fd, b, n, MSG_NOSIGNAL);
-            if (w <= 0) return false;
-            b += w;
-            n -= w;
-        }
-        return true;
-    }
-    void forward(int c, int s) {
-        uint64_t limit = limit_, done = 0;
-        bool stall = stall_, reading_client = true;
-        std::vector<char> buf(64 * 1024);
-        while (!stop_) {
-            pollfd p[2] = {{c, short(reading_client ? POLLIN : 0), 0}, {s, POLLIN, 0}};
-            if (::poll(p, 2, 50) <= 0) continue;
-            if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
-                size_t want = std::min<uint64_t>(buf.size(), limit - done);
-                ssize_t n = ::read(c, buf.data(), want);
-                if (n <= 0) break;
-                done += n;
-                up_ += n;
-                if (!write_all(s, buf.data(), n)) break;
-                if (done >= limit) {
-                    if (!stall) break;  // the cut: both sides closed at once
-                    reading_client = false;
-                }
-            }
-            if (p[1].revents & (POLLIN | POLLHUP | POLLERR)) {
-                ssize_t n = ::read(s, buf.data(), buf.size());
-                if (n <= 0) break;
-                if (!write_all(c, buf.data(), n)) break;
-            }
-        }
-    }
-
-    uint16_t to_;
-    uint16_t port_ = 0;
-    UniqueFd lfd_;
-    std::atomic<uint64_t> limit_{UINT64_MAX};
-    std::atomic<bool> stall_{false};
-    std::atomic<uint64_t> up_{0};
-    std::atomic<bool> stop_{false};
-    std::jthread thread_;
-};
-
+using namespace fixture;  // trees, Proxy, ToolServer (replication_fixture.hpp)
 
 // ---- certificates, replicas ----
 
@@ -223,7 +67,8 @@ class ReplicaServer {
 public:
     ReplicaServer(const fs::path& root, const TlsConfig& tls, const std::string& name,
                   std::vector<HostPort> relay_to = {}, uint64_t relay_window = 64 * MiB,
-                  std::chrono::milliseconds relay_max_stall = 10s, std::vector<std::string> allow_peers = {}) {
+                  std::chrono::milliseconds relay_max_stall = 10s, std::vector<std::string> allow_peers = {},
+                  std::vector<std::string> accept_from = {}) {
         fs::create_directories(root);
         TlsConfig server_tls = tls;
         server_tls.allowed_peer_names = std::move(allow_peers);
@@ -238,6 +83,7 @@ public:
         o.relay_window_bytes = relay_window;
         o.relay_max_stall = relay_max_stall;
         o.busy_wait = 2s;
+        o.accept_from = std::move(accept_from);
         rx_ = std::make_unique<Receiver>(o);
         thread_ = std::jthread([this] { (void)rx_->serve(listener_); });
     }
@@ -258,55 +104,6 @@ private:
     Listener listener_;
     std::unique_ptr<Receiver> rx_;
     std::jthread thread_;
-};
-
-// `icbd-replicate serve` as its own process (a relay with --relay-to).
-struct ToolServer {
-    pid_t pid = -1;
-    uint16_t port = 0;
-    TempDir out{"/tmp", "icbd-relay-tool-"};
-    static fs::path tool() {
-        return fs::read_symlink("/proc/self/exe").parent_path().parent_path().parent_path() / "replicator/icbd-replicate";
-    }
-    ToolServer(const fs::path& root, const TlsConfig& tls, std::vector<std::string> extra) {
-        fs::create_directories(root);
-        std::vector<std::string> argv = {tool().string(), "serve", "--root", root.string(), "--listen", "127.0.0.1:0",
-                                         "--ca", tls.ca_file, "--cert", tls.cert_file, "--key", tls.key_file,
-                                         "--name", "relay"};
-        argv.insert(argv.end(), extra.begin(), extra.end());
-        std::vector<char*> args;
-        for (auto& a : argv) args.push_back(a.data());
-        args.push_back(nullptr);
-        test::SpawnActions fa;
-        std::string so = (out.path() / "stdout").string(), se = (out.path() / "stderr").string();
-        posix_spawn_file_actions_addopen(&fa.a, 1, so.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        posix_spawn_file_actions_addopen(&fa.a, 2, se.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (posix_spawn(&pid, args[0], &fa.a, nullptr, args.data(), environ) != 0)
-            throw std::runtime_error("cannot start " + argv[0] + ": " + strerror(errno));
-        for (int i = 0; i < 500 && !port; ++i) {
-            std::ifstream in(so);
-            std::string line;
-            if (std::getline(in, line) && line.rfind("listening on ", 0) == 0)
-                port = static_cast<uint16_t>(std::stoi(line.substr(line.rfind(':') + 1)));
-            else std::this_thread::sleep_for(10ms);
-        }
-        if (!port) throw std::runtime_error("icbd-replicate serve did not start: " + stderr_text());
-    }
-    std::string stderr_text() const {
-        std::ifstream in(out.path() / "stderr");
-        std::stringstream ss;
-        ss << in.rdbuf();
-        return ss.str();
-    }
-    HostPort target() const { return HostPort{"127.0.0.1", port}; }
-    void kill9() {
-        if (pid > 0) {
-            ::kill(pid, SIGKILL);
-            ::waitpid(pid, nullptr, 0);
-            pid = -1;
-        }
-    }
-    ~ToolServer() { kill9(); }
 };
 
 // Nothing of `image` version `v` is visible under images/ on `root` but a
@@ -508,35 +305,119 @@ TEST_F(RelayTest, AChildRefusesAnUnexpectedParentAndTheOthersGoOn) {
     EXPECT_TRUE(same_tree(f1 / "repo/images/vm/1", master_version(1)));
 }
 
-// A relay whose disk fills up reports no_space to the master, cancels its
-// children (who keep their staging) and publishes nothing; the master then
-// serves the children directly and they resume from their checkpoints.
-TEST_F(RelayTest, ARelayWithAFullDiskCancelsItsChildrenWhoThenResumeFromTheMaster) {
+// A relay whose disk fills up reports no_space (ENOSPC, naming the relay) to
+// the master, cancels its children (who keep their staging) and publishes
+// nothing; the master takes the children over in the same push
+// (`icbd-replicate push --json`, its own process) and each resumes from its
+// checkpoint.
+TEST_F(RelayTest, ARelayWithAFullDiskReportsENOSPCAndTheMasterServesItsChildrenInTheSamePush) {
     make_v1(192);
     LoopFs fr(LoopFs::Type::btrfs, 160 * MiB), f1(LoopFs::Type::btrfs, 512 * MiB), f2(LoopFs::Type::btrfs, 512 * MiB);
     ReplicaServer c1(f1 / "repo", tls("child1"), "child1");
     ReplicaServer c2(f2 / "repo", tls("child2"), "child2");
     ReplicaServer relay(fr / "repo", tls("relay"), "relay", {c1.target(), c2.target()});
-    auto one = push(options({relay.target()}, 1));
-    ASSERT_TRUE(one) << one.status().message();
-    ASSERT_FALSE(one->replicas[0].ok());
-    EXPECT_EQ(one->replicas[0].code, ErrorCode::no_space) << one->replicas[0].status.message();
+    const TlsConfig m = tls("master");
+    auto r = test::run_command({ToolServer::tool().string(), "push", "--root", master_root_.string(), "--image", "vm",
+                                "--version", "1", "--to", relay.target().text(), "--ca", m.ca_file, "--cert",
+                                m.cert_file, "--key", m.key_file, "--name", "master", "--compress", "none", "--json"},
+                               {}, 240s);
+    EXPECT_EQ(r.exit_code, 1) << r.describe();  // the relay failed
+    const std::string& js = r.output;
+    std::cout << "[ measured ] push --json: " << js.substr(0, 600) << "\n";
+    // The relay's entry: no_space, naming the relay and ENOSPC, and the children it named.
+    EXPECT_NE(js.find("\"result\":\"no_space\""), std::string::npos) << js;
+    EXPECT_NE(js.find("ENOSPC"), std::string::npos) << js;
+    EXPECT_NE(js.find("to replica relay ("), std::string::npos) << js;
+    EXPECT_NE(js.find("\"relay_children\":[\"child1 (" + c1.target().text() + ")\",\"child2 (" + c2.target().text() + ")\"]"),
+              std::string::npos)
+        << js;
+    // Both children: taken over from the relay, ok.
+    for (const auto* c : {&c1, &c2}) {
+        const std::string entry = "\"target\":\"" + c->target().text() + "\"";
+        size_t at = js.find(entry);
+        ASSERT_NE(at, std::string::npos) << js;
+        size_t res = js.find("\"result\":\"", at);
+        ASSERT_NE(res, std::string::npos) << js;
+        const std::string one = js.substr(at, res + 16 - at);
+        EXPECT_NE(one.find("\"taken_over_from\":\"" + relay.target().text() + "\""), std::string::npos) << one;
+        EXPECT_EQ(js.compare(res, 13, "\"result\":\"ok\""), 0) << one;
+    }
     for (auto* c : {&c1, &c2}) {
-        auto reps = c->wait_reports(1);
-        ASSERT_EQ(reps.size(), 1u);
+        auto reps = c->wait_reports(2);
+        ASSERT_EQ(reps.size(), 2u);
+        // First the relay's stream, cancelled naming the relay; then the master's, resumed.
         EXPECT_FALSE(reps[0].published);
         EXPECT_EQ(reps[0].code, ErrorCode::cancelled) << reps[0].status.message();
         EXPECT_NE(reps[0].status.message().find("relay"), std::string::npos) << reps[0].status.message();
         EXPECT_TRUE(reps[0].staging_kept);
+        EXPECT_TRUE(reps[1].published) << reps[1].status.message();
+        EXPECT_EQ(reps[1].peer.rfind("master (", 0), 0u) << reps[1].peer;
+        EXPECT_GT(reps[1].resumed_after, 0u);
     }
-    for (const LoopFs* f : {&fr, &f1, &f2}) EXPECT_FALSE(fs::exists(*f / "repo/images/vm/1")) << f->mount_point();
-    auto direct = push(options({c1.target(), c2.target()}, 1));
-    ASSERT_TRUE(direct) << direct.status().message();
-    for (const auto& r : direct->replicas) {
-        EXPECT_TRUE(r.ok()) << r.status.message();
-        EXPECT_GT(r.resume_seq, 0u) << r.target;
-    }
+    EXPECT_FALSE(fs::exists(fr / "repo/images/vm/1"));
     for (const LoopFs* f : {&f1, &f2}) EXPECT_TRUE(same_tree(*f / "repo/images/vm/1", master_version(1)));
+}
+
+// A child that accepts versions only from its parents (--accept-from: the
+// relay and the master) refuses any other sender with a clear error on both
+// sides, before any offer; its parents still feed it.
+TEST_F(RelayTest, AChildRefusesAVersionFromAnUnexpectedParentWithAClearErrorOnBothSides) {
+    make_v1(8);
+    LoopFs f1(LoopFs::Type::btrfs, 256 * MiB);
+    ReplicaServer c1(f1 / "repo", tls("child1"), "child1", {}, 64 * MiB, 10s, {}, {"relay", "master"});
+    auto o = options({c1.target()}, 1);
+    o.tls = tls("child2");  // a certificate of the cluster, but not one of child1's parents
+    o.node_name = "child2";
+    auto rogue = push(o);
+    ASSERT_TRUE(rogue) << rogue.status().message();
+    const auto& rr = rogue->replicas[0];
+    ASSERT_FALSE(rr.ok());
+    EXPECT_EQ(rr.code, ErrorCode::refused) << rr.status.message();
+    EXPECT_NE(rr.status.message().find("replica 'child1' accepts versions only from relay, master: the sender child2 ("),
+              std::string::npos)
+        << rr.status.message();
+    auto reps = c1.wait_reports(1);
+    ASSERT_EQ(reps.size(), 1u);
+    EXPECT_EQ(reps[0].code, ErrorCode::refused);
+    EXPECT_NE(reps[0].status.message().find("the sender child2 ("), std::string::npos) << reps[0].status.message();
+    EXPECT_FALSE(fs::exists(f1 / "repo/images/vm/1"));
+    EXPECT_TRUE(fs::is_empty(f1 / "repo") || !fs::exists(f1 / "repo/images/vm") || fs::is_empty(f1 / "repo/images/vm"));
+    auto good = push(options({c1.target()}, 1));  // the master is one of its parents
+    ASSERT_TRUE(good) << good.status().message();
+    EXPECT_TRUE(good->replicas[0].ok()) << good->replicas[0].status.message();
+    EXPECT_TRUE(same_tree(f1 / "repo/images/vm/1", master_version(1)));
+}
+
+// A cycle no single configuration shows (relay -> child1 -> relay) is refused
+// on the wire by the route of the offer: the relay finds itself on it and
+// answers refused at once (no busy wait), and both get the version once.
+TEST_F(RelayTest, ARelayCycleIsRefusedByTheRouteAndEachNodeGetsTheVersionOnce) {
+    make_v1(8);
+    LoopFs fa(LoopFs::Type::btrfs, 256 * MiB), fb(LoopFs::Type::btrfs, 256 * MiB);
+    Proxy back(1);  // child1 -> relay, aimed once the relay listens
+    ReplicaServer b(fb / "repo", tls("child1"), "child1", {back.target()});
+    ReplicaServer a(fa / "repo", tls("relay"), "relay", {b.target()});
+    back.retarget(a.target().port);
+    auto t0 = std::chrono::steady_clock::now();
+    auto one = push(options({a.target()}, 1));
+    ASSERT_TRUE(one) << one.status().message();
+    ASSERT_TRUE(one->replicas[0].ok()) << one->replicas[0].status.message();
+    auto ra = a.wait_reports(2);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ASSERT_EQ(ra.size(), 2u);
+    // child1's offer back to the relay came while the relay still received:
+    // refused for the cycle, not after the 2 s busy wait.
+    const ReceiveReport& cyc = ra[0].peer.rfind("child1 (", 0) == 0 ? ra[0] : ra[1];
+    EXPECT_EQ(cyc.code, ErrorCode::refused) << cyc.status.message();
+    EXPECT_NE(cyc.status.message().find("relay cycle: the offer came master -> relay -> child1 and replica 'relay' is on that route"),
+              std::string::npos)
+        << cyc.status.message();
+    EXPECT_LT(secs, 10.0);
+    auto rb = b.wait_reports(1);
+    ASSERT_EQ(rb.size(), 1u);
+    EXPECT_TRUE(rb[0].published) << rb[0].status.message();
+    EXPECT_TRUE(same_tree(fa / "repo/images/vm/1", master_version(1)));
+    EXPECT_TRUE(same_tree(fb / "repo/images/vm/1", master_version(1)));
 }
 
 TEST_F(RelayTest, ServeRefusesToRelayToItself) {
@@ -555,19 +436,31 @@ TEST_F(RelayTest, ServeRefusesToRelayToItself) {
                                  {}, 10s);
     EXPECT_EQ(bad.exit_code, 2) << bad.describe();
     EXPECT_NE(bad.output.find("--relay-to:"), std::string::npos) << bad.output;
+    auto twice = test::run_command({ToolServer::tool().string(), "serve", "--root", root.path().string(), "--listen",
+                                    "127.0.0.1:0", "--ca", t.ca_file, "--cert", t.cert_file, "--key", t.key_file,
+                                    "--relay-to", "127.0.0.1:7412", "--relay-to", "127.0.0.1:7412"},
+                                   {}, 10s);
+    EXPECT_EQ(twice.exit_code, 2) << twice.describe();
+    EXPECT_NE(twice.output.find("--relay-to: 127.0.0.1:7412 is named twice"), std::string::npos) << twice.output;
 }
 
-TEST_F(RelayTest, ARelayKilledMidPushLeavesNothingHalfVisibleAndItsChildrenResumeFromTheMaster) {
+// kill -9 of a relay process in the middle of a push: the master takes its
+// children over in the same push; each resumes from its own checkpoint (the
+// relay forwarded the master's frames), publishes after checking the digest
+// and ends byte-identical; nothing is half-visible anywhere. child1 accepts
+// versions only from its parents (the relay and the master).
+TEST_F(RelayTest, ARelayKilledMidPushHasItsChildrenTakenOverByTheMasterInTheSamePush) {
     make_v1(96);
     LoopFs fr(LoopFs::Type::btrfs, 384 * MiB), f1(LoopFs::Type::btrfs, 384 * MiB), f2(LoopFs::Type::btrfs, 384 * MiB);
-    ReplicaServer c1(f1 / "repo", tls("child1"), "child1");
+    ReplicaServer c1(f1 / "repo", tls("child1"), "child1", {}, 64 * MiB, 10s, {}, {"relay", "master"});
     ReplicaServer c2(f2 / "repo", tls("child2"), "child2");
     ToolServer relay(fr / "repo", tls("relay"),
-                     {"--relay-to", c1.target().text() + "," + c2.target().text()});
+                     {"--name", "relay", "--relay-to", c1.target().text() + "," + c2.target().text()});
     // A slow push (16 MiB/s), killed at about half.
     auto o = options({relay.target()}, 1);
     o.bandwidth_limit = 16 * MiB;
     std::atomic<uint64_t> sent{0};
+    std::atomic<bool> killed{false};
     o.on_progress = [&](const std::vector<ReplicaProgress>& p) {
         if (!p.empty()) sent = p[0].payload_sent;
     };
@@ -575,31 +468,39 @@ TEST_F(RelayTest, ARelayKilledMidPushLeavesNothingHalfVisibleAndItsChildrenResum
     std::jthread killer([&] {
         for (int i = 0; i < 600 && sent.load() < 48 * MiB; ++i) std::this_thread::sleep_for(20ms);
         relay.kill9();
+        killed = true;
     });
     auto first = push(o);
     killer.join();
     ASSERT_TRUE(first) << first.status().message();
-    EXPECT_FALSE(first->replicas[0].ok());
+    ASSERT_TRUE(killed.load());
     std::cout << "[ measured ] relay killed after " << sent.load() / MiB << " MiB of 96\n";
-    for (auto* c : {&c1, &c2}) {
-        auto reps = c->wait_reports(1);
-        ASSERT_EQ(reps.size(), 1u);
-        EXPECT_FALSE(reps[0].published);
-        EXPECT_TRUE(reps[0].staging_kept);
-    }
-    for (const LoopFs* f : {&fr, &f1, &f2}) {
-        EXPECT_FALSE(fs::exists(*f / "repo/images/vm/1")) << f->mount_point();
-    }
-    // The fallback: the master pushes to the children of the relay it lost;
-    // each resumes from its own checkpoint (the relay forwarded the master's frames).
-    auto second = push(options({c1.target(), c2.target()}, 1));
-    ASSERT_TRUE(second) << second.status().message();
-    for (const auto& r : second->replicas) {
+    ASSERT_EQ(first->replicas.size(), 3u);
+    const auto& rr = first->replicas[0];
+    EXPECT_FALSE(rr.ok());
+    EXPECT_NE(rr.status.message().find("taken over by master"), std::string::npos) << rr.status.message();
+    ASSERT_EQ(rr.relay_children.size(), 2u);
+    for (size_t i = 1; i < 3; ++i) {
+        const auto& r = first->replicas[i];
         EXPECT_TRUE(r.ok()) << r.status.message();
-        EXPECT_GT(r.resume_seq, 0u) << r.target;
+        EXPECT_EQ(r.taken_over_from, relay.target().text());
+        EXPECT_GT(r.resume_seq, 0u) << r.target;  // from its own checkpoint
         EXPECT_LT(r.payload_bytes, 96 * MiB) << r.target;
+        std::cout << "[ measured ] " << r.peer << " taken over: resumed after change " << r.resume_seq << ", "
+                  << r.payload_bytes / MiB << " MiB sent again\n";
+    }
+    EXPECT_EQ(first->replicas[1].target, c1.target().text());
+    EXPECT_EQ(first->replicas[2].target, c2.target().text());
+    for (auto* c : {&c1, &c2}) {
+        auto reps = c->wait_reports(2);
+        ASSERT_EQ(reps.size(), 2u);
+        EXPECT_FALSE(reps[0].published);  // cut with the relay
+        EXPECT_TRUE(reps[0].staging_kept);
+        EXPECT_TRUE(reps[1].published) << reps[1].status.message();  // the digest checked
+        EXPECT_EQ(reps[1].peer.rfind("master (", 0), 0u) << reps[1].peer;
     }
     for (const LoopFs* f : {&f1, &f2}) EXPECT_TRUE(same_tree(*f / "repo/images/vm/1", master_version(1)));
+    EXPECT_FALSE(fs::exists(fr / "repo/images/vm/1"));
     EXPECT_TRUE(nothing_half_visible(fr / "repo", 1, master_version(1)));
 }
 

@@ -10,12 +10,18 @@
 
 namespace icbd::repl {
 
-inline constexpr uint16_t kProtocolVersion = 1;
+// The newest version we speak, and the oldest (docs/replication-protocol.md,
+// section 3). Version 2 adds ROUTE and CHILDREN (relay cycles and takeovers).
+inline constexpr uint16_t kProtocolVersion = 2;
+inline constexpr uint16_t kMinProtocolVersion = 1;
+inline constexpr uint16_t kRelayFramesVersion = 2;  // ROUTE and CHILDREN from here on
 
 enum class FrameType : uint8_t {
     hello = 0x01,
     offer = 0x02,
     need = 0x03,
+    route = 0x04,     // version 2
+    children = 0x05,  // version 2
     file = 0x10,
     data = 0x11,
     hole = 0x12,

@@ -55,6 +55,11 @@ struct ReceiverOptions {
     // long is dropped from the push; its siblings and our receive go on.
     std::chrono::milliseconds relay_max_stall{10'000};
     uint64_t relay_window_bytes = 64u << 20;
+    // The peers allowed to push versions to us (section 11, "Who may feed a
+    // replica"): certificate names (CN or SAN DNS; the HELLO node name in
+    // plaintext mode), e.g. our relay and the master. Another sender gets
+    // ERROR refused right after HELLO. Empty: any peer the TLS policy admits.
+    std::vector<std::string> accept_from;
     // Called after every OFFER handled (from the connection's thread).
     std::function<void(const ReceiveReport&)> on_report;
 };

@@ -77,11 +77,19 @@ struct ReplicaReport {
     // one we sent; ok when ok.
     ErrorCode code = ErrorCode::ok;
     bool dropped = false;  // fell behind the others (or its connection failed mid-stream)
+    // A relay: the children it said it feeds with this stream (CHILDREN,
+    // docs/replication-protocol.md 4.9), "child1 (127.0.0.1:7002)".
+    std::vector<std::string> relay_children;
+    // Not a target of the push but a child of this target (a relay), pushed to
+    // directly because that relay failed (section 11, takeover). Empty otherwise.
+    std::string taken_over_from;
     bool ok() const { return status.is_ok(); }
 };
 
 struct PushReport {
-    std::vector<ReplicaReport> replicas;  // in the order of PushOptions::targets
+    // In the order of PushOptions::targets, then the children of failed relays
+    // taken over (ReplicaReport::taken_over_from).
+    std::vector<ReplicaReport> replicas;
     uint64_t source_bytes_read = 0;       // all readers together
     double seconds = 0;
     bool all_ok() const;
@@ -120,6 +128,9 @@ struct PushOptions {
     // fails, is dropped from the push; the others go on.
     std::chrono::milliseconds max_stall{30'000};
     DiffOptions diff;
+    // When a target that is a relay fails (dies, its disk fills, ...), push
+    // to the children it named directly, in this push (section 11).
+    bool take_over_relay_children = true;
     std::function<void(const std::vector<ReplicaProgress>&)> on_progress;
     std::chrono::milliseconds progress_interval{250};
 };
