@@ -6,7 +6,8 @@
 #                            PID is in $child meanwhile.
 # After scripts/lib/tgtd.sh and tgtd_start:
 #   export_backends PREFIX   one target per bstype in $bstypes, LUN 1 of block
-#                            size 4096 over $backing (null: no file), --bsopts
+#                            size $lun_block_size (default 4096) over $backing
+#                            (null: no file), --bsopts
 #                            $icbd_bsopts for icbd; "overlay" is icbd with a client
 #                            overlay ($overlay_file) over $backing as its golden
 #                            file; "icbd-dw" is icbd with direct=writes;
@@ -35,7 +36,7 @@ export_backends() {
     tgtd_adm --op new --mode target --tid "$tid" -T "$iqn" || { echo "cannot create target $iqn" >&2; return 1; }
     local bstype=$b
     case "$b" in overlay|icbd-dw) bstype=icbd ;; esac
-    args=(--op new --mode logicalunit --tid "$tid" --lun 1 --bstype "$bstype" --blocksize 4096)
+    args=(--op new --mode logicalunit --tid "$tid" --lun 1 --bstype "$bstype" --blocksize "${lun_block_size:-4096}")
     if [ "$b" = null ]; then args+=(--backing-store None); else args+=(--backing-store "$backing"); fi
     if [ "$b" = icbd ] && [ -n "${icbd_bsopts:-}" ]; then args+=(--bsopts "$icbd_bsopts"); fi
     if [ "$b" = overlay ]; then args+=(--bsopts "overlay=$overlay_file${icbd_bsopts:+;$icbd_bsopts}"); fi

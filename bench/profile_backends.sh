@@ -16,6 +16,10 @@
 #     --icbd-bsopts STR  --bsopts for the icbd LUN
 #     --page-cache MODE  warm (default: the file is read back into the page cache
 #                        before each backend) or cold (its pages dropped, not read back)
+#     --block-size N     logical block size of every LUN (default 4096)
+#     --read-tool T      load (default: icbd-iscsi-load, offsets aligned to the
+#                        transfer size) or iscsi-perf (random LBAs, not aligned:
+#                        with --block-size 512 most 4 KiB reads straddle two pages)
 #     --record DIR       also `perf record -g` each run into DIR/perf-BSTYPE.data
 #                        and print its top symbols
 #
@@ -37,6 +41,8 @@ dir=/var/tmp
 icbd_bsopts=""
 record=""
 page_cache=warm
+lun_block_size=4096
+read_tool=load
 
 die() { echo "profile_backends: $*" >&2; exit 2; }
 log() { echo "profile_backends: $*" >&2; }
@@ -50,6 +56,10 @@ while [ $# -gt 0 ]; do
     --size) need_arg "$@"; size=$2; shift 2 ;;
     --dir) need_arg "$@"; dir=$2; shift 2 ;;
     --icbd-bsopts) need_arg "$@"; icbd_bsopts=$2; shift 2 ;;
+    --block-size) need_arg "$@"; lun_block_size=$2; shift 2
+      case "$lun_block_size" in 512|1024|2048|4096) ;; *) die "--block-size must be 512, 1024, 2048 or 4096" ;; esac ;;
+    --read-tool) need_arg "$@"; read_tool=$2; shift 2
+      case "$read_tool" in load|iscsi-perf) ;; *) die "--read-tool must be load or iscsi-perf" ;; esac ;;
     --record) need_arg "$@"; record=$2; shift 2 ;;
     --page-cache) need_arg "$@"; page_cache=$2; shift 2
       case "$page_cache" in warm|cold) ;; *) die "--page-cache must be 'warm' or 'cold', not '$page_cache'" ;; esac ;;
@@ -132,7 +142,19 @@ for b in $bstypes; do
     prec=$!
   fi
   sleep 0.5
-  if ! run_child "$work/load-$b.json" "$work/load-$b.err" "$load" --url "${url[$b]}" --rw "$rw" --pattern "$pattern" \
+  if [ "$rw" = read ] && [ "$read_tool" = iscsi-perf ]; then
+    rflag=()
+    [ "$pattern" = random ] && rflag=(-r)
+    run_child "$work/perf-$b.out" "$work/load-$b.err" iscsi-perf -i "iqn.2024-01.org.icbd:perf" -m "$qd" \
+      -b $((bsz / lun_block_size)) -t "$seconds" "${rflag[@]}" "${url[$b]}"
+    # Same JSON as icbd-iscsi-load's, without latencies (iscsi-perf has none).
+    iops=$(tr '\r' '\n' <"$work/perf-$b.out" | grep -o 'iops average [0-9]*' | tail -1 | awk '{print $3}')
+    if [ -n "$iops" ]; then
+      echo "{\"ops\": $((iops * seconds)), \"iops\": $iops, \"lat_us\": {\"p50\": 0, \"p99\": 0}}" >"$work/load-$b.json"
+    else
+      log "iscsi-perf on $b failed: $(cat "$work/perf-$b.out" "$work/load-$b.err" | tr '\r' '\n' | tail -2)"
+    fi
+  elif ! run_child "$work/load-$b.json" "$work/load-$b.err" "$load" --url "${url[$b]}" --rw "$rw" --pattern "$pattern" \
     --bs "$bsz" --qd "$qd" --seconds "$seconds" --json; then
     log "load on $b failed: $(tail -2 "$work/load-$b.err")"
   fi
@@ -146,6 +168,7 @@ echo "## Per-command cost in tgtd: $workload ($rw, $pattern, $bsz bytes, qd $qd)
 echo
 echo "- $(nproc) CPUs, kernel $(uname -r); load before: \`${uptime_before# }\`; after: \`${uptime_after# }\`"
 echo "- perf stat on tgtd (pid $TGTD_PID, all threads); every figure is per completed command"
+echo "- $size backing file in $dir; LUN block size $lun_block_size; load: $( [ "$rw" = read ] && [ "$read_tool" = iscsi-perf ] && echo "iscsi-perf (no latencies)" || echo icbd-iscsi-load)"
 echo
 python3 - "$work" "$bstypes" "$calls" <<'PY'
 import csv, json, os, sys
