@@ -257,13 +257,41 @@ std::string node_push_text(const json& push) {
     return out + " " + str(push, "state");
 }
 
+// The relay column: the parent ("-": the master), marked when the replica has
+// not applied it yet (the master feeds it directly until it has).
+std::string node_parent_text(const json& relay) {
+    std::string parent = str(relay, "parent");
+    if (parent.empty()) return "-";
+    const json applied = relay.is_object() && relay.contains("parent_applied") ? relay["parent_applied"] : json();
+    if (!applied.is_string() || applied.get<std::string>() != parent) parent += " (not applied)";
+    return parent;
+}
+
 void print_node_list(const json& r) {
     std::vector<std::vector<std::string>> rows;
     for (const json& n : r)
         rows.push_back({str(n, "name"), str(n, "state"), ago_text(i64(n, "last_seen_ms")), str(n, "address"),
+                        node_parent_text(n.is_object() && n.contains("relay") ? n["relay"] : json()),
                         node_images_text(n.is_object() && n.contains("images") ? n["images"] : json()),
                         node_push_text(n.is_object() && n.contains("push") ? n["push"] : json())});
-    print_table({"NAME", "STATE", "LAST-SEEN", "ADDRESS", "IMAGES(img:vN lag K)", "PUSH"}, rows);
+    print_table({"NAME", "STATE", "LAST-SEEN", "ADDRESS", "VIA", "IMAGES(img:vN lag K)", "PUSH"}, rows);
+}
+
+// The relay tree, indented under the master.
+void print_node_tree(const json& r) {
+    std::cout << str(r, "master") << " (master)\n";
+    if (!r.is_object() || !r.contains("nodes") || !r["nodes"].is_array()) return;
+    for (const json& n : r["nodes"]) {
+        std::string line(2 * u64(n, "depth"), ' ');
+        line += str(n, "name") + " [" + str(n, "state") + "]";
+        const std::string parent = str(n, "parent");
+        if (!parent.empty() && !flag(n, "parent_registered"))
+            line += "  (parent '" + parent + "' is not registered: fed by the master)";
+        else if (!parent.empty() && (!n.contains("parent_applied") || !n["parent_applied"].is_string() ||
+                                     n["parent_applied"].get<std::string>() != parent))
+            line += "  (parent not applied yet: fed by the master)";
+        std::cout << line << "\n";
+    }
 }
 
 void print_client_list(const json& r) {
@@ -314,8 +342,8 @@ Result<uint64_t> parse_number(const std::string& what, const std::string& text, 
 }
 
 struct Inputs {
-    std::string image, version, from, message, keep, name, initiator, chap, channel, limit;
-    bool persistent = false, force = false;
+    std::string image, version, from, message, keep, name, initiator, chap, channel, limit, via;
+    bool persistent = false, force = false, direct = false;
 };
 
 struct Leaf {
@@ -443,6 +471,24 @@ void add_node_commands(CLI::App& app, Inputs& in, std::vector<Leaf>& leaves) {
     remove->add_option("NAME", in.name, "Replica name")->required();
     simple(leaves, remove, "node.remove", [&in] { return json{{"name", in.name}}; },
            [](const json& r) { std::cout << "node " << quoted(str(r, "name")) << " removed\n"; });
+    auto* relay = node->add_subcommand("relay", "Feed a replica through a relay (--via PARENT) or from the master (--direct)");
+    relay->add_option("NAME", in.name, "Replica name")->required();
+    auto* via = relay->add_option("--via", in.via, "The relay (a registered replica) that feeds it");
+    relay->add_flag("--direct", in.direct, "Fed by the master directly")->excludes(via);
+    leaves.push_back({relay, [&in]() -> Result<Call> {
+                          if (in.via.empty() && !in.direct)
+                              return Status::error(EINVAL, "node relay: give --via PARENT or --direct");
+                          json args{{"name", in.name}};
+                          if (in.direct) args["direct"] = true;
+                          else args["via"] = in.via;
+                          return Call{"node.relay", args, [](const json& r) {
+                                          std::string p = str(r, "parent");
+                                          std::cout << "node " << quoted(str(r, "name")) << " is fed "
+                                                    << (p.empty() ? std::string("by the master") : "via '" + p + "'") << "\n";
+                                      }};
+                      }});
+    simple(leaves, node->add_subcommand("tree", "Show the relay tree"), "node.tree", [] { return json::object(); },
+           print_node_tree);
 }
 
 void add_client_commands(CLI::App& app, Inputs& in, std::vector<Leaf>& leaves) {

@@ -24,6 +24,7 @@
 #include "icbd/replicator/compression.hpp"
 #include "icbd/replicator/sender.hpp"
 #include "icbd/unique_fd.hpp"
+#include "relay_tree.hpp"
 
 namespace icbd::node {
 
@@ -54,6 +55,7 @@ const std::vector<TableKeys>& schema() {
         {"clients", {"overlay_dir", "cache_dir", "cache_size", "default_channel", "reconcile_interval"}},
         {"metrics", {"listen", "dir"}},
         {"prefetch", {"enabled", "max_rate"}},
+        {"relay", {"via"}},
     };
     return s;
 }
@@ -224,6 +226,22 @@ public:
         if (d->count() == 0) return fail(path, in_quotes(text) + " is zero");
         return std::optional<std::chrono::milliseconds>(*d);
     }
+
+    // A table of string values (relay.via: replica = "parent").
+    Result<std::optional<std::map<std::string, std::string>>> string_table(std::string_view path) const {
+        auto n = root_.at_path(path);
+        if (!n) return std::optional<std::map<std::string, std::string>>{};
+        if (!n.is_table()) return wrong_type(path, "a table", *n.node());
+        std::map<std::string, std::string> out;
+        for (auto&& [k, item] : *n.as_table()) {
+            std::string at = std::string(path) + "." + std::string(k.str());
+            if (!item.is_string()) return wrong_type(at, "a string", item);
+            out.emplace(std::string(k.str()), item.as_string()->get());
+        }
+        return std::optional<std::map<std::string, std::string>>(std::move(out));
+    }
+
+    const std::string& file() const { return file_; }
 
     Result<std::optional<std::vector<std::string>>> string_array(std::string_view path) const {
         auto n = root_.at_path(path);
@@ -478,6 +496,20 @@ Status read_prefetch(const Reader& r, NodeConfig& c) {
     return Status::ok();
 }
 
+// [relay]: the master's relay tree; names checked here, the tree's shape by RelayTree.
+Status read_relay(const Reader& r, NodeConfig& c) {
+    if (Status s = take(r.string_table("relay.via"), c.relay_via); !s) return s;
+    for (const auto& [child, parent] : c.relay_via) {
+        if (!is_node_name(child))
+            return r.fail("relay.via." + child, in_quotes(child) + " is not a node name (letters, digits, '.', '-'; at most 64)");
+        if (!is_node_name(parent))
+            return r.fail("relay.via." + child, in_quotes(parent) + " is not a node name (letters, digits, '.', '-'; at most 64)");
+    }
+    auto tree = RelayTree::make(c.relay_via, c.role == Role::master ? c.name : "", r.file() + ": relay.via");
+    if (!tree) return tree.status();
+    return Status::ok();
+}
+
 Status read_tgt(const Reader& r, NodeConfig& c) {
     std::optional<int64_t> port;
     if (Status s = take(r.integer("tgt.control_port", 0, 65535), port); !s) return s;
@@ -547,6 +579,7 @@ Result<NodeConfig> parse_config(const std::string& text, const std::string& name
     if (Status s = read_clients(r, c); !s) return s;
     if (Status s = read_metrics(r, c); !s) return s;
     if (Status s = read_prefetch(r, c); !s) return s;
+    if (Status s = read_relay(r, c); !s) return s;
     return c;
 }
 

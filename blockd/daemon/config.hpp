@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -55,6 +56,10 @@ struct NodeConfig {
     // Bytes of frames between checkpoints; 0: automatic (every 1/16 of the
     // stream, 100 ms to 1 s apart: docs/replication-protocol.md).
     uint64_t checkpoint_interval = 0;
+
+    // Master only: the relay tree (docs/blockd.md, "Relay trees"), replica ->
+    // its parent; checked at load (no cycle, no self, not the master).
+    std::map<std::string, std::string> relay_via;
 
     // Replica only: tgt export.
     int tgt_control_port = 0;  // tgtadm -C N (0 = the system tgtd)

@@ -83,6 +83,12 @@ json Membership::handle_register(const repl::PeerIdentity& peer, const json& req
         }
     }
     const std::string& name = req->node;
+    {
+        // A replica that registers may have restarted: it accepts no parent
+        // until a ping names one again, but its versions are fresh.
+        std::lock_guard lock(in_use_mu_);
+        relay_[name] = RelayState{"", now_ms()};
+    }
     if (!known)
         log(LogLevel::info, "replica '" + name + "' registered from " + peer.address + " (peer " + req->peer_address +
                                 ", replication " + req->replication_address + ")",
@@ -124,6 +130,11 @@ void Membership::ping_all_now() {
 std::map<std::string, std::map<std::string, std::vector<uint64_t>>> Membership::in_use() const {
     std::lock_guard lock(in_use_mu_);
     return in_use_;
+}
+
+std::map<std::string, Membership::RelayState> Membership::relay_states() const {
+    std::lock_guard lock(in_use_mu_);
+    return relay_;
 }
 
 void Membership::run() {
@@ -185,14 +196,16 @@ void Membership::ping_one(const ReplicaRecord& r) {
     PingRequest req;
     req.master = opt_.node_name;
     if (catalog_) req.catalog = catalog_();
+    if (opt_.parent_of) req.parent = opt_.parent_of(r.name);
+    const int64_t sent_ms = now_ms();
     auto answer = peer_call(r.peer_address, ping_tls(opt_.tls, r.name, opt_.keepalive_interval), to_json(req));
     Result<PongReply> pong = answer ? pong_from_json(*answer) : Result<PongReply>(answer.status());
     if (pong && pong->node != r.name)
         pong = Status::error(EBADMSG, "pong from '" + r.name + "' names node '" + pong->node + "'");
-    apply_answer(r.name, pong);
+    apply_answer(r.name, pong, sent_ms);
 }
 
-void Membership::apply_answer(const std::string& name, const Result<PongReply>& pong) {
+void Membership::apply_answer(const std::string& name, const Result<PongReply>& pong, int64_t sent_ms) {
     // Result has no const accessors but value().
     const PongReply* answered = pong ? &pong.value() : nullptr;
     bool changed = false;
@@ -226,6 +239,10 @@ void Membership::apply_answer(const std::string& name, const Result<PongReply>& 
     if (pong) {
         std::lock_guard lock(in_use_mu_);
         in_use_[name] = answered->in_use;
+        RelayState& rs = relay_[name];
+        if (rs.parent_applied != answered->parent) changed = true;  // it can be routed through (or around) now
+        rs.parent_applied = answered->parent;
+        rs.heard_ms = std::max(rs.heard_ms, sent_ms);
     }
     if (changed && on_change_) on_change_(name);
 }

@@ -28,6 +28,13 @@ public:
         repl::TlsConfig tls;    // client side, for pings
         std::chrono::milliseconds keepalive_interval{10'000};
         unsigned keepalive_tries = 3;
+        // The relay tree: each ping names the replica's parent ("": none).
+        std::function<std::string(const std::string& replica)> parent_of;
+    };
+    // What the master last heard from a replica about the relay tree.
+    struct RelayState {
+        std::string parent_applied;  // the parent its last pong said it accepts ("": none)
+        int64_t heard_ms = 0;        // when the ping it answered last was sent (or it registered)
     };
     // catalog(): what every ping carries. on_change(name): called (from the
     // keepalive thread or the registering peer's thread) after a replica
@@ -52,6 +59,9 @@ public:
     // Per replica, per image: the versions its clients use, from its last pong
     // (kept in memory: a restarted master learns them again at the first ping).
     std::map<std::string, std::map<std::string, std::vector<uint64_t>>> in_use() const;
+    // Per replica (kept in memory: a restarted master routes directly until
+    // the first pongs): what the push scheduler routes relays by.
+    std::map<std::string, RelayState> relay_states() const;
 
 private:
     // One keepalive in flight to one replica; pings to different replicas run
@@ -64,7 +74,7 @@ private:
     void start_pings();
     void reap_pings(bool all);
     void ping_one(const ReplicaRecord& r);
-    void apply_answer(const std::string& name, const Result<PongReply>& pong);
+    void apply_answer(const std::string& name, const Result<PongReply>& pong, int64_t sent_ms);
 
     Options opt_;
     Registry& registry_;
@@ -81,6 +91,7 @@ private:
     std::mutex record_mu_;
     mutable std::mutex in_use_mu_;
     std::map<std::string, std::map<std::string, std::vector<uint64_t>>> in_use_;
+    std::map<std::string, RelayState> relay_;  // guarded by in_use_mu_
 };
 
 // Replica side.

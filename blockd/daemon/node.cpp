@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <functional>
 #include <set>
 
 #include "icbd/log.hpp"
@@ -179,14 +180,28 @@ Status Node::open() {
         po.bandwidth_limit = cfg_.bandwidth_limit;
         po.checkpoint_interval = cfg_.checkpoint_interval;
         pushes_ = std::make_unique<PushScheduler>(po, *store_, [this] { return catalog(); });
+        if (auto st = load_relay_tree(); !st) return st;
 
         Membership::Options mo;
         mo.node_name = cfg_.name;
         mo.tls = tls();
         mo.keepalive_interval = cfg_.keepalive_interval;
         mo.keepalive_tries = cfg_.keepalive_tries;
+        mo.parent_of = [this](const std::string& r) { return relay_parent(r); };
         membership_ = std::make_unique<Membership>(
             mo, *store_, [this] { return catalog(); }, [this](const std::string&) { pushes_->trigger(); });
+        RelayHooks hooks;
+        hooks.parent_of = [this](const std::string& r) { return relay_parent(r); };
+        hooks.heard = [this] {
+            std::map<std::string, RelayView> out;
+            for (const auto& [name, st] : membership_->relay_states()) out[name] = RelayView{st.parent_applied, st.heard_ms};
+            return out;
+        };
+        hooks.assign = [this](const ReplicaRecord& relay, const std::vector<RelayChild>& children) {
+            return relay_assign(relay, children);
+        };
+        hooks.confirm = [this] { membership_->ping_all_now(); };
+        pushes_->set_relay_hooks(std::move(hooks));
 
         bootsets_ = std::make_unique<BootSetExchange>(cfg_.repository, [this](const std::string& node) {
             auto reps = store_->replicas();
@@ -245,18 +260,17 @@ Status Node::open() {
         from_master.allowed_peer_names = {cfg_.master_name};
         auto rhp = listen_address(cfg_.replication_listen, "replication.listen");
         if (!rhp) return rhp.status();
-        auto listener = repl::Listener::bind(rhp->host, rhp->port, from_master);
-        if (!listener) return listener.status();
-        replication_listener_ = std::make_unique<repl::Listener>(std::move(*listener));
-        repl::ReceiverOptions ro;
-        ro.root = cfg_.repository;
-        ro.node_name = cfg_.name;
-        ro.on_report = [this](const repl::ReceiveReport& r) { on_received(r); };
-        receiver_ = std::make_unique<repl::Receiver>(ro);
-        receiver_thread_ = std::thread([this] {
-            if (auto st = receiver_->serve(*replication_listener_); !st)
-                log(LogLevel::error, "replication receiver: " + st.message());
-        });
+        ReplicationServer::Options rso;
+        rso.host = rhp->host;
+        rso.port = rhp->port;
+        rso.tls = tls();
+        rso.master_name = cfg_.master_name;
+        rso.receiver.root = cfg_.repository;
+        rso.receiver.node_name = cfg_.name;
+        rso.receiver.on_report = [this](const repl::ReceiveReport& r) { on_received(r); };
+        auto replication = ReplicationServer::start(rso);
+        if (!replication) return replication.status();
+        replication_ = std::move(*replication);
 
         auto hp = listen_address(cfg_.peer_listen, "peer.listen");
         if (!hp) return hp.status();
@@ -329,8 +343,7 @@ void Node::stop() {
     if (membership_) membership_->stop();
     if (pushes_) pushes_->stop();
     if (peer_) peer_->stop();
-    if (receiver_) receiver_->stop();
-    if (receiver_thread_.joinable()) receiver_thread_.join();
+    if (replication_) replication_->stop();
     if (clients_) clients_->stop();
 }
 
@@ -418,8 +431,8 @@ PongReply Node::on_ping(const PingRequest& ping) {
     bool changed = false;
     {
         std::lock_guard lk(catalog_mu_);
-        json before = to_json(PingRequest{"", replica_catalog_})["catalog"];
-        json after = to_json(PingRequest{"", ping.catalog})["catalog"];
+        json before = to_json(PingRequest{"", replica_catalog_, ""})["catalog"];
+        json after = to_json(PingRequest{"", ping.catalog, ""})["catalog"];
         if (before != after) {
             replica_catalog_ = ping.catalog;
             changed = true;
@@ -450,6 +463,11 @@ PongReply Node::on_ping(const PingRequest& ping) {
         }
         for (auto& [image, v] : pong.in_use) std::sort(v.begin(), v.end());
     }
+    // The relay tree: the parent the master names may push to us from now on.
+    if (replication_) {
+        replication_->set_parent(ping.parent);
+        pong.parent = replication_->parent();
+    }
     // Boot sets go out after each keepalive, on the uploader's thread: the pong never waits for them.
     if (uploader_) uploader_->trigger();
     return pong;
@@ -459,6 +477,7 @@ json Node::on_peer(const repl::PeerIdentity& peer, const json& request) {
     std::string type = request.value("type", "");
     if (type == "register" && membership_) return membership_->handle_register(peer, request);
     if (type == "ping" && link_) return link_->handle_ping(peer, request);
+    if (type == "relay" && replication_) return on_relay(peer, request);
     if (type == "bootset.put" && bootsets_) return bootsets_->handle_put(peer, request);
     if (type == "bootset.get" && bootsets_) return bootsets_->handle_get(peer, request);
     return error_message("node '" + cfg_.name + "' (" + role_name(cfg_.role) + "): request '" + type +
@@ -557,6 +576,12 @@ Result<json> Node::cmd_status() {
                        {"last_error", link_->last_error()}};
     }
     if (tgt_) j["tgtd_reachable"] = tgt_->reachable();
+    if (replication_) {
+        json children = json::array();
+        for (const RelayChild& c : replication_->children())
+            children.push_back({{"name", c.name}, {"replication_address", c.replication_address}});
+        j["relay"] = {{"parent", replication_->parent()}, {"children", children}};
+    }
     return j;
 }
 
@@ -665,6 +690,7 @@ Result<json> Node::cmd_node(const std::string& verb, const json& args) {
     if (!reps) return reps.status();
     Catalog cat = catalog();
     auto in_flight = pushes_->in_flight();
+    const auto relay_states = membership_->relay_states();
     auto describe = [&](const ReplicaRecord& r) {
         json images = json::object();
         for (const auto& [image, ci] : cat) {
@@ -698,7 +724,15 @@ Result<json> Node::cmd_node(const std::string& verb, const json& args) {
                 }
             }
         }
+        json relay{{"parent", relay_parent(r.name)}, {"parent_source", relay_source(r.name)}};
+        auto heard = relay_states.find(r.name);
+        relay["parent_applied"] = heard == relay_states.end() ? json(nullptr) : json(heard->second.parent_applied);
+        {
+            std::lock_guard lk(relay_mu_);
+            relay["children"] = relay_tree_.children_of(r.name);
+        }
         return json{{"name", r.name},
+                    {"relay", relay},
                     {"state", liveness_name(r.state)},
                     {"last_seen_ms", r.last_seen_ms},
                     {"registered_ms", r.registered_ms},
@@ -714,16 +748,148 @@ Result<json> Node::cmd_node(const std::string& verb, const json& args) {
         for (const ReplicaRecord& r : *reps) out.push_back(describe(r));
         return out;
     }
+    if (verb == "tree") {
+        // Depth-first from the master; a replica whose parent is not
+        // registered hangs under the master (the master feeds it).
+        std::set<std::string> known;
+        for (const ReplicaRecord& r : *reps) known.insert(r.name);
+        json nodes = json::array();
+        std::function<void(const std::string&, unsigned)> walk = [&](const std::string& parent, unsigned depth) {
+            for (const ReplicaRecord& r : *reps) {
+                std::string p = relay_parent(r.name);
+                bool orphan = !p.empty() && !known.count(p);
+                if ((parent.empty() && !(p.empty() || orphan)) || (!parent.empty() && p != parent)) continue;
+                auto heard = relay_states.find(r.name);
+                nodes.push_back({{"name", r.name},
+                                 {"depth", depth},
+                                 {"state", liveness_name(r.state)},
+                                 {"parent", p},
+                                 {"parent_registered", !orphan},
+                                 {"parent_applied", heard == relay_states.end() ? json(nullptr)
+                                                                                : json(heard->second.parent_applied)}});
+                if (depth < known.size()) walk(r.name, depth + 1);
+            }
+        };
+        walk("", 1);
+        return json{{"master", cfg_.name}, {"nodes", nodes}};
+    }
     auto name = arg_string(args, "name");
     if (!name) return name.status();
     auto it = std::find_if(reps->begin(), reps->end(), [&](auto& r) { return r.name == *name; });
     if (it == reps->end()) return Status::error(ENOENT, "node '" + *name + "': not registered here");
     if (verb == "show") return describe(*it);
+    if (verb == "relay") return cmd_node_relay(args);
     if (verb == "remove") {
         if (auto st = store_->remove_replica(*name); !st) return st;
         return json{{"name", *name}};
     }
     return invalid("unknown command 'node." + verb + "'");
+}
+
+Status Node::load_relay_tree() {
+    std::map<std::string, std::string> overrides;
+    auto saved = store_->setting("relay.via");
+    if (!saved) return saved.status();
+    if (saved->has_value()) {
+        json j = json::parse(**saved, nullptr, false);
+        if (j.is_object()) {
+            for (const auto& [k, v] : j.items())
+                if (v.is_string()) overrides[k] = v.get<std::string>();
+        } else {
+            log(LogLevel::error, "relay tree: the setting 'relay.via' is not a JSON object; blockctl's entries are ignored");
+        }
+    }
+    auto merged = cfg_.relay_via;
+    for (const auto& [child, parent] : overrides) merged[child] = parent;
+    auto tree = RelayTree::make(merged, cfg_.name, "relay tree");
+    if (!tree) {
+        // The file changed under entries made with blockctl: the file wins
+        // (it was checked at load), and the operator is told.
+        log(LogLevel::error, tree.status().message() + " (the [relay.via] of " + cfg_.source.string() +
+                                 " with the entries of blockctl node relay); using the file's tree alone");
+        overrides.clear();
+        tree = RelayTree::make(cfg_.relay_via, cfg_.name, cfg_.source.string() + ": relay.via");
+        if (!tree) return tree.status();
+    }
+    std::lock_guard lk(relay_mu_);
+    relay_tree_ = std::move(*tree);
+    relay_override_ = std::move(overrides);
+    return Status::ok();
+}
+
+std::string Node::relay_parent(const std::string& replica) {
+    std::lock_guard lk(relay_mu_);
+    return relay_tree_.parent_of(replica);
+}
+
+std::string Node::relay_source(const std::string& replica) {
+    std::lock_guard lk(relay_mu_);
+    if (relay_override_.count(replica)) return "blockctl";
+    return cfg_.relay_via.count(replica) ? "config" : "";
+}
+
+Status Node::relay_assign(const ReplicaRecord& relay, const std::vector<RelayChild>& children) {
+    repl::TlsConfig t = tls();
+    t.allowed_peer_names = {relay.name};
+    // A relay that does not answer quickly is routed around (its children pushed directly).
+    t.connect_timeout = t.handshake_timeout = t.io_timeout = std::chrono::milliseconds(3'000);
+    auto answer = peer_call(relay.peer_address, t, to_json(RelayRequest{cfg_.name, children}));
+    if (!answer) return answer.status();
+    auto ok = relay_ok_from_json(*answer);
+    if (!ok) return ok.status();
+    std::vector<std::string> want;
+    for (const RelayChild& c : children) want.push_back(c.name);
+    if (ok->node != relay.name || ok->children != want)
+        return Status::error(EBADMSG, "relay '" + relay.name + "' answered for node '" + ok->node + "' with other children");
+    return Status::ok();
+}
+
+json Node::on_relay(const repl::PeerIdentity& peer, const json& request) {
+    auto req = relay_from_json(request);
+    if (!req) return error_message(req.status().message());
+    if (req->master != cfg_.master_name || !peer.has_name(cfg_.master_name))
+        return error_message("relay: node '" + cfg_.name + "' takes its children only from its master '" +
+                             cfg_.master_name + "', not from " + peer.describe());
+    RelayReply reply;
+    reply.node = cfg_.name;
+    for (const RelayChild& c : req->children) reply.children.push_back(c.name);
+    if (auto st = replication_->set_children(std::move(req->children)); !st) return error_message(st.message());
+    return to_json(reply);
+}
+
+Result<json> Node::cmd_node_relay(const json& args) {
+    auto name = arg_string(args, "name");
+    if (!name) return name.status();
+    auto via = arg_string(args, "via", false);
+    if (!via) return via.status();
+    const bool direct = arg_bool(args, "direct");
+    if (direct == !via->empty())
+        return invalid("node relay '" + *name + "': give either a parent (--via) or --direct");
+    auto reps = store_->replicas();
+    if (!reps) return reps.status();
+    auto registered = [&](const std::string& n) {
+        return std::any_of(reps->begin(), reps->end(), [&](const ReplicaRecord& r) { return r.name == n; });
+    };
+    if (!registered(*name)) return Status::error(ENOENT, "node relay: replica '" + *name + "' is not registered here");
+    if (!direct && !registered(*via))
+        return Status::error(ENOENT, "node relay: replica '" + *name + "': parent '" + *via + "' is not registered here");
+    std::lock_guard lk(relay_mu_);
+    auto overrides = relay_override_;
+    overrides[*name] = direct ? "" : *via;
+    auto merged = cfg_.relay_via;
+    for (const auto& [child, parent] : overrides) merged[child] = parent;
+    auto tree = RelayTree::make(merged, cfg_.name, "node relay");
+    if (!tree) return tree.status();
+    json saved = json::object();
+    for (const auto& [child, parent] : overrides) saved[child] = parent;
+    if (auto st = store_->put_setting("relay.via", saved.dump()); !st) return st;
+    relay_tree_ = std::move(*tree);
+    relay_override_ = std::move(overrides);
+    log(LogLevel::info, "relay tree: replica '" + *name + "' is fed " + (direct ? "by the master" : "via '" + *via + "'") +
+                            " (blockctl node relay)",
+        {.peer = *name});
+    if (membership_) membership_->ping_all_now();  // replicas learn their parents at once
+    return json{{"name", *name}, {"parent", direct ? "" : *via}, {"source", "blockctl"}};
 }
 
 Result<json> Node::cmd_client(const std::string& verb, const json& args) {

@@ -24,6 +24,8 @@
 #include "metrics.hpp"
 #include "peer_server.hpp"
 #include "push_scheduler.hpp"
+#include "relay_tree.hpp"
+#include "replication_server.hpp"
 #include "store.hpp"
 #include "tgt_admin.hpp"
 
@@ -63,6 +65,14 @@ private:
     Result<nlohmann::json> cmd_node(const std::string& verb, const nlohmann::json& args);
     Result<nlohmann::json> cmd_client(const std::string& verb, const nlohmann::json& args);
     Result<nlohmann::json> cmd_push(const std::string& verb, const nlohmann::json& args);
+    Result<nlohmann::json> cmd_node_relay(const nlohmann::json& args);
+    nlohmann::json on_relay(const repl::PeerIdentity& peer, const nlohmann::json& request);  // replica
+    // Master: the relay tree in force ([relay.via], overridden per replica by
+    // blockctl node relay, kept in the settings 'relay.via').
+    Status load_relay_tree();
+    std::string relay_parent(const std::string& replica);
+    std::string relay_source(const std::string& replica);  // "config", "blockctl" or ""
+    Status relay_assign(const ReplicaRecord& relay, const std::vector<RelayChild>& children);
     Result<nlohmann::json> cmd_lun_stats();
 
     NodeConfig cfg_;
@@ -73,9 +83,7 @@ private:
     std::unique_ptr<MasterLink> link_;
     std::unique_ptr<TgtAdmin> tgt_;
     std::unique_ptr<ClientManager> clients_;
-    std::unique_ptr<repl::Receiver> receiver_;
-    std::unique_ptr<repl::Listener> replication_listener_;
-    std::thread receiver_thread_;
+    std::unique_ptr<ReplicationServer> replication_;  // replica: pushes from the master or its parent relay
     std::unique_ptr<BootSetExchange> bootsets_;   // master: bootset.put/get
     std::unique_ptr<BootSetUploader> uploader_;   // replica: boot sets to the master
     std::unique_ptr<VersionPrefetcher> prefetcher_;  // boot sets into the page cache (background: replica)
@@ -83,6 +91,9 @@ private:
     std::unique_ptr<PeerServer> peer_;
     std::unique_ptr<ControlServer> control_;
     std::unique_ptr<MetricsServer> metrics_;  // GET /metrics (docs/metrics.md)
+    std::mutex relay_mu_;
+    RelayTree relay_tree_;                                // guarded by relay_mu_
+    std::map<std::string, std::string> relay_override_;  // blockctl's entries ("" = direct); relay_mu_
     std::mutex catalog_mu_;
     Catalog replica_catalog_;  // replica: the master's catalog, as last heard
     std::mutex images_mu_;     // one repository operation at a time

@@ -458,6 +458,7 @@ json to_json(const PingRequest& r) {
     for (const auto& [image, c] : r.catalog)
         catalog[image] = json{{"versions", c.versions}, {"production", c.production}, {"test", c.test}, {"disk", c.disk}};
     j["catalog"] = std::move(catalog);
+    if (!r.parent.empty()) j["parent"] = r.parent;
     return j;
 }
 
@@ -467,6 +468,24 @@ json to_json(const PongReply& r) {
     j["subscribe"] = r.subscribe;
     j["versions"] = versions_json(r.versions);
     j["in_use"] = versions_json(r.in_use);
+    if (!r.parent.empty()) j["parent"] = r.parent;
+    return j;
+}
+
+json to_json(const RelayRequest& r) {
+    json j = base("relay");
+    j["master"] = r.master;
+    json children = json::array();
+    for (const RelayChild& c : r.children)
+        children.push_back(json{{"name", c.name}, {"replication_address", c.replication_address}});
+    j["children"] = std::move(children);
+    return j;
+}
+
+json to_json(const RelayReply& r) {
+    json j = base("relay.ok");
+    j["node"] = r.node;
+    j["children"] = r.children;
     return j;
 }
 
@@ -514,6 +533,11 @@ Result<PingRequest> ping_from_json(const json& j) {
         if (!c) return c.status();
         r.catalog.emplace(image, std::move(*c));
     }
+    if (j.contains("parent")) {
+        auto parent = f.node_name(j, "parent");
+        if (!parent) return parent.status();
+        r.parent = std::move(*parent);
+    }
     r.master = std::move(*master);
     return r;
 }
@@ -534,6 +558,63 @@ Result<PongReply> pong_from_json(const json& j) {
     r.subscribe = std::move(*sub);
     r.versions = std::move(*versions);
     r.in_use = std::move(*in_use);
+    if (j.contains("parent")) {
+        auto parent = f.node_name(j, "parent");
+        if (!parent) return parent.status();
+        r.parent = std::move(*parent);
+    }
+    return r;
+}
+
+Result<RelayRequest> relay_from_json(const json& j) {
+    Fields f("relay");
+    if (Status s = f.header(j, "relay"); !s) return s;
+    RelayRequest r;
+    auto master = f.node_name(j, "master");
+    if (!master) return master.status();
+    auto children = f.member(j, "children", "");
+    if (!children) return children.status();
+    const json& a = **children;
+    if (!a.is_array()) return f.error("children", std::string("expected an array, got ") + a.type_name());
+    if (a.size() > kMaxRelayChildren)
+        return f.error("children", std::to_string(a.size()) + " children (at most " + std::to_string(kMaxRelayChildren) + ")");
+    for (size_t i = 0; i < a.size(); ++i) {
+        const std::string at = "children[" + std::to_string(i) + "]";
+        if (!a[i].is_object()) return f.error(at, std::string("expected an object, got ") + a[i].type_name());
+        auto name = f.string(a[i], "name", at);
+        if (!name) return name.status();
+        if (Status v = validate_node_name(*name); !v) return f.error(at + ".name", v.message());
+        auto address = f.string(a[i], "replication_address", at);
+        if (!address) return address.status();
+        if (auto hp = parse_peer_address(*address); !hp) return f.error(at + ".replication_address", hp.status().message());
+        for (const RelayChild& c : r.children)
+            if (c.name == *name) return f.error(at, "child '" + *name + "' named twice");
+        r.children.push_back(RelayChild{std::move(*name), std::move(*address)});
+    }
+    r.master = std::move(*master);
+    return r;
+}
+
+Result<RelayReply> relay_ok_from_json(const json& j) {
+    Fields f("relay.ok");
+    if (Status s = f.header(j, "relay.ok"); !s) return s;
+    RelayReply r;
+    auto node = f.node_name(j, "node");
+    if (!node) return node.status();
+    auto children = f.member(j, "children", "");
+    if (!children) return children.status();
+    const json& a = **children;
+    if (!a.is_array()) return f.error("children", std::string("expected an array, got ") + a.type_name());
+    if (a.size() > kMaxRelayChildren)
+        return f.error("children", std::to_string(a.size()) + " children (at most " + std::to_string(kMaxRelayChildren) + ")");
+    for (size_t i = 0; i < a.size(); ++i) {
+        const std::string at = "children[" + std::to_string(i) + "]";
+        if (!a[i].is_string()) return f.error(at, std::string("expected a string, got ") + a[i].type_name());
+        std::string name = a[i].get<std::string>();
+        if (Status v = validate_node_name(name); !v) return f.error(at, v.message());
+        r.children.push_back(std::move(name));
+    }
+    r.node = std::move(*node);
     return r;
 }
 

@@ -51,6 +51,7 @@ struct RegisterRequest {
 struct PingRequest {
     std::string master;
     Catalog catalog;
+    std::string parent;  // the replica's relay, which may push to it too; "" (absent on the wire): none
 };
 struct PongReply {
     std::string node;
@@ -58,7 +59,28 @@ struct PongReply {
     std::map<std::string, std::vector<uint64_t>> versions;
     // Versions the replica's clients use (the master keeps them as bases).
     std::map<std::string, std::vector<uint64_t>> in_use;
+    std::string parent;  // the parent it applied from the ping; "": none
 };
+
+// master -> replica, just before a push (docs/blockd-peer-protocol.md, "relay"):
+// the children this replica feeds from now on.
+struct RelayChild {
+    std::string name;
+    std::string replication_address;
+};
+inline constexpr size_t kMaxRelayChildren = 1000;
+struct RelayRequest {
+    std::string master;
+    std::vector<RelayChild> children;
+};
+struct RelayReply {  // "relay.ok"
+    std::string node;
+    std::vector<std::string> children;
+};
+nlohmann::json to_json(const RelayRequest& r);
+nlohmann::json to_json(const RelayReply& r);
+Result<RelayRequest> relay_from_json(const nlohmann::json& j);
+Result<RelayReply> relay_ok_from_json(const nlohmann::json& j);
 
 // Validating conversions: from_json errors are EBADMSG naming the field.
 nlohmann::json to_json(const RegisterRequest& r);

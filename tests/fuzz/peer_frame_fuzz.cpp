@@ -1,7 +1,8 @@
 // libFuzzer target: blockd's node-to-node messages (docs/blockd-peer-protocol.md)
 // on arbitrary bytes. The frame decoder (the input as a raw frame, and as the
 // body of a well-formed header so the JSON parser is reached), every message
-// validator (the boot set messages and their base64 included), and the
+// validator (the boot set messages and their base64, the relay messages
+// included), and the
 // address and name checks never crash; every error carries
 // a code and a message; whatever a validator accepts converts back to JSON that
 // it accepts again unchanged.
@@ -55,6 +56,8 @@ void check_message(const json& j, const std::string& text) {
     check_round_trip(j, bootset_ack_from_json);
     check_round_trip(j, bootset_get_from_json);
     check_round_trip(j, bootset_reply_from_json);
+    check_round_trip(j, relay_from_json);
+    check_round_trip(j, relay_ok_from_json);
     // What the server does with a request it cannot serve: an error answer
     // that always encodes (invalid UTF-8 in the message is replaced).
     std::vector<uint8_t> e = encode_peer_frame(error_message(text));
