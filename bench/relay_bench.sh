@@ -5,7 +5,7 @@
 # leaves; 12 replicas for the direct fan-out; 1 lone replica), each on its own
 # BTRFS loop device, mutual TLS on 127.0.0.1.
 #
-#   bench/relay_bench.sh [--size MIB] [--change MIB] [--runs N] [--dir DIR] [--build DIR]
+#   bench/relay_bench.sh [--size MIB] [--change MIB] [--runs N] [--kill-runs N] [--dir DIR] [--build DIR]
 #     --size    MiB of random data in version 1 (default 256)
 #     --change  MiB rewritten in each later version (default 32)
 #     --runs    measured versions (default 3); each run pushes version k+1 to
@@ -13,6 +13,14 @@
 #               to the lone replica (interleaved), all incremental from k, page
 #               cache dropped before each (global: it hits the machine's other
 #               users too)
+#     --kill-runs  then N more versions pushed to the tree with `kill -9` of
+#               relay r0 in the middle of each (the push is limited to 3x the
+#               change per 4 s, r0 killed after 2 s): the master takes r0's
+#               3 children over in the same push (docs/replication-protocol.md
+#               section 11); measured: the push's outcome per replica, the
+#               takeover's resume points, the master's wire bytes, the time until
+#               the 11 others published, nothing of the version on r0; r0 is
+#               then restarted and caught up directly (default 0)
 #     --dir     where the loop image files go (default /var/tmp)
 #
 # Measured per run: bytes the master sent (push --json wire_bytes, all its
@@ -26,7 +34,7 @@
 # Figures only: exits 0 unless the setup or a push failed or a copy is wrong.
 set -uo pipefail
 {
-size=256 change=32 runs=3 dir=/var/tmp
+size=256 change=32 runs=3 kill_runs=0 dir=/var/tmp
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 src=$(cd "$here/.." && pwd)
 build=$src/build/release
@@ -36,6 +44,7 @@ while [[ $# -gt 0 ]]; do
     --size) size=$2; shift 2 ;;
     --change) change=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
+    --kill-runs) kill_runs=$2; shift 2 ;;
     --dir) dir=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
     *) echo "relay_bench.sh: unknown option $1" >&2; exit 2 ;;
@@ -70,14 +79,14 @@ names=(r0 r1 r2 r3 r4 r5 r6 r7 r8 r9 r10 r11 d0 d1 d2 d3 d4 d5 d6 d7 d8 d9 d10 d
 "$src/scripts/make-certs.sh" "$scratch/certs" master "${names[@]}" >/dev/null || die "certificates"
 tls() { echo "--ca $scratch/certs/ca.crt --cert $scratch/certs/$1.crt --key $scratch/certs/$1.key"; }
 
-rep_mib=$(( (size + change * (runs + 1)) * 2 + 256 ))
-mkfs_loop master $(( (size + change * (runs + 1)) * 2 + 256 ))
+rep_mib=$(( (size + change * (runs + kill_runs + 1)) * 2 + 256 ))
+mkfs_loop master $(( (size + change * (runs + kill_runs + 1)) * 2 + 256 ))
 btrfs subvolume create "$scratch/master/work" >/dev/null || die "subvolume"
 mkdir -p "$scratch/master/repo"
 for n in "${names[@]}"; do mkfs_loop "$n" "$rep_mib"; done
 
 # serve NAME [--relay-to LIST]: starts it, sets port[NAME].
-declare -A port
+declare -A port pid_of
 serve() {
     local n=$1; shift
     mkdir -p "$scratch/$n/repo"
@@ -85,6 +94,7 @@ serve() {
     "$tool" serve --root "$scratch/$n/repo" --listen 127.0.0.1:0 $(tls "$n") --name "$n" "$@" \
         >"$scratch/$n.out" 2>"$scratch/$n.err" &
     pids+=($!)
+    pid_of[$n]=$!
     for _ in $(seq 500); do
         grep -q '^listening on ' "$scratch/$n.out" 2>/dev/null && break
         sleep 0.01
@@ -93,7 +103,8 @@ serve() {
     [[ -n ${port[$n]} ]] || die "serve $n did not start: $(cat "$scratch/$n.err")"
 }
 for n in r3 r4 r5 r6 r7 r8 r9 r10 r11 d0 d1 d2 d3 d4 d5 d6 d7 d8 d9 d10 d11 lone; do serve "$n"; done
-serve r0 --relay-to "127.0.0.1:${port[r3]},127.0.0.1:${port[r4]},127.0.0.1:${port[r5]}"
+r0_children="127.0.0.1:${port[r3]},127.0.0.1:${port[r4]},127.0.0.1:${port[r5]}"
+serve r0 --relay-to "$r0_children"
 serve r1 --relay-to "127.0.0.1:${port[r6]},127.0.0.1:${port[r7]},127.0.0.1:${port[r8]}"
 serve r2 --relay-to "127.0.0.1:${port[r9]},127.0.0.1:${port[r10]},127.0.0.1:${port[r11]}"
 tree_to=(--to "127.0.0.1:${port[r0]}" --to "127.0.0.1:${port[r1]}" --to "127.0.0.1:${port[r2]}")
@@ -167,6 +178,55 @@ print(sum(x["wire_bytes"] for x in json.load(open(sys.argv[1]))["replicas"]))' "
     ratio_b+=("$(echo "$wire / $payload" | bc -l)")
 done
 
+# Kill runs: kill -9 of relay r0 in the middle of a push to the tree.
+declare -a kill_s kill_b kill_lines
+last=$((runs + 1))
+for ((i = 1; i <= kill_runs; i++)); do
+    k=$((last + 1))
+    dd if=/dev/urandom of="$scratch/master/work/disk.raw" bs=1M count="$change" \
+        seek=$(( (k * 37) % (size - change) )) conv=notrunc status=none
+    commit "$k"
+    sync; echo 3 >/proc/sys/vm/drop_caches
+    t0=$(now)
+    push "$k" "${tree_to[@]}" --bwlimit "$(( change * 3 / 4 ))M" >"$scratch/kill$k.json" &
+    push_pid=$!
+    sleep 2
+    kill -9 "${pid_of[r0]}"
+    wait "${pid_of[r0]}" 2>/dev/null
+    wait "$push_pid"  # exits 1: r0 failed
+    others=(r1 r2 r3 r4 r5 r6 r7 r8 r9 r10 r11)
+    t1=$(wait_published "$k" "${others[@]}")
+    [[ -e $scratch/r0/repo/images/vm/$k ]] && die "kill run $i: version $k visible on the killed relay r0"
+    ks=$(echo "$t1 - $t0" | bc -l)
+    kill_s+=("$ks")
+    line=$(python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+rs = r["replicas"]
+wire = sum(x["wire_bytes"] for x in rs)
+change = max(x["payload_bytes"] for x in rs if x["result"] == "ok" and not x.get("taken_over_from"))
+took = [x for x in rs if x.get("taken_over_from")]
+print("%.2f" % (wire / change), rs[0]["result"], len(took), sum(1 for x in took if x["result"] == "ok"),
+      " ".join("%s:resumed@%d/%d,%.1fMiB" % (x["peer"].split(" ")[0], x["resume_seq"], x["changes"], x["payload_bytes"] / 2**20) for x in took))
+' "$scratch/kill$k.json")
+    read -r kb r0res ntook nok detail <<<"$line"
+    kill_b+=("$kb")
+    kill_lines+=("$(printf 'kill run %d (version %d): r0 %s; %d children taken over, %d ok (%s); master sent %.2fx the change; 11 others published %.2f s after the start' \
+        "$i" "$k" "$r0res" "$ntook" "$nok" "$detail" "$kb" "$ks")")
+    echo "${kill_lines[-1]}"
+    [[ $nok = 3 ]] || die "kill run $i: r0's children not all taken over: $(cat "$scratch/kill$k.json")"
+    # r0 back (its staging kept), caught up directly; its children already have $k.
+    serve r0 --relay-to "$r0_children"
+    tree_to[1]="127.0.0.1:${port[r0]}"
+    push "$k" --to "127.0.0.1:${port[r0]}" >/dev/null || die "kill run $i: catching r0 up"
+    want=$(sha256sum <"$scratch/master/repo/images/vm/$k/disk.raw" | cut -d' ' -f1)
+    for n in "${tree[@]}"; do
+        got=$(sha256sum <"$scratch/$n/repo/images/vm/$k/disk.raw" | cut -d' ' -f1)
+        [[ $got = "$want" ]] || die "kill run $i: replica $n: disk.raw of version $k differs"
+    done
+    last=$k
+done
+
 # Every copy equals the master's.
 want=$(sha256sum <"$scratch/master/repo/images/vm/$((runs + 1))/disk.raw" | cut -d' ' -f1)
 bad=0
@@ -193,5 +253,12 @@ printf '| tree / single | %.2fx | |\n' "$(echo "$mt / $ml" | bc -l)"
 printf '| tree / direct fan-out | %.2fx | |\n' "$(echo "$mt / $md" | bc -l)"
 echo
 [[ $bad = 0 ]] && echo "all 25 replicas byte-identical to the master (sha256 of disk.raw)"
+if ((kill_runs > 0)); then
+    echo
+    echo "kill -9 of relay r0 in the middle of the push ($kill_runs runs; all 12 tree replicas byte-identical to the master after each, sha256):"
+    printf '%s\n' "${kill_lines[@]}"
+    printf '| kill run: master wire bytes / change | %.2fx | %s |\n' "$(median "${kill_b[@]}")" "$(printf '%.2f ' "${kill_b[@]}")"
+    printf '| kill run: the 11 others published, s | %.2f | %s |\n' "$(median "${kill_s[@]}")" "$(printf '%.2f ' "${kill_s[@]}")"
+fi
 exit $bad
 }
