@@ -33,9 +33,30 @@ static inline struct bs_icbd_info *BS_ICBD_I(struct scsi_lu *lu)
 	return (struct bs_icbd_info *)((char *)lu + sizeof(*lu));
 }
 
+/* libblockd's lines in tgtd's log, at their level (docs/tgt-module.md,
+ * "Logging"). tgt has three: log_error (syslog LOG_ERR), log_warning
+ * (LOG_WARNING) and log_debug (LOG_DEBUG), nothing at LOG_INFO. Information
+ * (direct=auto's choice, the cache's write-back at close, recovery figures)
+ * goes to log_debug: only tgt's dprintf() macro is gated by tgtd's debug
+ * switch, log_debug() itself always writes, to stderr with tgtd -f and to
+ * syslog at LOG_DEBUG when tgtd daemonizes (kept by Debian's rsyslog in
+ * /var/log/syslog and by journald). log_warning would have every routine
+ * line counted as a warning. Under systemd (tgt.service runs tgtd -f with
+ * stderr on the journal) libblockd writes to the journal itself, at LOG_INFO,
+ * and this sink only gets what the journal refused. */
 static void icbd_log(int level, const char *msg)
 {
-	log_error("bs_icbd: %s\n", msg);
+	switch (level) {
+	case ICBD_LOG_INFO:
+		log_debug("bs_icbd: %s\n", msg);
+		break;
+	case ICBD_LOG_WARNING:
+		log_warning("bs_icbd: %s\n", msg);
+		break;
+	default:
+		log_error("bs_icbd: %s\n", msg);
+		break;
+	}
 }
 
 static void icbd_complete(void *ctx, void *cookie, const struct icbd_result *r)
