@@ -3,7 +3,8 @@
 # `replication_bench.sh --keep` left behind, e.g. to compare builds, levels or
 # worker counts on the same update without rebuilding the image (minutes).
 #
-#   bench/repush.sh SCRATCH VERSION [--bin PATH] [--warm] [--replica NAME] [--json F] [--cut S] [-- PUSH_ARGS...]
+#   bench/repush.sh SCRATCH VERSION [--bin PATH] [--warm] [--replica NAME] [--json F] [--cut S] [--no-spare] [-- PUSH_ARGS...]
+#   bench/repush.sh SCRATCH VERSION --btrfs [--warm] [--replica NAME]
 #     SCRATCH   the scratch dir --keep printed (holds mnt/master, mnt/icbd, certs)
 #     VERSION   pushed from the master to the 'icbd' replica, which first loses
 #               every version >= VERSION (so VERSION-1 is the base)
@@ -15,6 +16,18 @@
 #     --cut S   first cut a push of the same version with kill -9 after S seconds
 #               (stopped first, and its TCP bytes_sent read with ss), then time
 #               the push that resumes it; prints "cut after S s: N bytes sent"
+#     --no-spare  the replica's base has no spare tree (see below): its staging
+#               tree is a snapshot made before NEED, as on the first push after
+#               an upgrade or a prune
+#     --btrfs   time `btrfs send -p | btrfs receive; sync -f` instead, into the
+#               bench's 'send' replica (or --replica NAME), the same way (the
+#               replica first loses every version >= VERSION, cold cache)
+#   A replica publishes each version from a writable tree that it then keeps as
+#   images/<image>/.spare-<version>, the next push's staging tree. The
+#   scratch's replicas got their base by btrfs receive (no spare), so before
+#   the timed push the base is made what a publish leaves (outside the time):
+#   a writable snapshot of it becomes the spare and the base is re-made as a
+#   read-only snapshot of that spare (same files). --no-spare deletes it instead.
 #   Prints one line: wall time until the replica published (durable), wire
 #   bytes (push --json) and the CPU time of push and serve (incl. their
 #   io_uring workers). A figure, never a failure.
@@ -24,9 +37,11 @@ die() { echo "repush: $*" >&2; exit 2; }
 [ $# -ge 2 ] || die "usage: repush.sh SCRATCH VERSION [--bin PATH] [--warm] [-- PUSH_ARGS...]"
 w=$1 v=$2
 shift 2
-bin=$here/../build/release/replicator/icbd-replicate warm=0 json_out="" cut="" replica=icbd
+bin=$here/../build/release/replicator/icbd-replicate warm=0 json_out="" cut="" replica="" spare=1 mode=icbd
 while [ $# -gt 0 ]; do
   case "$1" in
+    --no-spare) spare=0; shift ;;
+    --btrfs) mode=btrfs; shift ;;
     --bin) bin=$2; shift 2 ;;
     --warm) warm=1; shift ;;
     --json) json_out=$2; shift 2 ;;
@@ -36,16 +51,46 @@ while [ $# -gt 0 ]; do
     *) die "unknown option '$1'" ;;
   esac
 done
+[ -n "$replica" ] || { [ "$mode" = btrfs ] && replica=send || replica=icbd; }
 M=$w/mnt/master R=$w/mnt/$replica C=$w/certs
 [ -d "$M/images/vm/$v" ] || die "$M/images/vm/$v does not exist (a --keep scratch dir?)"
 [ -d "$M/images/vm/$((v - 1))" ] || die "version $((v - 1)) is not on the master"
-[ -x "$bin" ] || die "$bin is not executable"
-for d in $(ls "$R/images/vm" | sort -n); do
-  [ "$d" -ge "$v" ] && btrfs -q subvolume delete "$R/images/vm/$d"
+[ "$mode" = btrfs ] || [ -x "$bin" ] || die "$bin is not executable"
+I=$R/images/vm
+for d in $(ls "$I" | sort -n); do
+  [ "$d" -ge "$v" ] && btrfs -q subvolume delete "$I/$d"
 done
+# What a push leaves besides the version: spares and staging of versions >= VERSION.
+for d in "$I"/.spare-* "$I"/.tree-*; do
+  [ -e "$d" ] || continue
+  n=${d##*/.spare-}; n=${n##*/.tree-}; n=${n%%-*}; n=${n%.tmp}
+  [ "$n" -ge "$v" ] && btrfs -q subvolume delete "$d"
+done
+rm -rf "$I"/.staging/*
+[ -d "$I/$((v - 1))" ] || die "the replica lacks version $((v - 1)); repush it first"
+if [ "$mode" = icbd ]; then
+  b=$((v - 1))
+  uuid_of() { btrfs subvolume show "$1" | awk -v k="$2" '$1 " " $2 == k || $1 == k { print $NF; exit }'; }
+  if [ -e "$I/.spare-$b" ] && { [ "$spare" = 0 ] || [ "$(uuid_of "$I/$b" "Parent UUID:")" != "$(uuid_of "$I/.spare-$b" "UUID:")" ]; }; then
+    btrfs -q subvolume delete "$I/.spare-$b"
+  fi
+  if [ "$spare" = 1 ] && [ ! -e "$I/.spare-$b" ]; then
+    btrfs -q subvolume snapshot "$I/$b" "$I/.spare-$b" >/dev/null
+    btrfs -q subvolume delete "$I/$b"
+    btrfs -q subvolume snapshot -r "$I/.spare-$b" "$I/$b" >/dev/null
+  fi
+fi
 btrfs -q subvolume sync "$R"
-[ -d "$R/images/vm/$((v - 1))" ] || die "the replica lacks version $((v - 1)); repush it first"
 if [ "$warm" = 0 ]; then sync; echo 3 >/proc/sys/vm/drop_caches; fi
+if [ "$mode" = btrfs ]; then
+  t0=$(date +%s.%N)
+  btrfs send -q -p "$M/images/vm/$((v - 1))" "$M/images/vm/$v" | btrfs receive -q "$I/"
+  st="${PIPESTATUS[*]}"
+  sync -f "$R"
+  t1=$(date +%s.%N)
+  printf 'version %s btrfs send -p | btrfs receive; sync: status %s, wall %.2f s\n' "$v" "$st" "$(echo "$t1 - $t0" | bc)"
+  exit 0
+fi
 . "$here/../scripts/lib/tgtd.sh"  # free_tcp_port
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT

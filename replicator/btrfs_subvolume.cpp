@@ -54,6 +54,19 @@ Status set_read_only(const std::filesystem::path& path, bool read_only, const st
     return Status::ok();
 }
 
+Result<SubvolumeIds> subvolume_ids(const std::filesystem::path& path, const std::string& what) {
+    errno = 0;
+    struct btrfs_util_subvolume_info info {};
+    auto err = btrfs_util_subvolume_info(path.c_str(), 0, &info);
+    if (err != BTRFS_UTIL_OK) return util_error(err, what, ("subvolume info of '" + path.string() + "'").c_str());
+    SubvolumeIds ids;
+    std::memcpy(ids.uuid.data(), info.uuid, ids.uuid.size());
+    std::memcpy(ids.parent_uuid.data(), info.parent_uuid, ids.parent_uuid.size());
+    constexpr uint64_t kRootSubvolReadOnly = 1;  // BTRFS_ROOT_SUBVOL_RDONLY in the root item's flags
+    ids.read_only = (info.flags & kRootSubvolReadOnly) != 0;
+    return ids;
+}
+
 Status delete_subvolume(const std::filesystem::path& path, const std::string& what) {
     errno = 0;
     auto err = btrfs_util_delete_subvolume(path.c_str(), 0);

@@ -5,6 +5,7 @@
 #include "checkpoint_schedule.hpp"
 #include "digests.hpp"
 #include "push_session.hpp"
+#include "short_push.hpp"
 
 namespace icbd::repl {
 
@@ -58,6 +59,12 @@ void run_writer(PushContext& ctx, Session& s) {
     };
 
     auto last_checkpoint = std::chrono::steady_clock::now();
+    const auto stream_start = last_checkpoint;
+    uint64_t stream_sent = 0;  // stream bytes sent by this attempt
+    // Only a fresh push with the default schedule: a resumed one keeps its
+    // checkpoints (its cuts are what the schedule is for), a fixed interval is
+    // the operator's.
+    const bool may_skip = !by_frames && s.need.resume_seq == 0;
     for (uint64_t idx = 0;; ++idx) {
         Clock::duration starved{};
         ChangePtr item = g.window->get(s.consumer, idx, &starved);
@@ -107,9 +114,11 @@ void run_writer(PushContext& ctx, Session& s) {
         const uint64_t stream_bytes = item->data_bytes ? item->data_bytes : item->frame.size();
         since_checkpoint += by_frames ? item->frame.size() : stream_bytes;
         stream_left -= std::min(stream_left, stream_bytes);
+        stream_sent += stream_bytes;
         // No checkpoint just before END: the replica syncs for END anyway.
         if (last_seq < n && stream_left >= schedule.every_bytes / 4 &&
-            checkpoint_due(schedule, since_checkpoint, std::chrono::steady_clock::now() - last_checkpoint)) {
+            checkpoint_due(schedule, since_checkpoint, std::chrono::steady_clock::now() - last_checkpoint) &&
+            !(may_skip && short_push(stream_sent, stream_left, Clock::now() - stream_start))) {
             last_checkpoint = std::chrono::steady_clock::now();
             if (pending && !read_ack()) return;
             if (Status w = send_message(s.stream, Checkpoint{last_seq}); !w) return fail_after_write(w);

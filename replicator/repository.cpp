@@ -1,6 +1,7 @@
 // The image repository on disk: listing versions, staging a version (snapshot
-// or copy of its base), durable checkpoints, atomic publish, abort and prune.
-// On filesystems without snapshots a tree copy (reflink, else sparse) stands in.
+// or copy of its base, or the spare tree the last publish left), durable
+// checkpoints, atomic publish, abort and prune. On filesystems without
+// snapshots a tree copy (reflink, else sparse) stands in.
 #include "icbd/log.hpp"
 #include "icbd/replicator/repository.hpp"
 
@@ -38,6 +39,9 @@ void log_cleanup(const Status& cleanup, const std::string& during) {
 
 constexpr char kStagingDir[] = ".staging";
 constexpr char kTreePrefix[] = ".tree-";  // + area name: the staged tree, a sibling of the versions
+// + version: the writable tree a version was published from, with exactly its
+// content, kept (BTRFS only) as the next staging tree from that version.
+constexpr char kSparePrefix[] = ".spare-";
 constexpr char kCheckpoint[] = "checkpoint";
 constexpr char kCheckpointTmp[] = "checkpoint.tmp";
 constexpr char kCheckpointMagic[8] = {'I', 'C', 'B', 'D', 'C', 'K', 'P', 'T'};
@@ -134,6 +138,9 @@ fs::path tree_path_of(const fs::path& image_dir, uint64_t version, uint64_t base
     return image_dir / (std::string(kTreePrefix) + area_name(version, base));
 }
 fs::path tmp_of(const fs::path& tree) { return fs::path(tree.string() + ".tmp"); }
+fs::path spare_path_of(const fs::path& image_dir, uint64_t version) {
+    return image_dir / (std::string(kSparePrefix) + std::to_string(version));
+}
 
 // ---- tree copy, for filesystems without snapshots ----------------------------
 
@@ -147,6 +154,58 @@ Status remove_tree(const fs::path& p, bool btrfs, const std::string& what) {
     fs::remove_all(p, ec);
     if (ec) return Status::error(ec.value(), what + ": remove " + q(p) + ": " + ec.message());
     return Status::ok();
+}
+
+// Moves the spare tree of `base` (left by its publish) to `dest` as a new
+// staging tree: no snapshot, no transaction commit before NEED. Only a spare
+// that `base` was snapshotted from (base's parent UUID is the spare's UUID)
+// and that is still writable is taken; any other is deleted. false: no spare
+// taken (the caller snapshots the base).
+bool take_spare(const fs::path& image_dir, uint64_t base, const fs::path& base_path, const fs::path& dest,
+                const std::string& what) {
+    const fs::path spare = spare_path_of(image_dir, base);
+    struct stat st;
+    if (::lstat(spare.c_str(), &st) < 0) return false;
+    auto ids = S_ISDIR(st.st_mode) ? detail::subvolume_ids(spare, what) : Result<detail::SubvolumeIds>(Status::error(ENOTDIR, what));
+    auto base_ids = detail::subvolume_ids(base_path, what);
+    if (!ids || !base_ids || ids->read_only || base_ids->parent_uuid != ids->uuid) {
+        log(LogLevel::info, what + ": " + q(spare) + " is not the tree version " + std::to_string(base) +
+                                " was published from; deleting it");
+        log_cleanup(remove_tree(spare, true, what), "deleting a spare tree");
+        return false;
+    }
+    // Not made durable here: if a crash loses the rename, the spare is still
+    // the spare and the staging area has no tree (resume says ENOENT, the area
+    // is discarded and begun again); the first checkpoint's syncfs commits it.
+    if (::rename(spare.c_str(), dest.c_str()) < 0) {
+        log(LogLevel::warning, what + ": rename " + q(spare) + " to " + q(dest) + ": " + std::strerror(errno) +
+                                   "; snapshotting the base instead");
+        return false;
+    }
+    return true;
+}
+
+// What a crash or an older build can leave beside the versions and that no
+// staging area owns any more: a tree of a version not newer than `newest`
+// whose area is gone, and spares of other versions than `newest`.
+void sweep_leftovers(const fs::path& image_dir, uint64_t newest, bool btrfs, const std::string& what) {
+    auto names = subdirs(image_dir, what);
+    if (!names) return;
+    for (const auto& n : *names) {
+        std::string_view s = n;
+        bool stale = false;
+        if (s.substr(0, sizeof kSparePrefix - 1) == kSparePrefix) {
+            auto v = parse_version(s.substr(sizeof kSparePrefix - 1));
+            stale = !v || *v != newest;
+        } else if (s.substr(0, sizeof kTreePrefix - 1) == kTreePrefix) {
+            std::string area(s.substr(sizeof kTreePrefix - 1));
+            if (area.size() > 4 && area.compare(area.size() - 4, 4, ".tmp") == 0) area.resize(area.size() - 4);
+            auto v = parse_version(std::string_view(area).substr(0, area.find('-')));
+            struct stat st;
+            stale = v && *v <= newest && ::lstat((image_dir / kStagingDir / area).c_str(), &st) < 0 && errno == ENOENT;
+        }
+        if (stale) log_cleanup(remove_tree(image_dir / n, btrfs, what), "removing a leftover tree " + q(image_dir / n));
+    }
 }
 
 Result<std::vector<uint8_t>> read_checkpoint(int area_fd, const std::string& what) {
@@ -216,7 +275,10 @@ Status Staging::sync() {
 }
 
 Status Staging::publish() {
-    if (Status s = sync(); !s) return s;
+    if (spent_) return Status::error(EINVAL, what_ + ": staging area already published or aborted");
+    if (!btrfs_) {
+        if (Status s = sync(); !s) return s;
+    }
     auto versions = scan_versions(image_dir_, what_);
     if (!versions) return versions.status();
     if (!versions->empty() && versions->back() >= version_) {
@@ -226,19 +288,13 @@ Status Staging::publish() {
                                  (same ? std::string("that version is published already")
                                        : "version " + std::to_string(versions->back()) + " is newer"));
     }
-    if (btrfs_) {
-        if (Status s = detail::set_read_only(tree_path_, true, what_); !s) return s;
-        // The read-only flag lives in the root item: commit it before the
-        // rename can become visible, so no crash leaves a writable version.
-        if (::syncfs(tree_fd_.get()) < 0) return fail(errno, "sync read-only flag");
-    }
     auto image_fd = open_dir(image_dir_, what_);
     if (!image_fd) return image_fd.status();
     std::string name = version_name(version_);
+    if (btrfs_) return publish_snapshot(image_fd->get(), name);
     std::string leaf = tree_path_.filename().string();
     if (::renameat2(image_fd->get(), leaf.c_str(), image_fd->get(), name.c_str(), RENAME_NOREPLACE) < 0) {
         int err = errno;
-        if (btrfs_) log_cleanup(detail::set_read_only(tree_path_, false, what_), "undoing a failed publish");  // stay resumable
         if (err == EEXIST) return Status::error(EEXIST, what_ + ": not published: that version appeared meanwhile");
         return fail(err, "rename into " + q(image_dir_ / name));
     }
@@ -251,6 +307,49 @@ Status Staging::publish() {
     area_fd_.reset();
     if (::rmdir(area_path_.c_str()) < 0) return fail(errno, "remove staging area " + q(area_path_));
     return fsync_dir(area_path_.parent_path(), what_);
+}
+
+Status Staging::publish_snapshot(int image_fd, const std::string& name) {
+    // The commit point is one BTRFS_IOC_SNAP_CREATE_V2: the kernel first
+    // writes back the tree's dirty data and waits for it (btrfs_mksnapshot:
+    // start_delalloc_snapshot, wait_ordered_extents), then creates the
+    // read-only snapshot under the version's name in a transaction commit with
+    // everything done to the tree before it, and returns once that commit
+    // (superblock included) is on disk. So the version appears complete,
+    // read-only and durable at once, or not at all; no syncfs, read-only flag
+    // or rename is needed before it. The name must be free (EEXIST otherwise),
+    // as with RENAME_NOREPLACE.
+    const fs::path dest = image_dir_ / name;
+    if (Status s = detail::snapshot_subvolume(tree_path_, dest, true, what_); !s) {
+        if (s.code() == EEXIST) return Status::error(EEXIST, what_ + ": not published: that version appeared meanwhile");
+        return s;
+    }
+    // Already committed by the snapshot: this fsync finds nothing to log (no
+    // device flush); it keeps the same rule as the rename path.
+    if (::fsync(image_fd) < 0) return fail(errno, "fsync " + q(image_dir_));
+    spent_ = true;
+    tree_fd_.reset();
+    // The version is published. What follows is housekeeping that no crash
+    // can turn into a half-visible version, so none of it is synced: a lost
+    // step is redone by sweep_leftovers / discard_superseded on the next staging.
+    // The tree we published from holds exactly the version: kept as the spare
+    // for the next version's staging (no snapshot then), or deleted.
+    const fs::path spare = spare_path_of(image_dir_, version_);
+    if (!keep_spare_ || ::rename(tree_path_.c_str(), spare.c_str()) < 0)
+        log_cleanup(remove_tree(tree_path_, true, what_), "removing the published staging tree");
+    if (auto names = subdirs(image_dir_, what_)) {
+        for (const auto& n : *names) {
+            if (n.rfind(kSparePrefix, 0) != 0 || n == spare.filename().string()) continue;
+            log_cleanup(remove_tree(image_dir_ / n, true, what_), "removing an older spare tree");
+        }
+    }
+    ::unlinkat(area_fd_.get(), kCheckpoint, 0);
+    ::unlinkat(area_fd_.get(), kCheckpointTmp, 0);
+    area_fd_.reset();
+    if (::rmdir(area_path_.c_str()) < 0)
+        log(LogLevel::warning, what_ + ": published, but removing the staging area " + q(area_path_) + ": " +
+                                   std::strerror(errno));
+    return Status::ok();
 }
 
 Status Staging::abort() {
@@ -348,7 +447,10 @@ Result<Staging> Repository::open_staging(std::string_view image, uint64_t versio
         return Status::error(ENOENT, what + ": base version " + std::to_string(base) + " is not published here");
 
     fs::path staging_dir = *dir / kStagingDir;
-    if (!resume && !versions->empty()) discard_superseded(image, versions->back());
+    if (!resume && !versions->empty()) {
+        discard_superseded(image, versions->back());
+        sweep_leftovers(*dir, versions->back(), btrfs_, what);
+    }
     Staging st;
     st.what_ = what;
     st.image_dir_ = *dir;
@@ -359,6 +461,7 @@ Result<Staging> Repository::open_staging(std::string_view image, uint64_t versio
     st.base_ = base;
     st.resumed_ = resume;
     st.btrfs_ = btrfs_;
+    st.keep_spare_ = btrfs_ && !snapshot_of;  // a receiver's next push will likely start from this version
 
     if (!resume) {
         if (Status s = ensure_dir(staging_dir, what); !s) return s;
@@ -381,14 +484,20 @@ Result<Staging> Repository::open_staging(std::string_view image, uint64_t versio
     }
 
     if (!resume) {
-        // Built under a temporary name, renamed when complete: a crash half-way
-        // through a copy never leaves a tree that looks resumable.
         fs::path tmp = tmp_of(st.tree_path_);
         if (Status s = remove_tree(tmp, btrfs_, what); !s) return s;  // a crash's leftover
+        // We made the area just now: a tree under its name lost its area in a crash.
+        if (Status s = remove_tree(st.tree_path_, btrfs_, what); !s) return s;
         Status made;
         if (btrfs_ && (base || snapshot_of)) {
-            made = detail::snapshot_subvolume(snapshot_of ? *snapshot_of : base_path, tmp, false, what);
+            // A snapshot appears complete or not at all (in one transaction
+            // commit, with the area's mkdir): made under its final name. The
+            // spare the base was published from serves without a commit.
+            if (snapshot_of || !take_spare(*dir, base, base_path, st.tree_path_, what))
+                made = detail::snapshot_subvolume(snapshot_of ? *snapshot_of : base_path, st.tree_path_, false, what);
         } else {
+            // Built under a temporary name, renamed when complete and synced:
+            // a crash half-way through a copy never leaves a tree that looks resumable.
             made = btrfs_ ? detail::create_subvolume(tmp, what)
                           : (::mkdir(tmp.c_str(), 0755) == 0 ? Status::ok() : sys_error(errno, what, "mkdir " + q(tmp)));
             if (made && base) {
@@ -402,9 +511,10 @@ Result<Staging> Repository::open_staging(std::string_view image, uint64_t versio
                     if (::stat(base_path.c_str(), &bst) == 0) made = copy_attrs(t->get(), bst, what);
                 }
             }
+            if (made && ::rename(tmp.c_str(), st.tree_path_.c_str()) < 0)
+                made = sys_error(errno, what, "rename staging tree");
+            if (made) made = fsync_dir(*dir, what);
         }
-        if (made && ::rename(tmp.c_str(), st.tree_path_.c_str()) < 0) made = sys_error(errno, what, "rename staging tree");
-        if (made) made = fsync_dir(*dir, what);
         if (!made) {
             log_cleanup(st.abort(), "cleaning up after: " + made.message());  // reclaim what the failed copy took (ENOSPC)
             return made;
@@ -506,6 +616,7 @@ Status Repository::commit(std::string_view image, uint64_t version, const fs::pa
     }
     if (!st) return st.status();
     Staging& s = st.value();
+    s.keep_spare_ = false;  // a commit is not followed by a received version from it
     s.tree_fd_.reset();
     Status made;
     if (copied) {
@@ -532,6 +643,8 @@ Status Repository::remove_version(std::string_view image, uint64_t version) {
     if (!p) return p.status();
     std::string what = image_what(image, version);
     if (Status s = remove_tree(*p, btrfs_, what); !s) return s;
+    // The spare it was published from would keep its extents.
+    if (Status s = remove_tree(spare_path_of(p->parent_path(), version), btrfs_, what); !s) return s;
     // Its boot sets go with it (docs/boot-set.md): plain files beside it.
     std::error_code ec;
     std::filesystem::remove_all(p->parent_path() / ".bootsets" / std::to_string(version), ec);

@@ -48,11 +48,17 @@ public:
     // Makes everything written to the tree durable (syncfs of its filesystem).
     Status sync();
 
-    // sync(), make the tree read-only, rename it to images/<image>/<version>
-    // (never replacing anything) and fsync the image directory; then remove
-    // the staging area. Refused (EEXIST / ESTALE) when that version or a newer
-    // one was published meanwhile. Nothing is visible under the version name
-    // before this returns ok. After it the object is spent.
+    // Makes the tree images/<image>/<version>, complete, read-only and durable
+    // at once, never replacing anything; then removes the staging area. On
+    // BTRFS: one read-only snapshot of the tree under the version's name (the
+    // kernel writes the tree's data back first and commits the snapshot); the
+    // tree itself is kept as images/<image>/.spare-<version>, the next
+    // staging tree from this version (receivers only; commit() deletes it).
+    // Elsewhere: sync(), rename, fsync of the image directory. Refused
+    // (EEXIST / ESTALE) when that version or a newer one was published
+    // meanwhile. Nothing is visible under the version name before the commit
+    // point; after ok the object is spent. Errors of the housekeeping after
+    // the commit point are logged, not returned (the version is published).
     Status publish();
 
     // Removes the staging area and its tree (btrfs subvolume delete on BTRFS;
@@ -63,6 +69,7 @@ private:
     friend class Repository;
     Staging() = default;
     Status fail(int err, const std::string& what) const;
+    Status publish_snapshot(int image_fd, const std::string& name);
 
     std::string what_;  // "image 'x' version 7 (staging from 6)" for messages
     std::filesystem::path image_dir_;
@@ -74,6 +81,7 @@ private:
     bool resumed_ = false;
     bool btrfs_ = false;
     bool spent_ = false;
+    bool keep_spare_ = false;  // publish keeps the tree as the next staging tree
     UniqueFd area_fd_;  // locked with flock(LOCK_EX)
     UniqueFd tree_fd_;
     std::vector<uint8_t> checkpoint_;
@@ -116,8 +124,10 @@ public:
     // a full copy). `version` must be newer than the newest published version
     // (EEXIST if it is published, ESTALE if older), `base` must be published
     // (ENOENT). EEXIST if that staging area exists already: resume it or
-    // discard it. On BTRFS the tree is a writable snapshot of the base; else a
-    // copy (FICLONE reflink per file where supported, else sparse copy).
+    // discard it. On BTRFS the tree is the base's spare (the tree the base was
+    // published from, moved: no snapshot) when there is one, else a writable
+    // snapshot of the base; else a copy (FICLONE reflink per file where
+    // supported, else sparse copy).
     // Unheld staging areas of versions that can no longer be published (not
     // newer than the newest) are discarded on the way.
     Result<Staging> begin_staging(std::string_view image, uint64_t version, uint64_t base);
