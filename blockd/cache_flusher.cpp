@@ -154,6 +154,7 @@ void CacheFlusher::cache_synced(int error, IoOp) {
     did_io_ = true;
     cache_.map().end_cache_sync(sync_token_);
     error_ = 0;
+    failed_phase_ = Phase::idle;
     end_round();
 }
 
@@ -184,6 +185,7 @@ void CacheFlusher::fail_round(int error) {
     if (phase_ == Phase::reading_cache || phase_ == Phase::writing_below || phase_ == Phase::syncing_below)
         m.flush_failed(batch_);
     error_ = error;
+    failed_phase_ = phase_;
     log(LogLevel::error, "cache '" + c.path() + "': writing back: " + std::strerror(error) + " (" +
                              std::to_string(m.counts().dirty) + " dirty blocks stay in the cache)");
     running_ = false;

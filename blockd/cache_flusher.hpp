@@ -17,6 +17,17 @@ class CacheLayer;
 
 class CacheFlusher {
 public:
+    // Where a round is; what a failure there has to undo (fail_round()).
+    enum class Phase : uint8_t {
+        idle,
+        committing,            // a forced commit, so that there are committed blocks to write back
+        reading_cache,         // the batch's blocks from the cache file
+        writing_below,         // ... to the layer below
+        syncing_below,         // ... made durable there
+        writing_free_entries,  // FREE entries of written-back and superseded slots
+        syncing_cache,         // ... made durable: their slots become reusable
+    };
+
     explicit CacheFlusher(CacheLayer& cache) : cache_(cache) {}
 
     // Starts a round when there is work for one and none is running: the
@@ -27,6 +38,9 @@ public:
     // errno of the last failed round (0: none since the last good one).
     // After a failure only a write waiting for room starts another round.
     int error() const { return error_; }
+    Phase phase() const { return phase_; }
+    // Where the last failed round failed (idle: none since the last good one).
+    Phase failed_phase() const { return failed_phase_; }
 
     // Idle write-back: `timer_fd` (a timerfd the host watches) is armed for
     // `idle_ms` when commands arrive; when it expires after a period without
@@ -42,16 +56,6 @@ public:
     void drain(const std::function<void()>& pump);
 
 private:
-    // Where a round is; what a failure there has to undo.
-    enum class Phase : uint8_t {
-        idle,
-        committing,            // a forced commit, so that there are committed blocks to write back
-        reading_cache,         // the batch's blocks from the cache file
-        writing_below,         // ... to the layer below
-        syncing_below,         // ... made durable there
-        writing_free_entries,  // FREE entries of written-back and superseded slots
-        syncing_cache,         // ... made durable: their slots become reusable
-    };
     void start_round();
     void committed(int error, IoOp failed);
     void select_batch();
@@ -71,6 +75,7 @@ private:
     CacheLayer& cache_;
     bool running_ = false;
     Phase phase_ = Phase::idle;
+    Phase failed_phase_ = Phase::idle;
     bool did_io_ = false;  // this round: a round without I/O does not start another
     int error_ = 0;
     bool draining_ = false;
