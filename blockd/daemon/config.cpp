@@ -54,7 +54,7 @@ const std::vector<TableKeys>& schema() {
         {"tgt", {"control_port", "iqn_prefix"}},
         {"clients", {"overlay_dir", "cache_dir", "cache_size", "default_channel", "reconcile_interval"}},
         {"metrics", {"listen", "dir"}},
-        {"prefetch", {"enabled", "max_rate"}},
+        {"prefetch", {"enabled", "max_rate", "adaptive"}},
         {"relay", {"via"}},
     };
     return s;
@@ -493,6 +493,7 @@ Status read_metrics(const Reader& r, NodeConfig& c) {
 Status read_prefetch(const Reader& r, NodeConfig& c) {
     if (Status s = take(r.boolean("prefetch.enabled"), c.prefetch_enabled); !s) return s;
     if (Status s = take(r.size("prefetch.max_rate"), c.prefetch_max_rate); !s) return s;
+    if (Status s = take(r.boolean("prefetch.adaptive"), c.prefetch_adaptive); !s) return s;
     return Status::ok();
 }
 

@@ -78,6 +78,7 @@ struct NodeConfig {
     // and start on a replica (blockctl image prefetch runs either way); bytes/s, 0 = unlimited.
     bool prefetch_enabled = true;
     uint64_t prefetch_max_rate = 0;
+    bool prefetch_adaptive = true;  // give way to others reading the disk (docs/boot-set.md, "Giving way to clients")
 
     std::filesystem::path source;  // the file this was read from (messages)
 };

@@ -572,13 +572,16 @@ TEST_F(ConfigTest, PrefetchIsOnByDefaultAndTakesARate) {
     NodeConfig c = parse_ok(replica_keys());
     EXPECT_TRUE(c.prefetch_enabled);
     EXPECT_EQ(c.prefetch_max_rate, 0u);
+    EXPECT_TRUE(c.prefetch_adaptive);  // gives way to others on the disk unless told not to
 
     Keys k = replica_keys();
     k["prefetch.enabled"] = "false";
     k["prefetch.max_rate"] = quote("200M");
+    k["prefetch.adaptive"] = "false";
     c = parse_ok(k);
     EXPECT_FALSE(c.prefetch_enabled);
     EXPECT_EQ(c.prefetch_max_rate, 200ull << 20);
+    EXPECT_FALSE(c.prefetch_adaptive);
 
     k = replica_keys();
     k["prefetch.enabled"] = quote("yes");
@@ -588,7 +591,7 @@ TEST_F(ConfigTest, PrefetchIsOnByDefaultAndTakesARate) {
     expect_error(k, ": prefetch.max_rate: -1 is negative");
     k = replica_keys();
     k["prefetch.rate"] = "1";
-    expect_error(k, ": prefetch.rate: unknown key (known: enabled, max_rate)");
+    expect_error(k, ": prefetch.rate: unknown key (known: enabled, max_rate, adaptive)");
 }
 
 }  // namespace
