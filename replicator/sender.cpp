@@ -75,6 +75,7 @@ void take_over(const PushOptions& opt, Takeovers& tk, Session& s, const std::str
     if (s.taken_over || s.children.empty() || s.report.ok() || !opt.take_over_relay_children) return;
     s.taken_over = true;
     std::vector<HostPort> kids;
+    std::vector<std::string> kid_names;
     std::string names;
     {
         std::lock_guard lk(tk.mu);
@@ -83,6 +84,7 @@ void take_over(const PushOptions& opt, Takeovers& tk, Session& s, const std::str
             auto hp = parse_host_port(c.address);
             if (!hp || !tk.claimed.insert(hp->text()).second) continue;
             kids.push_back(*hp);
+            kid_names.push_back(c.node_name);
             names += (names.empty() ? "" : ", ") + hp->text();
         }
     }
@@ -92,6 +94,10 @@ void take_over(const PushOptions& opt, Takeovers& tk, Session& s, const std::str
     PushOptions sub = opt;
     sub.targets = kids;
     sub.on_progress = nullptr;
+    // A pusher that names the replicas it may talk to (TLS) admits the
+    // children by the names their relay gave: each must hold that certificate.
+    if (!sub.tls.allowed_peer_names.empty())
+        sub.tls.allowed_peer_names.insert(sub.tls.allowed_peer_names.end(), kid_names.begin(), kid_names.end());
     Takeovers inner;
     {
         std::lock_guard lk(tk.mu);

@@ -420,26 +420,28 @@ TEST_F(RelayTest, ARelayCycleIsRefusedByTheRouteAndEachNodeGetsTheVersionOnce) {
     EXPECT_TRUE(same_tree(fb / "repo/images/vm/1", master_version(1)));
 }
 
-TEST_F(RelayTest, ServeRefusesToRelayToItself) {
+// Config-time checks of `serve --relay-to`: refused (exit 2) before it binds.
+TEST_F(RelayTest, ServeRefusesToRelayToItselfOrToOneChildTwice) {
     const TlsConfig t = tls("relay");
     TempDir root{"/tmp", "icbd-relay-self-"};
-    auto r = test::run_command({ToolServer::tool().string(), "serve", "--root", root.path().string(), "--listen",
-                                "127.0.0.1:7411", "--ca", t.ca_file, "--cert", t.cert_file, "--key", t.key_file,
-                                "--relay-to", "127.0.0.1:7412,127.0.0.1:7411"},
-                               {}, 10s);  // refused before it binds or serves
+    auto serve = [&](const std::string& listen, std::vector<std::string> relay_to) {
+        std::vector<std::string> argv = {ToolServer::tool().string(), "serve", "--root", root.path().string(),
+                                         "--listen", listen, "--ca", t.ca_file, "--cert", t.cert_file, "--key",
+                                         t.key_file};
+        for (auto& r : relay_to) {
+            argv.push_back("--relay-to");
+            argv.push_back(std::move(r));
+        }
+        return test::run_command(argv, {}, 10s);
+    };
+    auto r = serve("127.0.0.1:7411", {"127.0.0.1:7412,127.0.0.1:7411"});  // refused before it binds or serves
     EXPECT_EQ(r.exit_code, 2) << r.describe();
     EXPECT_NE(r.output.find("--relay-to: 127.0.0.1:7411 is this server's own --listen address"), std::string::npos)
         << r.output;
-    auto bad = test::run_command({ToolServer::tool().string(), "serve", "--root", root.path().string(), "--listen",
-                                  "127.0.0.1:0", "--ca", t.ca_file, "--cert", t.cert_file, "--key", t.key_file,
-                                  "--relay-to", "127.0.0.1"},
-                                 {}, 10s);
+    auto bad = serve("127.0.0.1:0", {"127.0.0.1"});
     EXPECT_EQ(bad.exit_code, 2) << bad.describe();
     EXPECT_NE(bad.output.find("--relay-to:"), std::string::npos) << bad.output;
-    auto twice = test::run_command({ToolServer::tool().string(), "serve", "--root", root.path().string(), "--listen",
-                                    "127.0.0.1:0", "--ca", t.ca_file, "--cert", t.cert_file, "--key", t.key_file,
-                                    "--relay-to", "127.0.0.1:7412", "--relay-to", "127.0.0.1:7412"},
-                                   {}, 10s);
+    auto twice = serve("127.0.0.1:0", {"127.0.0.1:7412", "127.0.0.1:7412"});
     EXPECT_EQ(twice.exit_code, 2) << twice.describe();
     EXPECT_NE(twice.output.find("--relay-to: 127.0.0.1:7412 is named twice"), std::string::npos) << twice.output;
 }
