@@ -132,11 +132,10 @@ int contain_exception(icbd_lun* lun, const char* label, const char* call, const 
         if (lun->exceptions_logged >= kMaxExceptionLines) return code;
         ++lun->exceptions_logged;
     }
+    const bool last = lun && lun->exceptions_logged == kMaxExceptionLines;
     char line[768];
     std::snprintf(line, sizeof line, "%s: %s: internal error: %s; %s%s", label && *label ? label : "LUN", call, cause,
-                  consequence,
-                  lun && lun->exceptions_logged == kMaxExceptionLines ? " (further internal errors of this LUN are not logged)"
-                                                                      : "");
+                  consequence, last ? " (further internal errors of this LUN are not logged)" : "");
     try {
         icbd::log(icbd::LogLevel::error, line, lun ? lun->log_fields : icbd::LogFields{});
     } catch (...) {
@@ -242,7 +241,8 @@ void icbd_lun_timer(icbd_lun* lun) noexcept {
 
 int icbd_lun_open(icbd_lun* lun, const char* path, int extra_oflags, int* fd, uint64_t* size, int* readonly,
                   char* err, size_t errlen) noexcept {
-    return guarded(lun, lun->log_label.c_str(), "icbd_lun_open", "the LUN is not opened", [&]() -> int {
+    const char* consequence = "the LUN is not opened and refuses commands";
+    return guarded(lun, lun->log_label.c_str(), "icbd_lun_open", consequence, [&]() -> int {
         auto scope = log_scope(lun);
         auto r = lun->lun->open(path, extra_oflags);
         if (!r) {

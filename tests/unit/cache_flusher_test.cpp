@@ -146,7 +146,8 @@ protected:
         return v;
     }
     std::vector<uint8_t> before(uint64_t offset, uint64_t len) const {
-        return {before_.begin() + static_cast<ptrdiff_t>(offset), before_.begin() + static_cast<ptrdiff_t>(offset + len)};
+        auto first = before_.begin() + static_cast<ptrdiff_t>(offset);
+        return {first, first + static_cast<ptrdiff_t>(len)};
     }
     void fault(IoOp op, const std::string& file, int err = EIO) {
         plan_->add({op, file, 0, UINT64_MAX, 1, 1, FaultKind::error, err});
