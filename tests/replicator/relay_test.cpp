@@ -506,5 +506,52 @@ TEST_F(RelayTest, ARelayKilledMidPushHasItsChildrenTakenOverByTheMasterInTheSame
     EXPECT_TRUE(nothing_half_visible(fr / "repo", 1, master_version(1)));
 }
 
+// Two levels: master -> relay (its own process) -> child1 (a relay too) ->
+// child2. kill -9 of the top relay mid-push: the master takes child1 over;
+// child1, a relay, names child2 in its turn and forwards the master's stream
+// to it, so the whole subtree finishes from the master in the same push,
+// each hop resuming from its own checkpoint.
+TEST_F(RelayTest, ARelayKilledAboveAnotherRelayHasTheWholeSubtreeFinishFromTheMaster) {
+    make_v1(96);
+    LoopFs fr(LoopFs::Type::btrfs, 384 * MiB), f1(LoopFs::Type::btrfs, 384 * MiB), f2(LoopFs::Type::btrfs, 384 * MiB);
+    ReplicaServer leaf(f2 / "repo", tls("child2"), "child2");
+    ReplicaServer mid(f1 / "repo", tls("child1"), "child1", {leaf.target()});
+    ToolServer top(fr / "repo", tls("relay"), {"--name", "relay", "--relay-to", mid.target().text()});
+    auto o = options({top.target()}, 1);
+    o.bandwidth_limit = 16 * MiB;
+    std::atomic<uint64_t> sent{0};
+    o.on_progress = [&](const std::vector<ReplicaProgress>& p) {
+        if (!p.empty()) sent = p[0].payload_sent;
+    };
+    o.progress_interval = 50ms;
+    std::jthread killer([&] {
+        for (int i = 0; i < 600 && sent.load() < 48 * MiB; ++i) std::this_thread::sleep_for(20ms);
+        top.kill9();
+    });
+    auto first = push(o);
+    killer.join();
+    ASSERT_TRUE(first) << first.status().message();
+    ASSERT_EQ(first->replicas.size(), 2u);
+    EXPECT_FALSE(first->replicas[0].ok());
+    const auto& m = first->replicas[1];
+    EXPECT_TRUE(m.ok()) << m.status.message();
+    EXPECT_EQ(m.target, mid.target().text());
+    EXPECT_EQ(m.taken_over_from, top.target().text());
+    EXPECT_GT(m.resume_seq, 0u);
+    ASSERT_EQ(m.relay_children.size(), 1u);  // child1 named child2 to the master
+    EXPECT_EQ(m.relay_children[0], "child2 (" + leaf.target().text() + ")");
+    auto lr = leaf.wait_reports(2);
+    ASSERT_EQ(lr.size(), 2u);
+    EXPECT_FALSE(lr[0].published);
+    EXPECT_TRUE(lr[0].staging_kept);
+    EXPECT_TRUE(lr[1].published) << lr[1].status.message();
+    EXPECT_EQ(lr[1].peer.rfind("child1 (", 0), 0u) << lr[1].peer;  // still through its own relay
+    EXPECT_GT(lr[1].resumed_after, 0u);
+    std::cout << "[ measured ] top relay killed after " << sent.load() / MiB << " MiB of 96; child1 resumed after change "
+              << m.resume_seq << ", child2 after " << lr[1].resumed_after << "\n";
+    for (const LoopFs* f : {&f1, &f2}) EXPECT_TRUE(same_tree(*f / "repo/images/vm/1", master_version(1)));
+    EXPECT_FALSE(fs::exists(fr / "repo/images/vm/1"));
+}
+
 }  // namespace
 }  // namespace icbd::repl
