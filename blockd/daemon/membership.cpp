@@ -141,10 +141,21 @@ void Membership::run() {
     std::unique_lock lock(mu_);
     auto next = std::chrono::steady_clock::now();
     while (!stopping_) {
-        cv_.wait_until(lock, next, [this] { return stopping_ || wake_; });
+        cv_.wait_until(lock, next, [this] { return stopping_ || wake_ || !ping_only_.empty(); });
         if (stopping_) break;
-        if (!wake_ && std::chrono::steady_clock::now() < next) continue;
+        if (!wake_ && std::chrono::steady_clock::now() < next) {
+            if (ping_only_.empty()) continue;
+            // Out of turn, for a few replicas: the schedule of the rest stays.
+            std::set<std::string> only = std::move(ping_only_);
+            ping_only_.clear();
+            lock.unlock();
+            reap_pings(false);
+            start_pings(&only);
+            lock.lock();
+            continue;
+        }
         wake_ = false;
+        ping_only_.clear();
         // Passes start one interval apart however long a ping takes.
         next = std::chrono::steady_clock::now() + opt_.keepalive_interval;
         lock.unlock();
@@ -154,7 +165,15 @@ void Membership::run() {
     }
 }
 
-void Membership::start_pings() {
+void Membership::ping_now(const std::vector<std::string>& replicas) {
+    {
+        std::lock_guard lock(mu_);
+        ping_only_.insert(replicas.begin(), replicas.end());
+    }
+    cv_.notify_all();
+}
+
+void Membership::start_pings(const std::set<std::string>* only) {
     auto all = registry_.replicas();
     if (!all) {
         log(LogLevel::error, "keepalive: " + all.status().message());
@@ -164,7 +183,7 @@ void Membership::start_pings() {
     for (const ReplicaRecord& r : *all) {
         // Dead replicas are pinged too: that is how one comes back. A replica
         // whose previous ping still runs is not pinged twice.
-        if (stopping_ || pings_.count(r.name)) continue;
+        if (stopping_ || pings_.count(r.name) || (only && !only->count(r.name))) continue;
         Ping& p = pings_[r.name];
         p.thread = std::thread([this, r] {
             ping_one(r);

@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -51,6 +52,9 @@ public:
     void start();  // the keepalive thread
     void stop();
     void ping_all_now();  // wakes the keepalive thread (tests, commits)
+    // Pings these replicas now, out of turn (children a relay fed: their
+    // answers confirm the version); the others keep their schedule.
+    void ping_now(const std::vector<std::string>& replicas);
 
     // State rules, public for tests: after an answer -> alive, missed 0; after a
     // miss -> missed+1, suspect while missed < tries, dead at missed >= tries.
@@ -71,7 +75,7 @@ private:
         bool done = false;  // guarded by mu_
     };
     void run();
-    void start_pings();
+    void start_pings(const std::set<std::string>* only = nullptr);
     void reap_pings(bool all);
     void ping_one(const ReplicaRecord& r);
     void apply_answer(const std::string& name, const Result<PongReply>& pong, int64_t sent_ms);
@@ -84,6 +88,7 @@ private:
     std::condition_variable cv_;
     bool stopping_ = false;
     bool wake_ = false;
+    std::set<std::string> ping_only_;  // guarded by mu_: ping_now()'s replicas
     std::thread thread_;
     std::map<std::string, Ping> pings_;  // guarded by mu_
     // Serializes read-modify-write of one replica's record (registration and

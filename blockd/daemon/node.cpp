@@ -200,7 +200,7 @@ Status Node::open() {
         hooks.assign = [this](const ReplicaRecord& relay, const std::vector<RelayChild>& children) {
             return relay_assign(relay, children);
         };
-        hooks.confirm = [this] { membership_->ping_all_now(); };
+        hooks.confirm = [this](const std::vector<std::string>& replicas) { membership_->ping_now(replicas); };
         pushes_->set_relay_hooks(std::move(hooks));
 
         bootsets_ = std::make_unique<BootSetExchange>(cfg_.repository, [this](const std::string& node) {

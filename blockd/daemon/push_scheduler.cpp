@@ -197,7 +197,6 @@ void PushScheduler::pass() {
         return std::any_of(replicas->begin(), replicas->end(),
                            [&](const ReplicaRecord& x) { return hooks_.parent_of(x.name) == name; });
     };
-    bool relayed_any = false;
     for (const auto& [image, entry] : catalog) {
         // Versions to push for this image, ascending, and who needs each.
         std::map<uint64_t, std::vector<std::string>> plan;
@@ -372,14 +371,19 @@ void PushScheduler::pass() {
                 while (!ok_by_name.count(top) && hooks_.parent_of && !hooks_.parent_of(top).empty()) top = hooks_.parent_of(top);
                 pending_[{c->replica, image}] = Pending{version, c->via, started, ended, ok_by_name[top]};
                 failed[c->replica] = true;  // its next version waits for the confirmation
-                relayed_any = true;
             }
             // Versions just recorded are the bases of the next push.
             go.clear();
             if (auto fresh = store_.replicas()) *replicas = std::move(*fresh);
         }
     }
-    if (relayed_any && hooks_.confirm) hooks_.confirm();
+    // Children still awaited are asked again (this runs every second while
+    // any is): a child ends after its relay, so the first answer may be early.
+    if (!pending_.empty() && hooks_.confirm) {
+        std::vector<std::string> awaited;
+        for (const auto& [key, p] : pending_) awaited.push_back(key.first);
+        hooks_.confirm(awaited);
+    }
 }
 
 }  // namespace icbd::node

@@ -46,7 +46,8 @@ struct RelayHooks {
     std::function<std::map<std::string, RelayView>()> heard;
     // Tells `relay` the children it feeds from now on (peer message "relay").
     std::function<Status(const ReplicaRecord& relay, const std::vector<RelayChild>& children)> assign;
-    std::function<void()> confirm;  // ask every replica for its versions now
+    // Ask these replicas for their versions now (children awaiting confirmation).
+    std::function<void(const std::vector<std::string>& replicas)> confirm;
 };
 
 // One version of one image for one replica: how it gets it in this push.

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <iostream>
 #include <random>
 
 #include "blockd_cluster.hpp"
@@ -161,6 +162,59 @@ TEST_F(RelaySystemTest, MasterSendsOneCopyThroughTheRelayAndFeedsItsChildrenWhen
     EXPECT_NE(d2, d1);
     for (BlockdNode* r : {&leaf1, &leaf2}) EXPECT_EQ(sha256_of(r->version_file("win10", 2)), d2) << r->name();
     EXPECT_EQ(newest_on(master, "hub", "win10"), 1u);
+    EXPECT_NE(leaf1.log().find("image 'win10' version 2: received from master"), std::string::npos) << leaf1.log();
+    if (std::getenv("ICBD_TEST_VERBOSE")) std::cerr << "---- master log:\n" << master.log() << "---- leaf1 log:\n" << leaf1.log();
+}
+
+// The tree set with blockctl (which also makes the replicas learn it at
+// once) is used; the relay killed just before a commit, long before its next
+// keepalive, does not hold its child back: the master pushes to it at once.
+TEST_F(RelaySystemTest, RelaySetWithBlockctlIsUsedAndARelayKilledJustBeforeACommitIsRoutedAround) {
+    REQUIRE_SYSTEM();
+    BlockdNode master(BlockdNode::Role::master, "master", certs_->path());
+    master.set_extra_config("[membership]\nkeepalive_interval = \"30s\"\n");
+    master.start();
+    BlockdNode hub(BlockdNode::Role::replica, "hub", certs_->path());
+    BlockdNode leaf1(BlockdNode::Role::replica, "leaf1", certs_->path());
+    for (BlockdNode* r : {&hub, &leaf1}) {
+        r->set_master(master);
+        r->start();
+    }
+    ASSERT_TRUE(eventually([&] { return !node_record(master, "hub").is_null() && !node_record(master, "leaf1").is_null(); },
+                           30s));
+    json set = master.ctl_ok({"node", "relay", "leaf1", "--via", "hub"});
+    EXPECT_EQ(set["parent"], "hub");
+    ASSERT_TRUE(eventually([&] { return node_record(master, "leaf1")["relay"]["parent_applied"] == "hub"; }, 10s))
+        << master.ctl({"node", "list"}).output;
+    EXPECT_EQ(node_record(master, "leaf1")["relay"]["parent_source"], "blockctl");
+    {
+        TempDir src("/var/tmp", "icbd-src-");
+        make_disk(src / "disk.raw", 8, 5);
+        master.ctl_ok({"image", "import", "win10", "--from", (src / "disk.raw").string()});
+    }
+    ASSERT_TRUE(eventually([&] { return pushes_of(master, 1).size() == 2; }, 30s)) << master.ctl({"push", "list"}).output;
+    EXPECT_EQ(pushes_of(master, 1)["leaf1"]["message"], "relayed by 'hub'");
+
+    hub.kill9();
+    json co = master.ctl_ok({"image", "checkout", "win10"});
+    {
+        std::fstream f(fs::path(co["path"].get<std::string>()) / "disk.raw", std::ios::binary | std::ios::in | std::ios::out);
+        std::string block(1 << 20, 'z');
+        f.write(block.data(), block.size());
+    }
+    master.ctl_ok({"image", "commit", "win10"});
+    // Well within one keepalive interval: the master did not wait to learn that the hub is gone.
+    ASSERT_TRUE(eventually([&] { return newest_on(master, "leaf1", "win10") == 2; }, 15s))
+        << master.ctl({"push", "list"}).output << "\nmaster log:\n" << master.log();
+    // Which of the two noticed first, the commit's keepalive (the hub is
+    // suspect: not routed through) or the push (the hub cannot be told its
+    // children), races; either way the leaf is pushed directly at once.
+    const std::string mlog = master.log();
+    EXPECT_TRUE(mlog.find("relay 'hub' cannot be told its children") != std::string::npos ||
+                mlog.find("replica 'hub' is suspect") != std::string::npos)
+        << mlog;
+    EXPECT_EQ(sha256_of(leaf1.version_file("win10", 2)), sha256_of(master.version_file("win10", 2)));
+    EXPECT_NE(leaf1.log().find("image 'win10' version 2: received from master"), std::string::npos) << leaf1.log();
 }
 
 // A cycle in the master's file stops blockd at load, naming the replicas.
