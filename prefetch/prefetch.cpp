@@ -1,6 +1,6 @@
 // prefetch_file: reads a golden file's boot set into the page cache in offset
-// order, at idle I/O priority, bounded in size, rate and memory
-// (docs/boot-set.md, "Prefetch").
+// order, at idle I/O priority, bounded in size, rate and memory, giving way
+// to others on the same disk (docs/boot-set.md, "Prefetch").
 //
 // Why threads with pread and not io_uring: a buffered read that misses the
 // page cache goes to the disk in the context of the task that reads, and the
@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <condition_variable>
 #include <chrono>
 #include <cstring>
 #include <memory>
@@ -28,6 +29,7 @@
 #include <thread>
 #include <vector>
 
+#include "disk_activity.hpp"
 #include "icbd/unique_fd.hpp"
 #include "memory_gauge.hpp"
 
@@ -41,6 +43,8 @@ using Clock = std::chrono::steady_clock;
 constexpr uint64_t kProgressEvery = 64ull << 20;
 constexpr uint64_t kIdentityEveryBytes = 64ull << 20;
 constexpr auto kIdentityEvery = std::chrono::seconds(1);
+// How long a waiting reading thread sleeps at most before it looks at *cancel again.
+constexpr auto kWaitSlice = std::chrono::milliseconds(50);
 
 // ioprio_set(2) has no glibc wrapper; the values are the kernel's ABI.
 constexpr int kIoprioWhoProcess = 1;
@@ -111,20 +115,38 @@ std::vector<Range> missing_parts(int fd, const Range& r, uint64_t page, uint64_t
 
 class Prefetcher {
 public:
-    Prefetcher(const fs::path& file, const PrefetchOptions& o, int fd, const struct stat& st, std::vector<Range> reqs,
+    Prefetcher(const fs::path& file, const PrefetchOptions& o, int fd, const struct stat& st, std::vector<Range> runs,
                uint64_t total)
         : file_(file),
           o_(o),
           fd_(fd),
           dev_(st.st_dev),
           ino_(st.st_ino),
-          reqs_(std::move(reqs)),
+          runs_(std::move(runs)),
           total_(total),
           gauge_(o.meminfo, o.min_available_fraction, o.reserve_bytes),
-          page_(static_cast<uint64_t>(::sysconf(_SC_PAGESIZE))) {}
+          page_(static_cast<uint64_t>(::sysconf(_SC_PAGESIZE))) {
+        if (o_.adaptive) {
+            PacerConfig c = o_.pacer;
+            c.max_in_flight = o_.in_flight;
+            c.max_request = o_.max_request;
+            pacer_.emplace(c, start_);
+            std::string why;
+            disk_ = prefetch_detail::DiskActivity::for_file(file_, dev_, why);
+            pacing_.adaptive = true;
+            if (disk_) {
+                pacing_.device = disk_->name();
+                last_device_bytes_ = disk_->bytes().value_or(0);
+            } else {
+                pacing_.device_note = why;
+            }
+        }
+    }
 
     Result<PrefetchSummary> run() {
-        const unsigned n = std::max(1u, std::min<unsigned>(o_.in_flight, static_cast<unsigned>(reqs_.size())));
+        uint64_t max_requests = 0;
+        for (const Range& r : runs_) max_requests += (r.length + o_.max_request - 1) / o_.max_request;
+        const unsigned n = static_cast<unsigned>(std::max<uint64_t>(1, std::min<uint64_t>(o_.in_flight, max_requests)));
         {
             std::vector<std::jthread> threads;
             try {
@@ -150,6 +172,11 @@ public:
         s.requests = requests_;
         s.end = stopped_ ? *stopped_ : PrefetchEnd::complete;
         s.detail = detail_;
+        if (pacer_) {
+            pacing_.stats = pacer_->stats();
+            pacing_.final_level = pacer_->level();
+        }
+        s.pacing = pacing_;
         s.seconds = std::chrono::duration<double>(Clock::now() - start_).count();
         if (o_.progress) o_.progress({read_bytes_ + cached_bytes_, total_});
         return s;
@@ -160,6 +187,7 @@ private:
     struct Plan {
         Range request;
         std::vector<Range> reads;
+        bool alone = false;  // none other of ours in flight when it left
     };
 
     void worker() {
@@ -168,30 +196,86 @@ private:
         for (;;) {
             auto plan = next_plan();
             if (!plan) return;
+            const auto t0 = Clock::now();
             uint64_t got = 0;
+            bool failed = false;
             for (const Range& r : plan->reads) {
                 auto n = read_range(r, buf);
-                if (!n) return;
+                if (!n) {
+                    failed = true;
+                    break;
+                }
                 got += *n;
                 if (*n < r.length) break;  // the file ends here now
             }
+            completed(*plan, got, Clock::now() - t0);
+            if (failed) return;
             account(plan->reads.size(), got, plan->request.length);
         }
+    }
+
+    // A read left the disk: the controller learns its latency, the next one may leave.
+    void completed(const Plan& plan, uint64_t got, Clock::duration latency) {
+        {
+            std::lock_guard lk(dispatch_mu_);
+            --in_flight_;
+            own_disk_bytes_ += got;
+            if (pacer_ && got) {
+                pacer_->on_complete(got, latency, plan.alone);
+                gap_until_ = Clock::now() + pacer_->gap_after(latency);
+            }
+        }
+        cv_.notify_all();
+    }
+
+    // With none of ours in flight, what the device moved beyond our reads is
+    // someone else's: exact, since a read is counted by the device before it
+    // returns to us.
+    void observe_quiescent(Clock::time_point now) {
+        std::optional<uint64_t> others;
+        if (disk_) {
+            if (auto b = disk_->bytes()) {
+                const uint64_t device = *b - std::min(*b, last_device_bytes_);
+                const uint64_t own = own_disk_bytes_ - last_own_bytes_;
+                others = device > own ? device - own : 0;
+                last_device_bytes_ = *b;
+                last_own_bytes_ = own_disk_bytes_;
+            }
+        }
+        pacer_->on_quiescent(now, others);
     }
 
     // The next request, after the checks that may stop the prefetch; under
     // dispatch_mu_ so that requests leave in offset order and the rate holds.
     std::optional<Plan> next_plan() {
-        std::lock_guard lk(dispatch_mu_);
-        if (stopped_ || !error_.is_ok() || next_ == reqs_.size()) return std::nullopt;
-        if (o_.cancel && o_.cancel->load()) return stop(PrefetchEnd::cancelled, "cancelled");
+        std::unique_lock lk(dispatch_mu_);
+        for (;;) {
+            if (stopped_ || !error_.is_ok() || run_ == runs_.size()) return std::nullopt;
+            if (o_.cancel && o_.cancel->load()) return stop(PrefetchEnd::cancelled, "cancelled");
+            if (!pacer_) break;
+            // The controller's limits: reads in flight, the pause after a read,
+            // and a moment with none in flight now and then to measure.
+            const auto now = Clock::now();
+            if (in_flight_ == 0) observe_quiescent(now);
+            if (now < gap_until_) {
+                cv_.wait_until(lk, std::min(gap_until_, now + kWaitSlice));
+                continue;
+            }
+            if (in_flight_ >= pacer_->in_flight_limit() || (in_flight_ > 0 && pacer_->drain_due(now))) {
+                cv_.wait_for(lk, kWaitSlice);
+                continue;
+            }
+            break;
+        }
         auto pressure = gauge_.pressure(total_ - dispatched_);
         if (!pressure) return fail(pressure.status());
         if (*pressure) return stop(PrefetchEnd::memory_pressure, **pressure);
         if (!check_identity(false)) return std::nullopt;
         Plan p;
-        p.request = reqs_[next_++];
-        dispatched_ += p.request.length;
+        const Range& run = runs_[run_];
+        const uint64_t size = pacer_ ? pacer_->request_bytes() : o_.max_request;
+        p.request = {run.offset + run_done_, std::min(size, run.length - run_done_)};
+        p.alone = in_flight_ == 0;
         uint64_t cached = 0;
         p.reads = missing_parts(fd_, p.request, page_, cached);
         uint64_t to_read = 0;
@@ -206,14 +290,17 @@ private:
                                           std::chrono::duration<double>(double(charged_) / double(o_.max_rate)));
             // In slices, so that a cancel is seen during a long wait.
             while (Clock::now() < due) {
-                if (o_.cancel && o_.cancel->load()) {
-                    --next_;
-                    dispatched_ -= p.request.length;
-                    return stop(PrefetchEnd::cancelled, "cancelled");
-                }
-                std::this_thread::sleep_for(std::min<Clock::duration>(due - Clock::now(), std::chrono::milliseconds(50)));
+                if (o_.cancel && o_.cancel->load()) return stop(PrefetchEnd::cancelled, "cancelled");
+                std::this_thread::sleep_for(std::min<Clock::duration>(due - Clock::now(), kWaitSlice));
             }
         }
+        run_done_ += p.request.length;
+        if (run_done_ == run.length) {
+            ++run_;
+            run_done_ = 0;
+        }
+        dispatched_ += p.request.length;
+        ++in_flight_;
         return p;
     }
 
@@ -295,14 +382,24 @@ private:
     const int fd_;
     const dev_t dev_;
     const ino_t ino_;
-    const std::vector<Range> reqs_;
+    const std::vector<Range> runs_;
     const uint64_t total_;
     const prefetch_detail::MemoryGauge gauge_;
     const uint64_t page_;
     const Clock::time_point start_ = Clock::now();
 
+    std::optional<PrefetchPacer> pacer_;  // adaptive only
+    std::optional<prefetch_detail::DiskActivity> disk_;
+    PrefetchPacing pacing_;
+
     std::mutex dispatch_mu_;  // what follows up to stats_mu_
-    size_t next_ = 0;
+    std::condition_variable cv_;  // a read ended
+    size_t run_ = 0;          // the run being dispatched
+    uint64_t run_done_ = 0;   // its bytes dispatched
+    unsigned in_flight_ = 0;
+    uint64_t own_disk_bytes_ = 0;  // read from the disk by completed reads
+    uint64_t last_device_bytes_ = 0, last_own_bytes_ = 0;
+    Clock::time_point gap_until_{};
     uint64_t dispatched_ = 0;
     uint64_t charged_ = 0;  // bytes to read so far, for max_rate
     uint64_t identity_bytes_ = 0;
@@ -353,17 +450,18 @@ Result<PrefetchSummary> prefetch_file(const fs::path& file, const BootSet& set, 
     if (!S_ISREG(st.st_mode)) return Status::error(EINVAL, what + ": not a regular file");
     if (options.in_flight == 0) return Status::error(EINVAL, what + ": in_flight is 0");
 
-    // Requests of at most max_request (whole pages: runs start on chunk
-    // boundaries, so every request starts on a page), the file's end clamping.
+    // Runs cut into requests of at most max_request (whole pages: runs start
+    // on chunk boundaries, so every request starts on a page) as they leave,
+    // the file's end clamping.
     const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
     const uint64_t max_request = std::max(page, options.max_request / page * page);
     const uint64_t size = static_cast<uint64_t>(st.st_size);
-    std::vector<Range> reqs;
+    std::vector<Range> runs;
     uint64_t total = 0;
     for (const BootSet::Run& run : set.runs()) {
         if (run.offset >= size) break;
         const uint64_t end = std::min(size, run.offset + run.length);
-        for (uint64_t off = run.offset; off < end; off += max_request) reqs.push_back({off, std::min(max_request, end - off)});
+        runs.push_back({run.offset, end - run.offset});
         total += end - run.offset;
     }
     // Only what the set names: without this the kernel's readahead would read
@@ -371,7 +469,7 @@ Result<PrefetchSummary> prefetch_file(const fs::path& file, const BootSet& set, 
     (void)::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_RANDOM);
     PrefetchOptions o = options;
     o.max_request = max_request;
-    Prefetcher p(file, o, fd.get(), st, std::move(reqs), total);
+    Prefetcher p(file, o, fd.get(), st, std::move(runs), total);
     return p.run();
 }
 

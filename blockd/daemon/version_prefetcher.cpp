@@ -11,6 +11,7 @@
 #include "boot_set_exchange.hpp"
 #include "icbd/boot_set.hpp"
 #include "icbd/log.hpp"
+#include "icbd/prefetch_report.hpp"
 #include "icbd/replicator/image_path.hpp"
 
 namespace icbd::node {
@@ -67,15 +68,7 @@ json to_json(const VersionPrefetch& p) {
         json j{{"file", f.file}, {"from", f.from}, {"kind", boot_set_kind_name(f.kind)}, {"source", f.source},
                {"boots", f.boots}};
         if (f.summary) {
-            const PrefetchSummary& s = *f.summary;
-            j["total_bytes"] = s.total_bytes;
-            j["read_bytes"] = s.read_bytes;
-            j["cached_bytes"] = s.cached_bytes;
-            j["requests"] = s.requests;
-            j["seconds"] = s.seconds;
-            j["mib_per_s"] = s.mib_per_s();
-            j["end"] = prefetch_end_name(s.end);
-            j["detail"] = s.detail;
+            j.update(prefetch_summary_json(*f.summary));
         } else {
             j["total_bytes"] = 0;
             j["read_bytes"] = 0;
@@ -222,12 +215,10 @@ Result<VersionPrefetch> VersionPrefetcher::run(const std::string& image, uint64_
             std::string origin = f.kind == BootSetKind::predicted
                                      ? "predicted from version " + std::to_string(f.source)
                                      : std::to_string(f.boots) + " boots";
-            char rate[64];
-            std::snprintf(rate, sizeof(rate), "%.2f s, %.1f MiB/s", s.seconds, s.mib_per_s());
             log(LogLevel::info,
-                what + " file '" + file + "': prefetched " + mib(s.read_bytes) + " of a " + mib(s.total_bytes) +
-                    " boot set (" + f.from + ", " + origin + "), " + mib(s.cached_bytes) + " already cached, " + rate +
-                    ": " + prefetch_end_name(s.end) + (s.detail.empty() ? "" : " (" + s.detail + ")"),
+                what + " file '" + file + "' (boot set from " + f.from + ", " + origin + "): " +
+                    prefetch_summary_line(s) + ": " + prefetch_end_name(s.end) +
+                    (s.detail.empty() ? "" : " (" + s.detail + ")"),
                 fields);
             f.summary = s;
         }

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "icbd/boot_set.hpp"
+#include "icbd/prefetch_pacer.hpp"
 #include "icbd/status.hpp"
 
 namespace icbd {
@@ -24,6 +25,14 @@ struct PrefetchOptions {
     unsigned in_flight = 4;           // reads outstanding at once
     bool idle_priority = true;        // ioprio_set(IOPRIO_CLASS_IDLE) for the reads
     uint64_t max_rate = 0;            // bytes/s, 0: unlimited
+    // Give way to anyone else using the disk under the file (docs/boot-set.md,
+    // "Giving way to clients"): fewer, smaller, paced reads while the device
+    // moves bytes that are not the prefetch's or its lone reads slow down.
+    // false: always in_flight reads of max_request (full speed).
+    bool adaptive = true;
+    // The controller's settings; its max_in_flight and max_request are
+    // in_flight and max_request above.
+    PacerConfig pacer;
     // Memory pressure: stop before a read when MemAvailable is below this
     // fraction of MemTotal, or below what is left to read plus `reserve_bytes`.
     double min_available_fraction = 0.05;
@@ -44,6 +53,15 @@ enum class PrefetchEnd {
 };
 const char* prefetch_end_name(PrefetchEnd e);  // "complete", "memory pressure", "file removed", "cancelled"
 
+// How the prefetch gave way to others (adaptive only).
+struct PrefetchPacing {
+    bool adaptive = false;
+    std::string device;       // the block device watched ("loop3"); empty: none, see `device_note`
+    std::string device_note;  // why no device is watched (only the latency signal is used then)
+    PacerStats stats;
+    double final_level = 0;
+};
+
 struct PrefetchSummary {
     std::string file;
     uint64_t total_bytes = 0;    // the boot set's bytes
@@ -55,6 +73,7 @@ struct PrefetchSummary {
     // Why it stopped early, in words for the log line (which limit, which
     // path); empty when complete.
     std::string detail;
+    PrefetchPacing pacing;
     double mib_per_s() const { return seconds > 0 ? read_bytes / seconds / 1048576.0 : 0; }
 };
 

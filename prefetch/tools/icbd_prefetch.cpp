@@ -20,6 +20,7 @@
 #include "icbd/build_version.hpp"
 #include "icbd/parse_size.hpp"
 #include "icbd/prefetch.hpp"
+#include "icbd/prefetch_report.hpp"
 
 namespace {
 
@@ -40,14 +41,6 @@ std::string mib(uint64_t bytes) {
     o.setf(std::ios::fixed);
     o.precision(1);
     o << double(bytes) / 1048576.0 << " MiB";
-    return o.str();
-}
-
-std::string fixed(double v, int digits) {
-    std::ostringstream o;
-    o.setf(std::ios::fixed);
-    o.precision(digits);
-    o << v;
     return o.str();
 }
 
@@ -123,24 +116,18 @@ public:
         std::cerr << "icbd-prefetch: skipping " << job.file.string() << ": " << why << "\n";
     }
     void done(const Job& job, const icbd::PrefetchSummary& s) {
-        total_.total_bytes += s.total_bytes;
-        total_.read_bytes += s.read_bytes;
-        total_.cached_bytes += s.cached_bytes;
-        total_.requests += s.requests;
-        total_.seconds += s.seconds;
+        icbd::add_prefetch_summary(total_, s);
         ++files_;
         if (s.end != icbd::PrefetchEnd::complete) ++stopped_;
         if (json_) {
-            json j = fields(s);
+            json j = icbd::prefetch_summary_json(s);
             j["file"] = s.file;
             j["bootset"] = job.bootset.string();
             j["predicted_from"] = job.predicted_from ? json(*job.predicted_from) : json(nullptr);
-            j["end"] = icbd::prefetch_end_name(s.end);
-            j["detail"] = s.detail;
             files_json_.push_back(std::move(j));
             return;
         }
-        std::cout << s.file << ": " << line(s);
+        std::cout << s.file << ": " << icbd::prefetch_summary_line(s);
         if (s.end != icbd::PrefetchEnd::complete) std::cout << "; stopped: " << icbd::prefetch_end_name(s.end) << " (" << s.detail << ")";
         else std::cout << "; complete";
         if (job.predicted_from) std::cout << "; boot set predicted from version " << *job.predicted_from;
@@ -148,14 +135,16 @@ public:
     }
     int finish() {
         if (json_) {
-            json t = fields(total_);
+            json t = icbd::prefetch_summary_json(total_);
+            t.erase("end");
+            t.erase("detail");
             t["files"] = files_;
             t["stopped_early"] = stopped_;
             t["skipped"] = skipped_.size();
             json out = {{"files", files_json_}, {"skipped", skipped_}, {"errors", errors_}, {"total", t}};
             std::cout << out.dump(2) << "\n";
         } else if (files_ > 1) {
-            std::cout << "total: " << files_ << " files, " << line(total_);
+            std::cout << "total: " << files_ << " files, " << icbd::prefetch_summary_line(total_);
             if (stopped_) std::cout << "; " << stopped_ << " stopped early";
             std::cout << "\n";
         }
@@ -164,16 +153,6 @@ public:
     }
 
 private:
-    static json fields(const icbd::PrefetchSummary& s) {
-        return {{"total_bytes", s.total_bytes}, {"read_bytes", s.read_bytes}, {"cached_bytes", s.cached_bytes},
-                {"requests", s.requests},       {"seconds", s.seconds},       {"mib_per_s", s.mib_per_s()}};
-    }
-    static std::string line(const icbd::PrefetchSummary& s) {
-        return mib(s.read_bytes) + " read of a boot set of " + mib(s.total_bytes) + " in " + fixed(s.seconds, 2) +
-               " s (" + fixed(s.mib_per_s(), 1) + " MiB/s, " + std::to_string(s.requests) + " requests), " +
-               mib(s.cached_bytes) + " already cached";
-    }
-
     bool json_;
     bool failed_ = false;
     uint64_t files_ = 0, stopped_ = 0;
@@ -235,11 +214,13 @@ icbd::Result<std::vector<Job>> repo_jobs(const fs::path& repo, const std::string
 int main(int argc, char** argv) {
     CLI::App app{"Read the boot sets of golden files into the page cache, at idle I/O priority.", "icbd-prefetch"};
     app.set_version_flag("--version", ICBD_VERSION_LINE("icbd-prefetch"));
-    bool as_json = false;
+    bool as_json = false, full_speed = false;
     std::string max_rate, bootset, repo;
     std::vector<std::string> args;
     app.add_flag("--json", as_json, "Print the summaries as JSON");
     app.add_option("--max-rate", max_rate, "Read at most R bytes per second (e.g. 64M; 0: no limit)");
+    app.add_flag("--full-speed", full_speed,
+                 "Do not give way to others using the disk (default: fewer, smaller, paced reads while they do)");
     app.add_option("--bootset", bootset, "The boot set of the one FILE (default: its sidecar in the repository)");
     app.add_option("--repo", repo, "Prefetch every file of IMAGE VERSION in the repository DIR");
     app.add_option("ARGS", args, "FILE... or, with --repo, IMAGE VERSION");
@@ -252,6 +233,7 @@ int main(int argc, char** argv) {
     }
 
     icbd::PrefetchOptions options;
+    options.adaptive = !full_speed;
     if (!max_rate.empty()) {
         auto r = icbd::parse_size(max_rate);
         if (!r) return usage_error("--max-rate: " + r.status().message());
