@@ -132,14 +132,9 @@ if ! command -v qemu-system-x86_64 >/dev/null 2>&1 || [ -z "$qemu_iscsi" ]; then
 fi
 [ -d "$dir" ] || die "--dir $dir does not exist"
 
-throttle=""
-if [ -f /sys/fs/cgroup/cgroup.controllers ] && grep -qw io /sys/fs/cgroup/cgroup.controllers; then
-  throttle=v2
-elif [ -f /sys/fs/cgroup/blkio/blkio.throttle.read_iops_device ]; then
-  throttle=v1
-else
-  die "no block throttle: neither cgroup v2 io.max nor cgroup v1 blkio.throttle is available"
-fi
+# shellcheck source=lib_throttle.sh
+source "$here/lib_throttle.sh"
+throttle_detect || die "no block throttle: neither cgroup v2 io.max nor cgroup v1 blkio.throttle is available"
 
 # --- the guest --------------------------------------------------------------------
 "$here/make_boot_guest.sh" "$guest" || die "building the guest in $guest failed"
@@ -154,25 +149,14 @@ devno=""
 mnt=""
 cg2=""
 throttled=0
-throttle_set() {  # throttle_set IOPS BPS: 0 0 removes the limit
-  local i=$1 b=$2
-  if [ "$throttle" = v1 ]; then
-    local f
-    for f in read_iops write_iops; do echo "$devno $i" >"/sys/fs/cgroup/blkio/blkio.throttle.${f}_device" || return 1; done
-    for f in read_bps write_bps; do echo "$devno $b" >"/sys/fs/cgroup/blkio/blkio.throttle.${f}_device" || return 1; done
-  else
-    if [ "$i" = 0 ]; then echo "$devno riops=max wiops=max rbps=max wbps=max" >"$cg2/io.max" || return 1
-    else echo "$devno riops=$i wiops=$i rbps=$b wbps=$b" >"$cg2/io.max" || return 1; fi
-  fi
-}
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   local p
   for p in "${bg_pids[@]}" $child; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
-  if [ "$throttled" = 1 ]; then throttle_set 0 0 || log "could not reset the throttle of $devno"; fi
+  throttle_lift
   if [ -n "$TGTD_PID" ]; then tgtd_stop >/dev/null 2>&1 || true; fi
-  if [ -n "$cg2" ] && [ -d "$cg2" ]; then rmdir "$cg2" 2>/dev/null || log "cannot remove $cg2"; fi
+  throttle_remove
   if [ -n "$mnt" ] && mountpoint -q "$mnt"; then umount "$mnt" || umount -l "$mnt"; fi
   [ -n "$loopdev" ] && losetup -d "$loopdev" 2>/dev/null
   if [ "$rc" -ne 0 ] && [ -d "$work" ]; then
@@ -214,17 +198,10 @@ source "$src/scripts/lib/tgtd.sh"
 TGTD_LOG="$work/tgtd.log"
 tgtd_start || die "tgtd did not start"
 log "tgtd pid $TGTD_PID, portal 127.0.0.1:$TGTD_PORT"
-if [ "$throttle" = v2 ]; then
-  cg2=/sys/fs/cgroup/icbd-bstrace.$$
-  grep -qw io /sys/fs/cgroup/cgroup.subtree_control || echo +io >/sys/fs/cgroup/cgroup.subtree_control ||
-    die "cannot enable the io controller for child cgroups"
-  mkdir "$cg2" || die "cannot create $cg2"
-  echo "$TGTD_PID" >"$cg2/cgroup.procs" || die "cannot move tgtd into $cg2"
-  throttle_desc="cgroup v2 io.max of a cgroup holding tgtd and icbd-prefetch: $devno riops=wiops=$iops_limit rbps=wbps=$bps_limit"
-else
-  throttle_desc="cgroup v1 root blkio.throttle.{read,write}_{iops,bps}_device = $devno $iops_limit IOPS, $bps_limit B/s"
-fi
-throttle_on() { throttle_set "$iops_limit" "$bps_limit" && throttled=1; }
+throttle_cgroup icbd-bstrace || die "cannot create a cgroup with the io controller for the throttle"
+throttle_join "$TGTD_PID" || die "cannot move tgtd into $cg2"
+throttle_desc="$(throttle_desc "$iops_limit" "$bps_limit") (tgtd and icbd-prefetch)"
+throttle_on() { throttle_set "$iops_limit" "$bps_limit"; }
 throttle_on || die "cannot set the throttle on $devno"
 log "throttle: $throttle_desc"
 # Prefix of a command that must run in the throttled cgroup (v2; in v1 everything is in the root's).

@@ -113,14 +113,9 @@ done
 
 # Which throttle exists: cgroup v2 io.max (on a child cgroup holding tgtd) or the
 # cgroup v1 blkio throttle of the root cgroup.
-throttle=""
-if [ -f /sys/fs/cgroup/cgroup.controllers ] && grep -qw io /sys/fs/cgroup/cgroup.controllers; then
-  throttle=v2
-elif [ -f /sys/fs/cgroup/blkio/blkio.throttle.write_iops_device ]; then
-  throttle=v1
-else
-  die "no block throttle: neither cgroup v2 io.max nor cgroup v1 blkio.throttle is available"
-fi
+# shellcheck source=lib_throttle.sh
+source "$here/lib_throttle.sh"
+throttle_detect || die "no block throttle: neither cgroup v2 io.max nor cgroup v1 blkio.throttle is available"
 
 # --- cleanup: everything this script starts, creates or changes ------------------
 work=$(mktemp -d "$dir/icbd-slowdev.XXXXXX") || die "mktemp in $dir failed"
@@ -134,17 +129,6 @@ throttled=0
 bdi_saved=""     # "max_ratio_fine strict_limit" to restore (max_bytes reads back a ratio of the current
                  # dirty threshold, so writing it back would not restore the setting)
 sysctl_saved=""  # vm.dirty_bytes vm.dirty_background_bytes vm.dirty_ratio vm.dirty_background_ratio
-throttle_set() {  # throttle_set IOPS BPS: 0 removes the limit
-  local i=$1 b=$2
-  if [ "$throttle" = v1 ]; then
-    local f
-    for f in read_iops write_iops; do echo "$devno $i" >"/sys/fs/cgroup/blkio/blkio.throttle.${f}_device" || return 1; done
-    for f in read_bps write_bps; do echo "$devno $b" >"/sys/fs/cgroup/blkio/blkio.throttle.${f}_device" || return 1; done
-  else
-    if [ "$i" = 0 ]; then echo "$devno riops=max wiops=max rbps=max wbps=max" >"$cg2/io.max" || return 1
-    else echo "$devno riops=$i wiops=$i rbps=$b wbps=$b" >"$cg2/io.max" || return 1; fi
-  fi
-}
 dirty_small() {  # limits dirty pages of the slow device to $dirty_bytes
   local bdi=/sys/class/bdi/$devno
   if [ -w "$bdi/max_bytes" ] && [ -w "$bdi/strict_limit" ] && [ -w "$bdi/max_ratio_fine" ]; then
@@ -175,10 +159,10 @@ cleanup() {
   trap - EXIT INT TERM
   if [ -n "$child" ] && kill -0 "$child" 2>/dev/null; then kill "$child" 2>/dev/null; wait "$child" 2>/dev/null; fi
   # Unthrottled first, so that removing a cached LUN writes back at full speed.
-  if [ "$throttled" = 1 ]; then throttle_set 0 0 || echo "slow_device_bench: could not reset the throttle of $devno" >&2; fi
+  throttle_lift
   dirty_restore
   if [ -n "$TGTD_PID" ]; then tgtd_stop >/dev/null 2>&1 || true; fi
-  if [ -n "$cg2" ] && [ -d "$cg2" ]; then rmdir "$cg2" 2>/dev/null || echo "slow_device_bench: cannot remove $cg2" >&2; fi
+  throttle_remove
   if [ -n "$mnt" ] && mountpoint -q "$mnt"; then umount "$mnt" || umount -l "$mnt"; fi
   [ -n "$loopdev" ] && losetup -d "$loopdev" 2>/dev/null
   [ -n "${TGTD_LOG:-}" ] && [ "$rc" -eq 0 ] && rm -f "$TGTD_LOG"
@@ -221,21 +205,10 @@ TGTD_LOG="$work/tgtd.log"
 tgtd_start || die "tgtd did not start"
 log "tgtd pid $TGTD_PID, portal 127.0.0.1:$TGTD_PORT, control port $TGTD_CTL"
 
-if [ "$throttle" = v2 ]; then
-  cg2=/sys/fs/cgroup/icbd-slowdev.$$
-  grep -qw io /sys/fs/cgroup/cgroup.subtree_control || echo +io >/sys/fs/cgroup/cgroup.subtree_control ||
-    die "cannot enable the io controller for child cgroups"
-  mkdir "$cg2" || die "cannot create $cg2"
-  # Every thread of tgtd, io_uring/io-wq workers it starts later included.
-  echo "$TGTD_PID" >"$cg2/cgroup.procs" || die "cannot move tgtd into $cg2"
-fi
+throttle_cgroup icbd-slowdev || die "cannot create a cgroup with the io controller for the throttle"
+throttle_join "$TGTD_PID" || die "cannot move tgtd into $cg2"
 throttle_set "$iops_limit" "$bps_limit" || die "cannot set the throttle on $devno"
-throttled=1
-if [ "$throttle" = v1 ]; then
-  throttle_desc="cgroup v1 root blkio.throttle.{read,write}_{iops,bps}_device = $devno $iops_limit IOPS, $bps_limit B/s"
-else
-  throttle_desc="cgroup v2 io.max of the cgroup holding tgtd: $devno riops=wiops=$iops_limit rbps=wbps=$bps_limit"
-fi
+throttle_desc=$(throttle_desc "$iops_limit" "$bps_limit")
 log "throttle: $throttle_desc"
 
 declare -A url
