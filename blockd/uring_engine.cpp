@@ -15,6 +15,15 @@
 namespace icbd {
 namespace {
 
+// From this many cached-read candidates in one submit() (several sessions'
+// commands in one loop pass), one io_uring_enter serves them all instead of
+// one preadv2 each: io_uring reads page-cache hits inline during the call
+// (IOCB_NOWAIT) and hands only misses to its workers. The completions are
+// in the ring when the call returns, but they signal the event fd, which
+// costs the host one wake-up and one read per batch: below this size the
+// system calls saved do not pay for it (bench/RESULTS.md, issue 14 item 5).
+constexpr size_t ring_batch_min = 4;
+
 class UringEngine final : public IoEngine {
 public:
     ~UringEngine() override {
@@ -46,11 +55,15 @@ public:
     }
 
     int submit() override {
-        // Cached reads first, on this thread; what is not cached joins the ring.
-        for (const IoRequest& req : inline_) {
-            int32_t res;
-            if (reader_.try_read(req, &res)) done_.push_back({req.tag, res});
-            else enqueue(req);
+        if (inline_.size() >= ring_batch_min) {
+            for (const IoRequest& req : inline_) enqueue(req);
+        } else {
+            // Cached reads first, on this thread; what is not cached joins the ring.
+            for (const IoRequest& req : inline_) {
+                int32_t res;
+                if (reader_.try_read(req, &res)) done_.push_back({req.tag, res});
+                else enqueue(req);
+            }
         }
         inline_.clear();
         // More than one enter happens only when the batch exceeded the ring.

@@ -13,7 +13,10 @@
 //    with EAGAIN instead, and the read goes to the kernel's async path). Such
 //    completions wait in reap() and do not signal event_fd(): the owner calls
 //    reap() after every submit(). This makes a cached read one system call, with
-//    no wake-up of the owner's event loop.
+//    no wake-up of the owner's event loop. An engine may instead serve a large
+//    batch of such reads with one system call of its own (io_uring: inline in
+//    io_uring_enter); those completions are in reap() after submit() too, but
+//    may also signal event_fd() once.
 //  - event_fd() becomes readable when completions may be waiting.
 #pragma once
 
