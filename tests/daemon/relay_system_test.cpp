@@ -2,7 +2,8 @@
 // trees"): a master configured to feed two cache servers through a third
 // sends one copy of a version, every node ends with the same bytes; with the
 // relay killed (-9), the next version still reaches its children, from the
-// master. Cycles and unknown parents are refused at load and by blockctl.
+// master. A leaf refuses a push from anyone but the master and its parent.
+// Cycles and unknown parents are refused at load and by blockctl.
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -10,6 +11,7 @@
 #include <random>
 
 #include "blockd_cluster.hpp"
+#include "icbd/replicator/sender.hpp"
 
 namespace icbd::test {
 namespace {
@@ -138,6 +140,26 @@ TEST_F(RelaySystemTest, MasterSendsOneCopyThroughTheRelayAndFeedsItsChildrenWhen
     EXPECT_EQ(leaf1.ctl_ok({"status"})["relay"]["parent"], "hub");
     // The leaves received from the hub, not from the master.
     EXPECT_NE(leaf1.log().find("received from hub"), std::string::npos) << leaf1.log();
+    // A node that is neither the master nor the parent cannot push to a leaf
+    // (its certificate is valid: only the name is wrong).
+    {
+        repl::PushOptions po;
+        po.root = master.repository();
+        po.image = "win10";
+        po.version = 1;
+        po.targets = {repl::HostPort{"127.0.0.1", static_cast<uint16_t>(leaf1.replication_port())}};
+        po.tls.ca_file = (certs_->path() / "ca.crt").string();
+        po.tls.cert_file = (certs_->path() / "leaf2.crt").string();
+        po.tls.key_file = (certs_->path() / "leaf2.key").string();
+        po.tls.allowed_peer_names = {"leaf1"};
+        po.node_name = "leaf2";
+        auto rogue = repl::push(po);
+        ASSERT_TRUE(rogue) << rogue.status().message();
+        EXPECT_FALSE(rogue->replicas.at(0).ok());
+        EXPECT_TRUE(eventually([&] {
+            return leaf1.log().find("refused connection from leaf2") != std::string::npos;
+        }, 5s)) << leaf1.log();
+    }
 
     // The relay dies; version 2 still reaches its children, from the master.
     hub.kill9();
