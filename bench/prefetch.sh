@@ -90,7 +90,9 @@ throttle_detect || true
 work=$(mktemp -d "$dir/icbd-prefetch-bench.XXXXXX") || die "mktemp in $dir failed"
 loopdev="" devno="" mnt="" cg2="" throttled=0 load_pid=""
 cleanup() {
-  if [ -n "$load_pid" ]; then kill "$load_pid" 2>/dev/null; wait "$load_pid" 2>/dev/null; fi
+  # The client stops by itself within 0.2 s of the stop file (its process is a
+  # child of the subshell $load_pid, which a kill would not reach).
+  if [ -n "$load_pid" ]; then touch "$work/stop"; wait "$load_pid" 2>/dev/null; fi
   throttle_lift
   throttle_remove
   [ -n "$mnt" ] && umount "$mnt" 2>/dev/null

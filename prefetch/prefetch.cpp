@@ -222,7 +222,7 @@ private:
             own_disk_bytes_ += got;
             if (pacer_ && got) {
                 pacer_->on_complete(got, latency, plan.alone);
-                gap_until_ = Clock::now() + pacer_->gap_after(latency);
+                gap_until_ = Clock::now() + pacer_->gap_after(latency, got);
             }
         }
         cv_.notify_all();

@@ -38,12 +38,16 @@ uint64_t PrefetchPacer::request_bytes() const {
     return std::clamp(want / kPage * kPage, config_.min_request, config_.max_request);
 }
 
-std::chrono::nanoseconds PrefetchPacer::gap_after(std::chrono::nanoseconds latency) const {
+std::chrono::nanoseconds PrefetchPacer::gap_after(std::chrono::nanoseconds latency, uint64_t bytes) const {
+    if (level_ >= 1) return std::chrono::nanoseconds(0);
     // The fraction of the time the prefetch may hold the disk, with reads of
     // request_bytes(): level x max_request bytes per read-time.
     const double duty = level_ * double(config_.max_request) / double(request_bytes());
-    if (duty >= 1) return std::chrono::nanoseconds(0);
-    return std::chrono::nanoseconds(static_cast<int64_t>(double(latency.count()) * (1 / duty - 1)));
+    double gap = duty < 1 ? double(latency.count()) * (1 / duty - 1) : 0;
+    // At most level x the fastest rate seen: from the start of this read to the next.
+    if (stats_.fastest_bytes_per_s > 0)
+        gap = std::max(gap, double(bytes) / (level_ * stats_.fastest_bytes_per_s) * 1e9 - double(latency.count()));
+    return std::chrono::nanoseconds(static_cast<int64_t>(std::max(0.0, gap)));
 }
 
 size_t PrefetchPacer::size_class(uint64_t bytes) {
@@ -52,6 +56,7 @@ size_t PrefetchPacer::size_class(uint64_t bytes) {
 }
 
 void PrefetchPacer::on_complete(uint64_t bytes, std::chrono::nanoseconds latency, bool alone) {
+    window_own_ += bytes;
     if (!alone || bytes == 0) return;
     // Only reads that had the disk to themselves as far as the prefetch goes:
     // a read queued behind the prefetch's own others says nothing of clients.
@@ -81,6 +86,7 @@ std::optional<PrefetchPacer::Decision> PrefetchPacer::on_quiescent(Clock::time_p
     // the disk, a preempted thread) does not count as someone else.
     d.slow = window_ratio_ && *window_ratio_ >= config_.latency_factor;
     if (!slow_start_ && level_ < config_.max_in_flight) stats_.backed_off_seconds += seconds;
+    stats_.fastest_bytes_per_s = std::max(stats_.fastest_bytes_per_s, double(window_own_) / seconds);
     const bool slow_again = d.slow && last_slow_;
     last_slow_ = d.slow;
     if (d.busy || slow_again) {
@@ -100,6 +106,7 @@ std::optional<PrefetchPacer::Decision> PrefetchPacer::on_quiescent(Clock::time_p
     if (decisions_.size() < kMaxDecisions) decisions_.push_back(d);
     window_start_ = now;
     window_others_ = 0;
+    window_own_ = 0;
     window_ratio_.reset();
     return d;
 }

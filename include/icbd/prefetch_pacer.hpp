@@ -6,9 +6,14 @@
 // One number, the level, says how much of the disk the prefetch may take:
 //   level >= 1: floor(level) requests of max_request in flight, no pause;
 //   level <  1: one request in flight, of max_request * level bytes (at least
-//               min_request), and below min_request / max_request a pause
-//               after each request so that the prefetch holds the disk for at
-//               most that fraction of the time.
+//               min_request), and a pause after each request so that the
+//               prefetch reads at most level x the fastest rate it has seen
+//               (its own bytes per window: what the disk gives it), and,
+//               below min_request / max_request, holds the disk for at most
+//               that fraction of the time. The rate matters where latency
+//               lies: a throttle lets small reads through at once while its
+//               budget lasts, so a pause in proportion to their latency
+//               would still take the budget clients need.
 // It starts at 1 and changes once per window (at least `window` long, closed
 // at a moment when none of the prefetch's reads is in flight, so that what the
 // device counted and what the prefetch read can be subtracted exactly):
@@ -59,6 +64,7 @@ struct PacerStats {
     double min_level = 0;       // lowest level reached
     double backed_off_seconds = 0;  // time in windows that began below max_in_flight, after the first busy or slow one
     uint64_t others_bytes = 0;  // others' bytes the device counted during the prefetch
+    double fastest_bytes_per_s = 0;  // the prefetch's own best window
 };
 
 class PrefetchPacer {
@@ -77,8 +83,8 @@ public:
     double level() const { return level_; }
     unsigned in_flight_limit() const;
     uint64_t request_bytes() const;  // a multiple of 4 KiB
-    // The pause after a read that took `latency`, before the next one leaves.
-    std::chrono::nanoseconds gap_after(std::chrono::nanoseconds latency) const;
+    // The pause after a read of `bytes` that took `latency`, before the next one leaves.
+    std::chrono::nanoseconds gap_after(std::chrono::nanoseconds latency, uint64_t bytes) const;
     // True when reads should wait for the ones in flight to end (a window can
     // only close with none in flight).
     bool drain_due(Clock::time_point now) const { return now - last_quiescent_ >= config_.drain_every; }
@@ -107,6 +113,7 @@ private:
     Clock::time_point window_start_;
     Clock::time_point last_quiescent_;
     uint64_t window_others_ = 0;
+    uint64_t window_own_ = 0;  // bytes the prefetch read in this window
     static constexpr size_t kBaselineSamples = 16;
     // Per size class: the first lone reads' latencies in ns, sorted.
     std::array<std::vector<int64_t>, kSizeClasses> samples_;

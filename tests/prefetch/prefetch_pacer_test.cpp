@@ -34,7 +34,7 @@ protected:
 TEST_F(PacerTest, StartsWithOneFullSizeRead) {
     EXPECT_EQ(pacer_.in_flight_limit(), 1u);
     EXPECT_EQ(pacer_.request_bytes(), 1 * kMiB);
-    EXPECT_EQ(pacer_.gap_after(20ms), 0ns);
+    EXPECT_EQ(pacer_.gap_after(20ms, 64 * kKiB), 0ns);
 }
 
 TEST_F(PacerTest, AloneItReachesFullSpeedInTwoWindowsAndStays) {
@@ -68,15 +68,28 @@ TEST_F(PacerTest, OthersBytesCutTheLevelOncePerWindowDownToSmallPacedReads) {
     window(64 * kKiB);  // 1/4: one read of 256 KiB at a time, no pause
     EXPECT_EQ(pacer_.in_flight_limit(), 1u);
     EXPECT_EQ(pacer_.request_bytes(), 256 * kKiB);
-    EXPECT_EQ(pacer_.gap_after(10ms), 0ns);
+    EXPECT_EQ(pacer_.gap_after(10ms, 64 * kKiB), 0ns);
     window(64 * kKiB);  // 1/16: 64 KiB, still no pause
     EXPECT_EQ(pacer_.request_bytes(), 64 * kKiB);
-    EXPECT_EQ(pacer_.gap_after(10ms), 0ns);
+    EXPECT_EQ(pacer_.gap_after(10ms, 64 * kKiB), 0ns);
     window(64 * kKiB);  // 1/64: 64 KiB reads, the disk a quarter of the time
     EXPECT_EQ(pacer_.request_bytes(), 64 * kKiB);
-    EXPECT_EQ(pacer_.gap_after(5ms), 15ms);
+    EXPECT_EQ(pacer_.gap_after(5ms, 64 * kKiB), 15ms);
     EXPECT_EQ(pacer_.stats().busy_windows, 4u);
     EXPECT_EQ(pacer_.stats().others_bytes, 16 * kKiB + 192 * kKiB);
+}
+
+TEST_F(PacerTest, BelowOneItReadsAtMostLevelTimesItsFastestRate) {
+    pacer_.on_complete(10 * kMiB, 20ms, false);
+    window(0);  // 10 MiB in 100 ms: 100 MiB/s
+    EXPECT_DOUBLE_EQ(pacer_.stats().fastest_bytes_per_s, 100.0 * kMiB);
+    EXPECT_EQ(pacer_.gap_after(1ms, 1 * kMiB), 0ns);  // level 2: no pause
+    for (int i = 0; i < 5; ++i) window(1 * kMiB);
+    ASSERT_DOUBLE_EQ(pacer_.level(), 1.0 / 64);
+    // A throttle let the read through in 1 ms; 64 KiB at 100/64 MiB/s is 40 ms.
+    EXPECT_EQ(pacer_.gap_after(1ms, 64 * kKiB), 39ms);
+    // A slow read: the duty cycle (3x its time) is the longer pause.
+    EXPECT_EQ(pacer_.gap_after(20ms, 64 * kKiB), 60ms);
 }
 
 TEST_F(PacerTest, ALoneFilesystemBlockIsNotSomeoneElse) {
