@@ -13,6 +13,7 @@
 #include <fstream>
 #include <iostream>
 #include <random>
+#include <sstream>
 
 #include "blockd_cluster.hpp"
 #include "icbd/boot_set.hpp"
@@ -141,7 +142,15 @@ TEST_F(BootSetSystemTest, ReplicaBootSetReachesTheMasterAndIsPrefetchedOnAReplic
     r2.start();
     ASSERT_TRUE(eventually([&] { return newest_on(master, "r2", "win10") == 1; }, 60s)) << master.ctl({"node", "list"}).output;
     ASSERT_TRUE(eventually([&] { return log_has(r2, "version 1: prefetch done"); }, 30s)) << "r2 log:\n" << r2.log();
-    EXPECT_TRUE(log_has(r2, "image 'win10' version 1 file 'disk.raw': prefetched")) << r2.log();
+    // The file's summary line: "... file 'disk.raw' (boot set from ...): N MiB read of ...: complete".
+    {
+        std::istringstream lines(r2.log());
+        bool complete = false;
+        for (std::string l; std::getline(lines, l);)
+            complete |= l.find("image 'win10' version 1 file 'disk.raw' (boot set from") != std::string::npos &&
+                        l.ends_with(": complete");
+        EXPECT_TRUE(complete) << r2.log();
+    }
     auto saved = load_boot_set(boot_set_path(r2.repository(), "win10", 1, "disk.raw"));
     ASSERT_TRUE(saved) << saved.status().message();
     EXPECT_EQ(saved->boots, 1u);
