@@ -133,9 +133,12 @@ static int bs_icbd_cmd_submit(struct scsi_cmd *cmd)
 	set_cmd_async(cmd);
 	if (icbd_lun_submit(info->lun, &c) < 0) {
 		/* Refused (out of memory, or the LUN failed; libblockd logged why):
-		 * no completion will come, tgtd answers HARDWARE ERROR now. */
+		 * no completion will come, tgtd answers HARDWARE ERROR now. EIO,
+		 * not -1: tgt's SYNCHRONIZE CACHE turns only EROFS, EINVAL, EBADF
+		 * and EIO into an error and answers GOOD to anything else, which
+		 * would tell the initiator its writes are durable. */
 		clear_cmd_async(cmd);
-		return -1;
+		return EIO;
 	}
 	return 0;
 }
