@@ -182,7 +182,7 @@ PY
 echo "### icbd-prefetch: a ${set_mib} MiB boot set in 64 KiB-1 MiB runs over a ${size_mib} MiB file, ext4 on a loop device"
 echo
 echo "- command: \`bench/prefetch.sh --size $size_mib --set $set_mib --runs $runs --iops $iops_limit --bps $bps_limit\` ($(date -u +%Y-%m-%d), kernel $(uname -r), $(nproc) CPUs)"
-echo "- device: $loopdev, direct I/O on a sparse file in $dir ($(findmnt -n -o FSTYPE -T "$dir") on $(findmnt -n -o SOURCE -T "$dir")); icbd-prefetch defaults: requests of at most 1 MiB, 4 in flight, idle I/O class; 'gave way' = busy+slow windows of the controller, of all its windows, and its lowest level"
+echo "- device: $loopdev, direct I/O on a sparse file in $dir ($(findmnt -n -o FSTYPE -T "$dir" | head -1) on $(findmnt -n -o SOURCE -T "$dir" | head -1)); icbd-prefetch defaults: requests of at most 1 MiB, 4 in flight, idle I/O class; 'gave way' = busy+slow windows of the controller, of all its windows, and its lowest level"
 echo "- load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "| run | read MiB | cached MiB | s | MiB/s | requests | avg request KiB | device reads | avg device read KiB | gave way | end |"
