@@ -11,8 +11,6 @@
 namespace icbd {
 namespace {
 
-constexpr uintptr_t dio_align = 512;
-
 const char* op_name(IoOp op) {
     switch (op) {
         case IoOp::read: return "read";
@@ -51,14 +49,15 @@ void IoQueue::start(const Request& r, Done done) {
     s.dsync = r.dsync;
     s.done = done;
     const bool rw = r.op == IoOp::read || r.op == IoOp::write;
+    const uint64_t dio_align = r.align > 512 ? r.align : 512;
     if (rw && r.direct && ((reinterpret_cast<uintptr_t>(r.buf) | r.len | r.offset) & (dio_align - 1))) {
         // O_DIRECT needs aligned memory, offset and length. tgtd's buffers
         // usually are aligned; lengths are not when an initiator's expected
         // transfer length is shorter than the CDB's (iSCSI residuals): the
         // transfer then covers the whole blocks around it, and a write reads
         // them first so that the bytes beside it stay as they were.
-        const uint64_t first = r.offset & ~uint64_t{dio_align - 1};
-        const uint64_t end = (r.offset + r.len + dio_align - 1) & ~uint64_t{dio_align - 1};
+        const uint64_t first = r.offset & ~(dio_align - 1);
+        const uint64_t end = (r.offset + r.len + dio_align - 1) & ~(dio_align - 1);
         uint8_t* b = s.bounce.reserve(end - first);
         if (!b) {
             free_.push_back(index);
@@ -139,8 +138,9 @@ void IoQueue::complete(uint32_t index, int32_t res) {
         // The blocks around an unaligned write are in the bounce buffer: lay
         // the caller's bytes over them and write the blocks back.
         std::memcpy(s.bounce.get() + s.copy_skip, s.copy_to, s.copy_len);
-        const uint64_t len = (s.copy_skip + s.copy_len + dio_align - 1) & ~uint64_t{dio_align - 1};
-        r = Request{IoOp::write, r.fd, s.bounce.get(), len, s.start - s.copy_skip, s.dsync, r.direct};
+        const uint64_t dio_align = r.align > 512 ? r.align : 512;
+        const uint64_t len = (s.copy_skip + s.copy_len + dio_align - 1) & ~(dio_align - 1);
+        r = Request{IoOp::write, r.fd, s.bounce.get(), len, s.start - s.copy_skip, s.dsync, r.direct, r.align};
         s.copy_to = nullptr;
         s.rmw_write = false;
         return prepare(index);

@@ -27,6 +27,7 @@ public:
         uint64_t offset = 0;
         bool dsync = false;   // write: RWF_DSYNC
         bool direct = false;  // fd is O_DIRECT: buffer, length and offset must be aligned
+        uint32_t align = 512;  // direct: that alignment, a power of two (dio_offset_alignment of fd)
     };
 
     // `name` (the backing file) is what log lines about failed I/O name.

@@ -11,10 +11,11 @@ RawLayer::RawLayer(IoQueue& io, int fd, int write_fd, bool direct_reads)
       write_fd_(write_fd),
       direct_reads_(direct_reads),
       direct_writes_(direct_reads || write_fd >= 0),
-      write_align_(write_fd >= 0 ? dio_offset_alignment(write_fd) : 512u) {}
+      write_align_(write_fd >= 0 ? dio_offset_alignment(write_fd) : 512u),
+      direct_align_(direct_reads ? dio_offset_alignment(fd) : 512u) {}
 
 void RawLayer::read(uint8_t* buf, uint64_t len, uint64_t offset, Done done) {
-    io_.start({IoOp::read, fd_, buf, len, offset, false, direct_reads_}, done);
+    io_.start({IoOp::read, fd_, buf, len, offset, false, direct_reads_, direct_align_}, done);
 }
 
 void RawLayer::write(const uint8_t* buf, uint64_t len, uint64_t offset, bool dsync, Done done) {
@@ -28,7 +29,9 @@ void RawLayer::write(const uint8_t* buf, uint64_t len, uint64_t offset, bool dsy
         fd = fd_;
         direct = false;
     }
-    io_.start({IoOp::write, fd, const_cast<uint8_t*>(buf), len, offset, dsync, direct}, done);
+    io_.start({IoOp::write, fd, const_cast<uint8_t*>(buf), len, offset, dsync, direct,
+               fd == write_fd_ ? write_align_ : direct_align_},
+              done);
 }
 
 void RawLayer::unmap(uint64_t offset, uint64_t len, bool, Done done) {

@@ -22,7 +22,11 @@ public:
     void unmap(uint64_t offset, uint64_t len, bool dsync, Done done) override;  // a punched hole
     void sync(Done done) override;
     void prefetch(uint64_t offset, uint64_t len, Done done) override;
-    bool write_rewrites_blocks(uint64_t, uint64_t) const override { return false; }
+    // direct=1 writes what is not whole blocks as a read-modify-write of the
+    // blocks around it (IoQueue): no other write may touch them meanwhile.
+    bool write_rewrites_blocks(uint64_t offset, uint64_t len) const override {
+        return direct_reads_ && ((offset | len) & (direct_align_ - 1)) != 0;
+    }
     bool unmap_rewrites_blocks() const override { return false; }
 
 private:
@@ -32,6 +36,7 @@ private:
     bool direct_reads_;
     bool direct_writes_;
     uint32_t write_align_;  // O_DIRECT offset/length alignment of write_fd_
+    uint32_t direct_align_;  // the same of fd_ when it is O_DIRECT (direct=1)
 };
 
 }  // namespace icbd
