@@ -39,8 +39,8 @@ public:
     }
 
     void prepare(const IoRequest& req) override {
-        ++in_flight_;
         queued_.push_back(req);
+        ++in_flight_;  // after the push, which may throw: see UringEngine::prepare
     }
 
     int submit() override {

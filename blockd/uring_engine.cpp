@@ -49,9 +49,11 @@ public:
     }
 
     void prepare(const IoRequest& req) override {
-        ++in_flight_;
+        // Counted only once queued: a push that throws (out of memory)
+        // leaves nothing behind for a drain to wait on forever.
         if (req.inline_ok && req.op == IoOp::read) inline_.push_back(req);
         else enqueue(req);
+        ++in_flight_;
     }
 
     int submit() override {
