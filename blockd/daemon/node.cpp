@@ -135,6 +135,7 @@ Node::~Node() { stop(); }
 PrefetchOptions Node::prefetch_options() const {
     PrefetchOptions o;
     o.max_rate = cfg_.prefetch_max_rate;
+    o.adaptive = cfg_.prefetch_adaptive;
     return o;
 }
 
