@@ -26,6 +26,9 @@ cleanup() { tgtd_stop; rm -rf "$work"; }
 trap cleanup EXIT
 trap "exit 130" INT TERM
 
+# The LUNs' metrics files stay with the outputs: a run that hangs shows where.
+export ICBD_METRICS_DIR="$out/metrics"
+rm -rf "$ICBD_METRICS_DIR"
 TGTD_LOG="$out/tgtd.log" tgtd_start
 iqn=iqn.2026-11.org.icbd:conformance
 backends="rdwr icbd overlay cached direct direct1"
@@ -54,6 +57,25 @@ tests_of() {
 covered() {
   local re; re=$(subset_of "$1")
   if [ -n "$re" ]; then grep -E "$re" "$2" || true; else cat "$2"; fi
+}
+
+# What a run that did not finish left behind: is tgtd blocked in the kernel,
+# and what does each icbd LUN hold (commands in flight, cache)?
+dump_hang() {  # BACKEND MODE
+  echo "--- $1 ($2) did not finish: tgtd $(grep -m1 '^State' /proc/$TGTD_PID/status 2>/dev/null), wchan $(cat /proc/$TGTD_PID/wchan 2>/dev/null)"
+  cat /proc/$TGTD_PID/stack 2>/dev/null | head -12
+  python3 - "$ICBD_METRICS_DIR" <<'PY' || true
+import os, struct, sys
+d = sys.argv[1]
+for f in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+    b = open(os.path.join(d, f), "rb").read()
+    if len(b) < 5136:
+        continue
+    name = b[64:128].split(b"\0")[0].decode(errors="replace")
+    # docs/metrics.md: queue_depth at 5088, then the cache figures.
+    qd, total, used, dirty, flushed, commits = struct.unpack_from("<6Q", b, 5088)
+    print(f"  {name}: in flight {qd}; cache blocks total {total} used {used} dirty {dirty}, written back {flushed} B, commits {commits}")
+PY
 }
 
 # The names of failed tests, one "Suite.Test" per line.
@@ -104,6 +126,7 @@ for mode in default thin; do
   for b in $backends; do
     if ! grep -q '^Run Summary' "$out/$b-$mode.txt"; then
       echo "conformance: iscsi-test-cu against $b ($mode) did not finish; see $out/$b-$mode.txt" >&2
+      dump_hang "$b" "$mode" >&2
       status=1
     fi
     { failed_tests "$out/$b-$mode.txt"; sed 's/ (.*//' "$out/$b-$mode.quarantined"; } | sort -u >"$out/$b-$mode.failed"
