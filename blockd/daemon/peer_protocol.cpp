@@ -90,6 +90,16 @@ public:
         return s;
     }
 
+    // An array member of at most `max` elements.
+    Result<const json*> array(const json& obj, const std::string& field, size_t max) const {
+        auto m = member(obj, field, "");
+        if (!m) return m.status();
+        const json& a = **m;
+        if (!a.is_array()) return error(field, std::string("expected an array, got ") + a.type_name());
+        if (a.size() > max)
+            return error(field, std::to_string(a.size()) + " elements (at most " + std::to_string(max) + ")");
+        return &a;
+    }
     Result<std::string> address(const json& obj, const std::string& field) const {
         auto s = string(obj, field);
         if (!s) return s;
@@ -572,12 +582,9 @@ Result<RelayRequest> relay_from_json(const json& j) {
     RelayRequest r;
     auto master = f.node_name(j, "master");
     if (!master) return master.status();
-    auto children = f.member(j, "children", "");
+    auto children = f.array(j, "children", kMaxRelayChildren);
     if (!children) return children.status();
     const json& a = **children;
-    if (!a.is_array()) return f.error("children", std::string("expected an array, got ") + a.type_name());
-    if (a.size() > kMaxRelayChildren)
-        return f.error("children", std::to_string(a.size()) + " children (at most " + std::to_string(kMaxRelayChildren) + ")");
     for (size_t i = 0; i < a.size(); ++i) {
         const std::string at = "children[" + std::to_string(i) + "]";
         if (!a[i].is_object()) return f.error(at, std::string("expected an object, got ") + a[i].type_name());
@@ -601,12 +608,9 @@ Result<RelayReply> relay_ok_from_json(const json& j) {
     RelayReply r;
     auto node = f.node_name(j, "node");
     if (!node) return node.status();
-    auto children = f.member(j, "children", "");
+    auto children = f.array(j, "children", kMaxRelayChildren);
     if (!children) return children.status();
     const json& a = **children;
-    if (!a.is_array()) return f.error("children", std::string("expected an array, got ") + a.type_name());
-    if (a.size() > kMaxRelayChildren)
-        return f.error("children", std::to_string(a.size()) + " children (at most " + std::to_string(kMaxRelayChildren) + ")");
     for (size_t i = 0; i < a.size(); ++i) {
         const std::string at = "children[" + std::to_string(i) + "]";
         if (!a[i].is_string()) return f.error(at, std::string("expected a string, got ") + a[i].type_name());
